@@ -1,0 +1,163 @@
+"""Batched, differentiable X-ray structure factors in torch (CPU or CUDA).
+
+F(h) = sum_atoms w_j f_j(s) T_j(h) sum_ops exp(2 pi i h.(R x_j + t))
+
+with f_j the IT92 form factor of gemmi (neutral atoms, s = 1/d in Å⁻¹, no dispersion),
+T_j = exp(-2 pi² U s²) (isotropic, U in Å²) or exp(-(hR) beta (hR)^T) (anisotropic),
+and w_j = occupancy / (order of the site's stabilizer), so a site on a special position
+counts once per distinct image, as gemmi does after change_occupancies_to_crystallographic.
+
+Every command computes structure factors through `StructureFactors`.
+"""
+from __future__ import annotations
+
+import math
+
+import gemmi
+import numpy as np
+import torch
+
+from xdxd.crystal.symmetry import SymOps
+
+TWO_PI = 2.0 * math.pi
+
+
+def it92_coefficients(elements: list[str]) -> np.ndarray:
+    """IT92 form-factor coefficients (T,9): a1..a4, b1..b4, c, for each element symbol."""
+    out = []
+    for e in elements:
+        el = gemmi.Element(e)
+        if el.atomic_number == 0 or el.it92 is None:
+            raise ValueError(f"unknown element {e!r}")
+        out.append(el.it92.get_coefs())
+    return np.array(out, dtype=float)
+
+
+def form_factors(elements: list[str], s2: np.ndarray) -> np.ndarray:
+    """f(s) for each element and reflection (T,M); s2 = 1/d² in Å⁻²."""
+    c = it92_coefficients(elements)
+    stol2 = s2[None, :] / 4.0
+    f = c[:, 8:9] + sum(c[:, i:i + 1] * np.exp(-c[:, 4 + i:5 + i] * stol2) for i in range(4))
+    return f
+
+
+def inverse_d2(cell: gemmi.UnitCell, hkl: np.ndarray) -> np.ndarray:
+    """1/d² (M,) in Å⁻² for Miller indices (M,3)."""
+    frac_to_recip = np.array(cell.frac.mat)  # rows: a*, b*, c* components
+    g = frac_to_recip @ frac_to_recip.T  # reciprocal metric tensor
+    hkl = np.asarray(hkl, dtype=float)
+    return np.einsum("mi,ij,mj->m", hkl, g, hkl)
+
+
+def beta_from_ucif(cell: gemmi.UnitCell, uaniso: torch.Tensor) -> torch.Tensor:
+    """U_cif (...,6: U11 U22 U33 U12 U13 U23, Å²) -> beta (...,3,3) with T = exp(-h beta h)."""
+    n = torch.tensor([cell.reciprocal().a, cell.reciprocal().b, cell.reciprocal().c],
+                     dtype=uaniso.dtype, device=uaniso.device)
+    u11, u22, u33, u12, u13, u23 = uaniso.unbind(-1)
+    U = torch.stack([torch.stack([u11, u12, u13], -1), torch.stack([u12, u22, u23], -1),
+                     torch.stack([u13, u23, u33], -1)], -2)
+    return 2 * math.pi ** 2 * U * n[:, None] * n[None, :]
+
+
+class StructureFactors:
+    """Structure factors of many candidate structures at one set of reflections.
+
+    Built once per problem (cell, operations, reflections, element types); then
+    `calc(frac, uiso, weight)` returns complex F (B,M) and is differentiable in
+    frac (B,N,3), uiso (B,N) and weight (B,N).
+    """
+
+    def __init__(self, cell: gemmi.UnitCell, ops: SymOps, hkl: np.ndarray, types: list[str],
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 chunk_elements: int = 1 << 23):
+        self.cell = cell
+        self.ops = ops
+        self.types = list(types)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.chunk_elements = chunk_elements
+        hkl = np.asarray(hkl, dtype=float).reshape(-1, 3)
+        s2 = inverse_d2(cell, hkl)
+        kw = dict(device=self.device, dtype=dtype)
+        self.hkl = torch.tensor(hkl, **kw)
+        self.s2 = torch.tensor(s2, **kw)  # (M,) Å⁻²
+        self.f0 = torch.tensor(form_factors(self.types, s2), **kw)  # (T,M)
+        # h R for every op: (O,M,3); phase of the translation: (O,M)
+        self.hR = torch.tensor(np.einsum("mi,oij->omj", hkl, ops.rot), **kw)
+        self.ht = torch.tensor(np.einsum("mi,oi->om", hkl, ops.tran), **kw)
+
+    @property
+    def n_reflections(self) -> int:
+        return self.hkl.shape[0]
+
+    def type_index(self, elements: list[str]) -> torch.Tensor:
+        return torch.tensor([self.types.index(e) for e in elements], device=self.device)
+
+    def calc(self, frac: torch.Tensor, type_idx: torch.Tensor, uiso: torch.Tensor,
+             weight: torch.Tensor | None = None, uaniso: torch.Tensor | None = None,
+             aniso_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Complex F (B,M).
+
+        frac (B,N,3) fractional; type_idx (N,) or (B,N) index into self.types;
+        uiso (B,N) Å²; weight (B,N) occupancy/stabilizer order (default 1);
+        uaniso (B,N,6) U_cif Å² used where aniso_mask (N,) is True.
+        """
+        B, N, _ = frac.shape
+        if weight is None:
+            weight = torch.ones(B, N, device=frac.device, dtype=frac.dtype)
+        M = self.n_reflections
+        O = self.hR.shape[0]
+        step = max(1, self.chunk_elements // max(1, B * N * O))
+        parts = []
+        for m0 in range(0, M, step):
+            parts.append(self._calc_chunk(frac, type_idx, uiso, weight, uaniso, aniso_mask,
+                                          slice(m0, min(M, m0 + step))))
+        return torch.cat(parts, dim=1)
+
+    def _calc_chunk(self, frac, type_idx, uiso, weight, uaniso, aniso_mask, sl):
+        hR, ht, s2 = self.hR[:, sl], self.ht[:, sl], self.s2[sl]
+        f0 = self.f0[:, sl][type_idx]  # (N,m) or (B,N,m)
+        if f0.dim() == 2:
+            f0 = f0.unsqueeze(0)
+        phase = TWO_PI * (torch.einsum("bnc,omc->bnom", frac, hR) + ht[None, None])
+        dw_iso = torch.exp(-2 * math.pi ** 2 * uiso[..., None] * s2)  # (B,N,m)
+        amp = weight[..., None] * f0 * dw_iso  # (B,N,m)
+        if uaniso is None or aniso_mask is None or not bool(aniso_mask.any()):
+            re = torch.einsum("bnm,bnom->bm", amp, torch.cos(phase))
+            im = torch.einsum("bnm,bnom->bm", amp, torch.sin(phase))
+            return torch.complex(re, im)
+        beta = beta_from_ucif(self.cell, uaniso)  # (B,N,3,3)
+        q = torch.einsum("omi,bnij,omj->bnom", hR, beta, hR)
+        # anisotropic atoms: replace the isotropic factor by the per-image one
+        mask = aniso_mask.to(frac.dtype)[None, :, None, None]
+        amp_img = (weight[..., None] * f0)[:, :, None, :] * (
+            mask * torch.exp(-q) + (1 - mask) * dw_iso[:, :, None, :])
+        re = (amp_img * torch.cos(phase)).sum(dim=(1, 2))
+        im = (amp_img * torch.sin(phase)).sum(dim=(1, 2))
+        return torch.complex(re, im)
+
+
+def structure_factors_of_atoms(cell: gemmi.UnitCell, ops: SymOps, hkl: np.ndarray,
+                               elements: list[str], frac: np.ndarray, uiso: np.ndarray,
+                               occ: np.ndarray, uaniso: np.ndarray | None = None,
+                               dtype: torch.dtype = torch.float64) -> np.ndarray:
+    """Complex F (M,) of one structure: a convenience wrapper for simulation and tests.
+
+    Site stabilizers are found here, so occupancies are chemical (1 for a full site,
+    whether on a special position or not).
+    """
+    from xdxd.crystal.symmetry import site_multiplicity_factor
+    types = sorted(set(elements))
+    sf = StructureFactors(cell, ops, hkl, types, dtype=dtype)
+    stab = site_multiplicity_factor(np.asarray(frac), ops, cell)
+    t = lambda a: torch.tensor(np.asarray(a, dtype=float), dtype=dtype)[None]
+    mask = None
+    ua = None
+    if uaniso is not None:
+        ua_np = np.asarray(uaniso, dtype=float)
+        finite = np.all(np.isfinite(ua_np), axis=1)
+        mask = torch.tensor(finite)
+        ua = t(np.where(finite[:, None], ua_np, 0.0))
+    F = sf.calc(t(frac), sf.type_index(list(elements)), t(uiso), t(np.asarray(occ) / stab),
+                uaniso=ua, aniso_mask=mask)
+    return F[0].numpy()

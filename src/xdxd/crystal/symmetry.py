@@ -1,0 +1,184 @@
+"""Space groups: the one place that turns a record's space group into symmetry operations.
+
+Operations come from gemmi (every symmetry operation combined with every centring
+vector). Conventions: fractional coordinates, an operation maps x -> R x + t.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from functools import lru_cache
+
+import gemmi
+import numpy as np
+
+
+class SpaceGroupError(ValueError):
+    pass
+
+
+def find_spacegroup(text: str | int | None = None, hall: str | None = None,
+                    number: int | None = None) -> gemmi.SpaceGroup:
+    """Look up a space group by Hall symbol, H-M symbol (any gemmi spelling) or IT number."""
+    sg = None
+    if hall:
+        try:
+            sg = gemmi.find_spacegroup_by_ops(gemmi.symops_from_hall(hall))
+        except (RuntimeError, ValueError):
+            sg = None
+    if sg is None and text not in (None, ""):
+        s = str(text).strip()
+        if s.isdigit():
+            number = number or int(s)
+        else:
+            sg = gemmi.find_spacegroup_by_name(s)
+            if sg is None:
+                try:  # e.g. "-P 2ybc" given as a name
+                    sg = gemmi.find_spacegroup_by_ops(gemmi.symops_from_hall(s))
+                except (RuntimeError, ValueError):
+                    sg = None
+    if sg is None and number:
+        sg = gemmi.find_spacegroup_by_number(int(number))
+    if sg is None:
+        raise SpaceGroupError(f"unknown space group {text or hall or number!r}")
+    return sg
+
+
+def spacegroup_from_record(sg: dict) -> gemmi.SpaceGroup:
+    """Record field {"hall", "hm", "number"} -> gemmi.SpaceGroup (Hall wins)."""
+    if not isinstance(sg, dict):
+        return find_spacegroup(sg)
+    return find_spacegroup(sg.get("hm"), hall=sg.get("hall"), number=sg.get("number"))
+
+
+def spacegroup_to_record(sg: gemmi.SpaceGroup) -> dict:
+    return {"hall": sg.hall, "hm": sg.xhm(), "number": sg.number}
+
+
+@dataclass(frozen=True)
+class SymOps:
+    """All operations of a space group, centring included: x' = rot @ x + tran.
+
+    rot: (O,3,3) float, tran: (O,3) float in [0,1).
+    """
+    rot: np.ndarray
+    tran: np.ndarray
+    centrosymmetric: bool
+    sohncke: bool
+    hall: str
+
+    def __len__(self) -> int:
+        return len(self.rot)
+
+
+@lru_cache(maxsize=512)
+def _symops_cached(hall: str) -> SymOps:
+    sg = gemmi.find_spacegroup_by_ops(gemmi.symops_from_hall(hall))
+    mats = np.array([op.float_seitz() for op in sg.operations()])
+    return SymOps(mats[:, :3, :3].copy(), np.mod(mats[:, :3, 3], 1.0), sg.is_centrosymmetric(),
+                  sg.is_sohncke(), sg.hall)
+
+
+def symops(sg: gemmi.SpaceGroup) -> SymOps:
+    return _symops_cached(sg.hall)
+
+
+def apply_ops(frac: np.ndarray, ops: SymOps) -> np.ndarray:
+    """All images of fractional positions (N,3) -> (N,O,3), wrapped into [0,1)."""
+    images = np.einsum("oij,nj->noi", ops.rot, frac) + ops.tran[None]
+    return np.mod(images, 1.0)
+
+
+def frac_distance(a: np.ndarray, b: np.ndarray, cell: gemmi.UnitCell) -> np.ndarray:
+    """Shortest distance in Å between fractional points a (...,3) and b (...,3), periodic."""
+    d = a - b
+    d -= np.round(d)
+    orth = np.array(cell.orth.mat)
+    return np.linalg.norm(d @ orth.T, axis=-1)
+
+
+def stabilizer(frac_xyz: np.ndarray, ops: SymOps, cell: gemmi.UnitCell, tol: float = 0.1) -> np.ndarray:
+    """Indices of the operations that map one site onto itself (within tol Å)."""
+    images = apply_ops(frac_xyz[None], ops)[0]  # (O,3)
+    return np.nonzero(frac_distance(images, frac_xyz[None], cell) < tol)[0]
+
+
+def site_multiplicity_factor(frac: np.ndarray, ops: SymOps, cell: gemmi.UnitCell,
+                             tol: float = 0.1) -> np.ndarray:
+    """Order of each site's stabilizer (N,): 1 for a general position, 2 on a 2-fold axis..."""
+    return np.array([len(stabilizer(x, ops, cell, tol)) for x in frac], dtype=float)
+
+
+def special_position_projector(frac_xyz: np.ndarray, ops: SymOps, cell: gemmi.UnitCell,
+                               tol: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Constraint for a site on a special position: x = x0 + P @ dx keeps it there.
+
+    Returns (x0, P): x0 is the site moved exactly onto the special position
+    (average of its stabilizer images), P (3,3) the projector (mean of the stabilizer's R).
+    """
+    idx = stabilizer(frac_xyz, ops, cell, tol)
+    images = apply_ops(frac_xyz[None], ops)[0][idx]
+    d = images - frac_xyz
+    d -= np.round(d)
+    x0 = frac_xyz + d.mean(axis=0)
+    P = ops.rot[idx].mean(axis=0)
+    return x0, P
+
+
+def unique_images(frac: np.ndarray, ops: SymOps, cell: gemmi.UnitCell,
+                  tol: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetry-expand sites into the unit cell, merging images closer than tol Å.
+
+    Returns (positions (K,3) in [0,1), site index (K,) of the asymmetric-unit atom).
+    """
+    out, owner = [], []
+    for i, images in enumerate(apply_ops(frac, ops)):
+        kept: list[np.ndarray] = []
+        for p in images:
+            if not kept or frac_distance(np.array(kept), p[None], cell).min() >= tol:
+                kept.append(p)
+        out.extend(kept)
+        owner.extend([i] * len(kept))
+    return np.mod(np.array(out).reshape(-1, 3), 1.0), np.array(owner, dtype=int)
+
+
+def origin_shifts(ops: SymOps, grid: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """Origin shifts s that leave every |F| unchanged for this space group.
+
+    Returns (discrete shifts (S,3) on a 1/grid lattice, polar axes (P,3)): a shift s is
+    allowed when (R - I) s is a lattice or centring translation for every R; a polar axis
+    is a direction v with (R - I) v = 0 for all R (a continuous shift).
+    """
+    cen = [t for r, t in zip(ops.rot, ops.tran) if np.allclose(r, np.eye(3))]
+    cen = np.array(cen)  # (C,3), includes 0
+    steps = np.arange(grid) / grid
+    shifts = []
+    for s in itertools.product(steps, repeat=3):
+        s = np.array(s)
+        ok = True
+        for r in ops.rot:
+            d = (r - np.eye(3)) @ s
+            diff = d[None] - cen
+            if not np.any(np.all(np.abs(diff - np.round(diff)) < 1e-6, axis=1)):
+                ok = False
+                break
+        if ok:
+            shifts.append(s)
+    # polar directions: common null space of all (R - I)
+    stack = np.concatenate([r - np.eye(3) for r in ops.rot], axis=0)
+    _, sv, vt = np.linalg.svd(stack)
+    polar = vt[np.sum(sv > 1e-8):]
+    return np.array(shifts), polar
+
+
+def spglib_number(cell: gemmi.UnitCell, frac: np.ndarray, numbers: np.ndarray,
+                  symprec: float = 1e-3) -> int | None:
+    """International number spglib finds for a P1 list of atoms (a check, not a source)."""
+    import spglib
+    lattice = np.array(cell.orth.mat).T  # rows are a, b, c in Å
+    ds = spglib.get_symmetry_dataset((lattice, frac, numbers), symprec=symprec)
+    return None if ds is None else int(ds.number)
+
+
+def make_cell(cell: list[float] | tuple) -> gemmi.UnitCell:
+    return gemmi.UnitCell(*[float(v) for v in cell])
