@@ -1,0 +1,254 @@
+"""Score a solution against a known structure with pymatgen's StructureMatcher.
+
+Both structures are expanded by symmetry into their P1 unit cells (non-H atoms only,
+element = species, occupancy ignored) and handed to pymatgen, which searches lattice
+settings, origin translations and atom assignments itself. We never match atoms
+ourselves. Two tolerance sets:
+
+    loose   stol=0.5, ltol=0.3, angle_tol=10°   (the XDXD/DiffCSP convention)
+    strict  stol=0.3, ltol=0.2, angle_tol=5°    (pymatgen's defaults)
+
+`matched_*` is `StructureMatcher.fit`: after the best lattice setting and translation,
+every atom lies within stol × (V/n)^(1/3) of its partner, V the cell volume (Å³) and n
+the number of non-H atoms in the P1 cell. `rms_*` is `StructureMatcher.get_rms_dist`,
+the RMS displacement divided by that same length (V/n)^(1/3), or None when no setting
+gives an RMS below stol. DiffCSP's `compute_metrics.py` counts a match whenever that RMS
+exists (`matched_loose_diffcsp` here); it lets one far-off atom pass, so our
+`matched_*` (every atom within stol) is the stricter, crystallographic reading.
+`rmsd_A` = rms_loose × (V/n)^(1/3) in Å, pymatgen's own normalisation undone.
+
+pymatgen's lattice search includes improper bases, so the enantiomorph (the inverted
+structure, indistinguishable from |F| without anomalous scattering) also matches.
+
+    from xdxd.score import score_record
+    rec = score_record(rec)   # adds rec["metrics"]: matched_loose, rms_loose, rmsd_A, ...
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from xdxd import records
+from xdxd.crystal import symmetry
+
+# StructureMatcher tolerances: stol in units of (V/n)^(1/3), ltol fractional, angle_tol in °
+LOOSE = {"stol": 0.5, "ltol": 0.3, "angle_tol": 10.0}
+STRICT = {"stol": 0.3, "ltol": 0.2, "angle_tol": 5.0}
+
+# Images of one site closer than this (Å) are one atom on a special position. cod-dev
+# guarantees no two non-H atoms closer than 0.5 Å, so the reference is never merged wrongly.
+MERGE_TOL_A = 0.5
+
+HYDROGENS = ("H", "D")
+
+
+class ScoreError(ValueError):
+    """A record cannot be scored (no solution, no reference, no atoms...)."""
+
+
+@dataclass
+class P1Cell:
+    """A structure expanded into its P1 unit cell, non-H atoms only."""
+    structure: "object"     # pymatgen.core.Structure
+    n_asu: int              # non-H atoms in the asymmetric unit
+    volume_A3: float        # cell volume, Å³
+
+    @property
+    def length_A(self) -> float:
+        """(V/n)^(1/3) in Å: pymatgen's normalisation length for stol and RMS."""
+        return (self.volume_A3 / len(self.structure)) ** (1.0 / 3.0)
+
+
+def p1_cell(atoms: list[dict], cell: list[float], spacegroup: dict,
+            merge_tol_A: float = MERGE_TOL_A) -> P1Cell:
+    """Record atoms (asymmetric unit) -> P1Cell of the non-H atoms.
+
+    cell: [a, b, c (Å), alpha, beta, gamma (°)]; spacegroup: the record's {"hall", "hm", "number"}.
+    Images of one site closer than merge_tol_A (Å) are merged (special positions).
+    """
+    from pymatgen.core import Lattice, Structure
+
+    heavy = [a for a in atoms if a.get("element") not in HYDROGENS]
+    if not heavy:
+        raise ScoreError("no non-H atoms")
+    arr = records.atoms_to_arrays(heavy)
+    if not np.all(np.isfinite(arr.frac)):
+        raise ScoreError("non-finite fractional coordinates")
+    ucell = symmetry.make_cell(cell)
+    ops = symmetry.symops(symmetry.spacegroup_from_record(spacegroup))
+    frac, owner = symmetry.unique_images(np.mod(arr.frac, 1.0), ops, ucell, tol=merge_tol_A)
+    species = [arr.elements[i] for i in owner]
+    lattice = Lattice.from_parameters(*[float(v) for v in cell])
+    structure = Structure(lattice, species, frac)
+    return P1Cell(structure, len(heavy), float(ucell.volume))
+
+
+def _matcher(tol: dict):
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    return StructureMatcher(**tol)
+
+
+def compare(solution: P1Cell, reference: P1Cell) -> dict:
+    """Match one P1 cell onto another, loose and strict. Returns the metrics dict.
+
+    matched_loose/strict (bool), rms_loose/strict (normalised, or None),
+    matched_loose_diffcsp (bool: rms_loose is not None), rmsd_A and max_dist_A
+    (Å, from the loose RMS search, or None), n_atoms (non-H, asymmetric unit of the
+    reference), n_atoms_p1, same_composition.
+    """
+    ref, sol = reference.structure, solution.structure
+    out = {"n_atoms": reference.n_asu, "n_atoms_p1": len(ref),
+           "same_composition": ref.composition == sol.composition}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pymatgen warns about e.g. missing oxidation states
+        for name, tol in (("loose", LOOSE), ("strict", STRICT)):
+            sm = _matcher(tol)
+            out[f"matched_{name}"] = bool(out["same_composition"] and sm.fit(ref, sol))
+            rms = sm.get_rms_dist(ref, sol) if out["same_composition"] else None
+            out[f"rms_{name}"] = None if rms is None else round(float(rms[0]), 5)
+            if name == "loose":
+                out["matched_loose_diffcsp"] = rms is not None
+                length = reference.length_A
+                out["rmsd_A"] = None if rms is None else round(float(rms[0]) * length, 4)
+                out["max_dist_A"] = None if rms is None else round(float(rms[1]) * length, 4)
+    return out
+
+
+def _atoms_of(structure, what: str) -> list[dict]:
+    """The atom list of a solution, candidate or reference ({"atoms": [...]} or a bare list)."""
+    if isinstance(structure, list):
+        return structure
+    if isinstance(structure, dict) and isinstance(structure.get("atoms"), list):
+        return structure["atoms"]
+    raise ScoreError(f"{what} has no atom list")
+
+
+def _frame(structure, rec: dict) -> tuple[list[float], dict]:
+    """Cell and space group of a structure: its own if it carries them, else the record's."""
+    own = structure if isinstance(structure, dict) else {}
+    return own.get("cell") or rec["cell"], own.get("spacegroup") or rec["spacegroup"]
+
+
+def score_structures(solution, reference, rec: dict) -> dict:
+    """Metrics of one structure ({"atoms": [...]}) against the reference, in rec's frame."""
+    ref = p1_cell(_atoms_of(reference, "reference"), *_frame(reference, rec))
+    try:
+        sol = p1_cell(_atoms_of(solution, "solution"), *_frame(solution, rec))
+    except ScoreError as e:
+        raise ScoreError(f"solution: {e}") from None
+    return compare(sol, ref)
+
+
+def score_candidates(candidates: list, reference, rec: dict) -> dict:
+    """Which sampler candidate matches the reference best (loose, lowest RMS).
+
+    Returns best_candidate (index into candidates, or None), best_candidate_rms_loose,
+    n_candidates, n_candidates_matched_loose. A candidate that cannot be expanded
+    (no atoms, bad coordinates) counts as not matched.
+    """
+    ref = p1_cell(_atoms_of(reference, "reference"), *_frame(reference, rec))
+    best, best_rms, n_matched = None, None, 0
+    for i, cand in enumerate(candidates):
+        try:
+            m = compare(p1_cell(_atoms_of(cand, f"candidate {i}"), *_frame(cand, rec)), ref)
+        except ScoreError:
+            continue
+        if not m["matched_loose"]:
+            continue
+        n_matched += 1
+        rms = m["rms_loose"] if m["rms_loose"] is not None else math.inf
+        if best is None or rms < best_rms:
+            best, best_rms = i, rms
+    return {"best_candidate": best,
+            "best_candidate_rms_loose": None if best_rms in (None, math.inf) else best_rms,
+            "n_candidates": len(candidates), "n_candidates_matched_loose": n_matched}
+
+
+def score_record(rec: dict, candidates: bool = True) -> dict:
+    """Add metrics to a record that has `solution` and `reference`; returns the record.
+
+    metrics gains: matched_loose, matched_strict, matched_loose_diffcsp, rms_loose,
+    rms_strict, rmsd_A, max_dist_A, same_composition, n_atoms, n_atoms_p1, r1 (copied
+    from the solution) and, when the record has `candidates` and candidates=True,
+    best_candidate, best_candidate_rms_loose, n_candidates, n_candidates_matched_loose.
+    Raises ScoreError (message starts with the record id) when it cannot be scored.
+    """
+    rid = str(rec.get("id", "?"))
+    try:
+        records.check_problem(rec, need_reflections=False)
+        if not rec.get("solution"):
+            raise ScoreError("no solution to score (run xdxd-refine first)")
+        if not rec.get("reference"):
+            raise ScoreError("no reference structure to score against")
+        metrics = score_structures(rec["solution"], rec["reference"], rec)
+        if candidates and rec.get("candidates"):
+            metrics.update(score_candidates(rec["candidates"], rec["reference"], rec))
+    except (ScoreError, records.RecordError, symmetry.SpaceGroupError) as e:
+        msg = str(e)
+        raise ScoreError(msg if msg.startswith(rid) else f"{rid}: {msg}") from None
+    except Exception as e:  # pymatgen's own failures: name them, keep the stream going
+        raise ScoreError(f"{rid}: structure matching failed ({type(e).__name__}: {e})") from e
+    metrics["r1"] = _r1_of(rec)
+    out = dict(rec)
+    out["metrics"] = {**(rec.get("metrics") or {}), **metrics}
+    return out
+
+
+def _r1_of(rec: dict) -> float | None:
+    sol = rec.get("solution") or {}
+    for source in (sol, sol.get("metrics") or {}, rec.get("metrics") or {}):
+        if isinstance(source, dict) and source.get("r1") is not None:
+            return source["r1"]
+    return None
+
+
+# ---------------------------------------------------------------------------
+# summaries
+
+def pipeline_seconds(rec: dict) -> float | None:
+    """Seconds the record spent in the solving stages (sum of timing_s without "score")."""
+    t = rec.get("timing_s") or {}
+    vals = [v for k, v in t.items() if k != "score" and isinstance(v, (int, float))]
+    return float(sum(vals)) if vals else None
+
+
+def summarize(metrics: list[dict | None], seconds: list[float | None] | None = None) -> dict:
+    """Summary over records: metrics[i] is a record's metrics, or None if it failed.
+
+    Returns n, n_scored, n_error, solved_loose / solved_strict / solved_loose_diffcsp
+    (fractions of n, failed records count as unsolved), found_loose (fraction where some
+    candidate matched loose, over records with candidates), mean_rms_loose and
+    mean_rmsd_A (over loose-matched records), median_r1, median_seconds.
+    """
+    n = len(metrics)
+    ok = [m for m in metrics if m is not None]
+    matched = [m for m in ok if m.get("matched_loose")]
+    with_cands = [m for m in ok if "n_candidates_matched_loose" in m]
+
+    def frac(count: int, total: int) -> float | None:
+        return round(count / total, 4) if total else None
+
+    def mean(vals) -> float | None:
+        vals = [v for v in vals if v is not None]
+        return round(statistics.fmean(vals), 5) if vals else None
+
+    def median(vals) -> float | None:
+        vals = [v for v in vals if v is not None]
+        return round(statistics.median(vals), 5) if vals else None
+
+    return {
+        "n": n, "n_scored": len(ok), "n_error": n - len(ok),
+        "solved_loose": frac(len(matched), n),
+        "solved_strict": frac(sum(bool(m.get("matched_strict")) for m in ok), n),
+        "solved_loose_diffcsp": frac(sum(bool(m.get("matched_loose_diffcsp")) for m in ok), n),
+        "found_loose": frac(sum(m["n_candidates_matched_loose"] > 0 for m in with_cands),
+                            len(with_cands)),
+        "mean_rms_loose": mean(m.get("rms_loose") for m in matched),
+        "mean_rmsd_A": mean(m.get("rmsd_A") for m in matched),
+        "median_r1": median(m.get("r1") for m in ok),
+        "median_seconds": median(seconds or []),
+    }
