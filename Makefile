@@ -1,0 +1,40 @@
+# xdxd — set-up, demo, tests, benchmarks.  `make demo` and `make test` are all a new machine needs.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+TORCH  ?= torch==2.13.0
+# Without a GPU, torch comes from PyTorch's CPU-only index, never the multi-GB CUDA build.
+# A wheel that pip already finds locally (pip's find-links) is tried first, offline.
+TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,--index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple)
+COD    ?= ../shared/benchmarks/cod-dev
+DMIN   ?= 1.0 1.5 2.0
+BENCH_ARGS ?=
+
+.PHONY: install test test-all demo bench bench-diffusion clean data
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --no-index "$(TORCH)" 2>/dev/null || $(BIN)/pip install -q $(TORCH_INDEX) "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev,synth]"
+	$(BIN)/python bin/check-install
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+test-all: install
+	$(BIN)/python -m pytest -q tests
+
+demo: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" bin/demo examples/2205750.cif
+
+bench: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/xdxd-bench $(COD) --class organic $(foreach d,$(DMIN),--dmin $(d)) $(BENCH_ARGS)
+
+data: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" bin/fetch-moses-smiles data/moses.smi
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache
