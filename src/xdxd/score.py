@@ -252,3 +252,13 @@ def summarize(metrics: list[dict | None], seconds: list[float | None] | None = N
         "median_r1": median(m.get("r1") for m in ok),
         "median_seconds": median(seconds or []),
     }
+
+
+def pct(x: float | None) -> str:
+    """A fraction as a percentage for tables ("–" for None)."""
+    return "–" if x is None else f"{100 * x:.0f}%"
+
+
+def num(x: float | None, digits: int) -> str:
+    """A number with `digits` decimals for tables ("–" for None)."""
+    return "–" if x is None else f"{x:.{digits}f}"

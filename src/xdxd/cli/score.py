@@ -10,6 +10,7 @@ import json
 from typing import List, Optional
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from xdxd import records
@@ -66,28 +67,26 @@ def score(
     if summary == SummaryKind.json and not summary_out:
         stderr.print(json.dumps(result), highlight=False, soft_wrap=True)
     elif summary == SummaryKind.table and not quiet:
-        stderr.print(summary_table(result))
+        wide_stderr().print(summary_table(result))
     raise typer.Exit(code)
+
+
+def wide_stderr() -> Console:
+    """stderr console; off a terminal, wide enough that tables do not fold (rich's default is 80)."""
+    return stderr if stderr.is_terminal else Console(stderr=True, width=160)
 
 
 def summary_table(s: dict, title: str = "xdxd-score") -> Table:
     """The summary dict of xdxd.score.summarize as a rich table."""
+    from xdxd.score import num, pct
     t = Table(title=title)
     for col in ("n", "failed", "solved loose", "solved strict", "mean RMS (loose)",
                 "mean RMSD Å", "median R1", "median s"):
         t.add_column(col, justify="right")
-    t.add_row(str(s["n"]), str(s["n_error"]), _pct(s["solved_loose"]), _pct(s["solved_strict"]),
-              _num(s["mean_rms_loose"], 3), _num(s["mean_rmsd_A"], 3), _num(s["median_r1"], 3),
-              _num(s["median_seconds"], 1))
+    t.add_row(str(s["n"]), str(s["n_error"]), pct(s["solved_loose"]), pct(s["solved_strict"]),
+              num(s["mean_rms_loose"], 3), num(s["mean_rmsd_A"], 3), num(s["median_r1"], 3),
+              num(s["median_seconds"], 1))
     return t
-
-
-def _pct(x) -> str:
-    return "–" if x is None else f"{100 * x:.0f}%"
-
-
-def _num(x, digits: int) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
 
 
 def main() -> None:
