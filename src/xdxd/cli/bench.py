@@ -1,0 +1,135 @@
+"""xdxd-bench: prep -> sample -> refine -> score over a folder of CIFs, with timings.
+
+    xdxd-bench --dmin 1.0 --dmin 1.5 --dmin 2.0 --method dualspace --out bench.jsonl --markdown
+    xdxd-bench --ids 2202108,2203315 --dmin 1.0 --samples 4 --no-isolate
+"""
+from __future__ import annotations
+
+import json
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from xdxd import records
+from xdxd.cli.common import Log, QuietOpt, RecordWriter, SeedOpt, ThreadsOpt, stderr
+from xdxd.cli.score import wide_stderr
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+ROW = "{id:>9} {n_atoms:>5} {sg:<14} {dmin:>5} {method:<10} {loose:>5} {strict:>6} {rms:>6} {r1:>6} {seconds:>8} {mem:>7}  {error}"
+
+
+@app.command()
+def bench(
+    folder: str = typer.Argument("../shared/benchmarks/cod-dev",
+                                 help="Folder of CIFs (with cod-dev's index.tsv for --class/--max-atoms)."),
+    classes: List[str] = typer.Option(["organic"], "--class",
+                                      help="Structure class from index.tsv (repeatable); 'all' for every class."),
+    max_atoms: Optional[int] = typer.Option(None, "--max-atoms", help="Only structures with at most this many non-H atoms in the asymmetric unit."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N structures (COD-id order)."),
+    ids: Optional[List[str]] = typer.Option(None, "--ids", help="Only these ids (repeatable or comma-separated)."),
+    dmins: List[float] = typer.Option([2.0], "--dmin", help="Resolution d_min in Å (repeatable)."),
+    methods: List[str] = typer.Option(["dualspace"], "--method", help="Sampler method (repeatable)."),
+    samples: int = typer.Option(8, "--samples", help="Candidates the sampler emits per structure."),
+    seed: int = SeedOpt,
+    time_budget_s: Optional[float] = typer.Option(None, "--time-budget-s",
+                                                  help="Sampler wall-time budget per structure and method, s (equal for all methods)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Structures run at the same time."),
+    threads: int = ThreadsOpt,
+    isolate: bool = typer.Option(True, "--isolate/--no-isolate",
+                                 help="Each structure in a fresh process: its own peak memory, crashes contained."),
+    hard_timeout_s: Optional[float] = typer.Option(None, "--hard-timeout-s",
+                                                   help="Kill a structure after this many seconds (default: 3 x budget + 300 when a budget is set)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write every scored record here (JSON lines, atomic)."),
+    summary_out: Optional[str] = typer.Option(None, "--summary-out", help="Write the summaries here as JSON."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the summary as a Markdown table on stdout."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Run the whole pipeline on each structure and report solved fractions, RMS, time and memory."""
+    from xdxd.bench import BenchConfig, markdown_table, run_bench, select_structures, summarize_bench
+
+    log = Log(quiet)
+    if hard_timeout_s is None and time_budget_s is not None:
+        hard_timeout_s = 3 * time_budget_s + 300
+    cfg = BenchConfig(
+        folder=folder, classes=None if "all" in classes else list(classes), max_atoms=max_atoms,
+        ids=[i for s in ids or [] for i in s.split(",") if i] or None, limit=limit,
+        dmins=list(dmins), methods=list(methods), samples=samples, seed=seed,
+        time_budget_s=time_budget_s, jobs=jobs, threads=threads, isolate=isolate,
+        hard_timeout_s=hard_timeout_s)
+    try:
+        entries = select_structures(cfg.folder, cfg.classes, cfg.max_atoms, cfg.ids, cfg.limit)
+    except FileNotFoundError as e:
+        log.error(str(e))
+        raise typer.Exit(2)
+    n_tasks = len(entries) * len(cfg.dmins) * len(cfg.methods)
+    log.info(f"xdxd-bench: {len(entries)} structures x {len(cfg.dmins)} d_min x "
+             f"{len(cfg.methods)} methods = {n_tasks} runs, {cfg.jobs} at a time")
+    if not quiet:
+        stderr.print(ROW.format(id="id", n_atoms="atoms", sg="sg", dmin="dmin", method="method",
+                                loose="loose", strict="strict", rms="rms", r1="R1",
+                                seconds="seconds", mem="RSS MB", error=""),
+                     highlight=False, soft_wrap=True)
+    writer = RecordWriter(out) if out else None
+    rows = []
+    try:
+        for rec in run_bench(cfg, entries=entries):
+            row = rec["bench"]
+            rows.append(row)
+            if writer:
+                writer.write(rec)
+            if not quiet:
+                stderr.print(_row_line(row), highlight=False, soft_wrap=True, markup=False)
+    except KeyboardInterrupt:
+        if writer:
+            writer.abort()
+        raise typer.Exit(130)
+    if writer:
+        writer.close()
+    summaries = summarize_bench(rows)
+    if summary_out:
+        records.atomic_write_text(summary_out, json.dumps(
+            {"config": cfg.__dict__, "summaries": summaries}, indent=1, default=str) + "\n")
+    if not quiet:
+        wide_stderr().print(summary_table(summaries))
+    if markdown:
+        typer.echo(markdown_table(summaries), nl=False)
+    raise typer.Exit(1 if any(r.get("error") for r in rows) else 0)
+
+
+def _row_line(r: dict) -> str:
+    from xdxd.score import num
+
+    def yes(b) -> str:
+        return "yes" if b else "no"
+    err = r.get("error") or ""
+    return ROW.format(id=r["id"], n_atoms=r.get("n_atoms") if r.get("n_atoms") is not None else "?",
+                      sg=(r.get("sg") or "?").replace(" ", "")[:14], dmin=f"{r['dmin']:.2f}",
+                      method=r["method"][:10], loose=yes(r["matched_loose"]),
+                      strict=yes(r["matched_strict"]), rms=num(r.get("rms_loose"), 3),
+                      r1=num(r.get("r1"), 3), seconds=num(r.get("seconds"), 1),
+                      mem=num(r.get("peak_rss_MB"), 0), error=err[:120])
+
+
+def summary_table(summaries: list[dict]) -> Table:
+    """One row per (d_min, method)."""
+    from xdxd.score import num, pct
+    t = Table(title="xdxd-bench")
+    for col in ("d_min Å", "method", "n", "failed", "solved loose", "solved strict", "found loose",
+                "mean RMS", "mean RMSD Å", "median R1", "median s", "peak RSS MB"):
+        t.add_column(col, justify="right")
+    for s in summaries:
+        t.add_row(f"{s['dmin']:.2f}", s["method"], str(s["n"]), str(s["n_error"]),
+                  pct(s["solved_loose"]), pct(s["solved_strict"]), pct(s["found_loose"]),
+                  num(s["mean_rms_loose"], 3), num(s["mean_rmsd_A"], 3), num(s["median_r1"], 3),
+                  num(s["median_seconds"], 1), num(s["max_peak_rss_MB"], 0))
+    return t
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
