@@ -1,0 +1,225 @@
+"""Chemistry of a model: bonds, valences, short contacts, and element swaps.
+
+A crystal model from a sampler knows only where its atoms are and which element each
+one has been given. This module asks whether that makes chemical sense:
+
+- contacts / bonds: interatomic distances with symmetry images included (every image
+  of every atom around each asymmetric-unit atom, nearest lattice translations);
+  a bond is d < r_i + r_j + `BOND_TOL` with gemmi's covalent radii r.
+- valence: a bond order per bond from its length, BO = exp((r_i + r_j + 0.05 - d) / 0.3)
+  (Pauling's relation; 1.54 Å C-C -> 0.9, 1.34 Å C=C -> 1.8, 1.21 Å C=O -> 2.2), summed
+  per atom (the bond-valence sum) and compared with the element's usual valences
+  (`VALENCES`); what is missing is taken to be hydrogens, counted against the record's
+  `hydrogens` budget.
+- too-short contacts (d < `SHORT_FACTOR` (r_i + r_j)), too many neighbours, and
+  isolated atoms.
+
+`chemistry_score` adds these up (0 good, higher worse; roughly one unit per clear
+problem), and `swap_elements` exchanges the elements of pairs of atoms (C/N/O, S/Cl, ...)
+when that lowers R1 plus a chemistry penalty, re-refining after each swap.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import gemmi
+import numpy as np
+
+from xdxd.crystal.symmetry import SymOps
+
+BOND_TOL = 0.45        # Å added to the sum of covalent radii for a bond
+SHORT_FACTOR = 0.80    # a contact shorter than this times r_i + r_j is too short
+BO_OFFSET = 0.05       # Å added to r_i + r_j for a bond of order 1
+BO_SLOPE = 0.30        # Å, Pauling's bond-order slope
+
+# usual valences (sum of bond orders incl. H), and the most neighbours an atom may have
+VALENCES = {
+    "C": (4,), "N": (3, 4), "O": (2,), "S": (2, 4, 6), "P": (3, 5), "Se": (2, 4, 6),
+    "F": (1,), "Cl": (1,), "Br": (1,), "I": (1, 3), "B": (3, 4), "Si": (4,), "H": (1,),
+}
+MAX_NEIGHBOURS = {
+    "C": 4, "N": 4, "O": 2, "S": 6, "P": 6, "Se": 6, "F": 1, "Cl": 1, "Br": 1, "I": 2,
+    "B": 4, "Si": 5, "H": 1,
+}
+# elements a swap may exchange (X-ray scattering close enough to be confused at low resolution)
+SWAP_GROUPS = ({"C", "N", "O"}, {"S", "Cl", "P"}, {"Br", "Se"}, {"N", "O", "F"})
+
+
+def covalent_radius(element: str) -> float:
+    """Covalent radius in Å (gemmi's table)."""
+    return float(gemmi.Element(element).covalent_r)
+
+
+def is_hydrogen(element: str) -> bool:
+    return element in ("H", "D")
+
+
+# ---------------------------------------------------------------------------
+# neighbour search
+
+@dataclass
+class Contacts:
+    """Directed contacts around asymmetric-unit atoms, symmetry images included.
+
+    For contact c: atom i (asymmetric unit) sees atom j moved by operation op and
+    lattice translation shift: x = R_op x_j + t_op + shift, at distance d Å.
+    Each unordered pair i != j appears once (i < j); an atom's contacts with its own
+    images appear once per operation.
+    """
+    i: np.ndarray      # (C,) int
+    j: np.ndarray      # (C,) int
+    op: np.ndarray     # (C,) int
+    shift: np.ndarray  # (C,3) float
+    d: np.ndarray      # (C,) Å
+
+    def __len__(self) -> int:
+        return len(self.i)
+
+
+def find_contacts(cell: gemmi.UnitCell, ops: SymOps, frac: np.ndarray, cutoff: float,
+                  min_self: float = 0.1) -> Contacts:
+    """All contacts shorter than cutoff Å between sites frac (N,3) and their images.
+
+    Images of an atom within min_self Å of itself (a special position) are skipped.
+    Lattice translations -1..+1 around the nearest image are searched, so oblique
+    cells are handled.
+    """
+    frac = np.asarray(frac, dtype=float).reshape(-1, 3)
+    N = len(frac)
+    orth = np.array(cell.orth.mat)
+    img = np.einsum("oab,jb->joa", ops.rot, frac) + ops.tran[None]  # (N,O,3)
+    diff = img[None, :, :, :] - frac[:, None, None, :]  # (N_i,N_j,O,3)
+    base = -np.round(diff)
+    grid = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)], float)
+    out = {k: [] for k in ("i", "j", "op", "shift", "d")}
+    for g in grid:
+        shift = base + g  # (N,N,O,3)
+        cart = (diff + shift) @ orth.T
+        d = np.linalg.norm(cart, axis=-1)  # (N,N,O)
+        ii, jj, oo = np.nonzero(d < cutoff)
+        for i, j, o in zip(ii, jj, oo):
+            if i > j:
+                continue
+            if i == j and d[i, j, o] < min_self:
+                continue
+            out["i"].append(i)
+            out["j"].append(j)
+            out["op"].append(o)
+            out["shift"].append(shift[i, j, o])
+            out["d"].append(d[i, j, o])
+    return Contacts(np.array(out["i"], int), np.array(out["j"], int), np.array(out["op"], int),
+                    np.array(out["shift"], float).reshape(-1, 3), np.array(out["d"], float))
+
+
+# ---------------------------------------------------------------------------
+# bonding check
+
+@dataclass
+class Chemistry:
+    """Result of `check`: a score (0 good) and the issues behind it."""
+    score: float
+    n_bonds: int
+    valence_sum: list[float]          # (N,) bond-valence sum of each atom (non-H bonds)
+    implicit_h: int                   # hydrogens the valences call for
+    hydrogens: int | None             # the composition's budget, if known
+    issues: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"score": round(self.score, 3), "n_bonds": self.n_bonds,
+                "implicit_h": self.implicit_h, "hydrogens": self.hydrogens,
+                "issues": self.issues}
+
+
+def bond_order(d: np.ndarray, ri: np.ndarray, rj: np.ndarray) -> np.ndarray:
+    """Pauling bond order from a length d Å and covalent radii r Å."""
+    return np.exp((ri + rj + BO_OFFSET - d) / BO_SLOPE)
+
+
+def check(cell: gemmi.UnitCell, ops: SymOps, elements: list[str], frac: np.ndarray,
+          hydrogens: int | None = None, labels: list[str] | None = None,
+          contacts: Contacts | None = None) -> Chemistry:
+    """Bonding check of one model (H atoms in the model are ignored).
+
+    Score terms (each about 1 for a clear problem):
+      too-short contact     1 per contact, + how far inside (Å / 0.1)
+      too many neighbours   1 per extra neighbour
+      over-bonded           excess of the bond-valence sum over the largest usual valence
+      isolated atom         1 (0.3 for O, halogens and metals: water, anions, ions)
+      hydrogen budget       0.25 per hydrogen of |implicit H - hydrogens| beyond 1 per 4 atoms
+    """
+    heavy = [k for k, e in enumerate(elements) if not is_hydrogen(e)]
+    els = [elements[k] for k in heavy]
+    lab = [(labels[k] if labels else f"{elements[k]}{k + 1}") for k in heavy]
+    x = np.asarray(frac, dtype=float).reshape(-1, 3)[heavy]
+    N = len(els)
+    r = np.array([covalent_radius(e) for e in els])
+    if contacts is None:
+        contacts = find_contacts(cell, ops, x, cutoff=(2 * r.max() + BOND_TOL) if N else 0.0)
+    issues: list[str] = []
+    score = 0.0
+    bvs = np.zeros(N)
+    nbr = np.zeros(N, dtype=int)
+    n_bonds = 0
+    for i, j, d in zip(contacts.i, contacts.j, contacts.d):
+        rsum = r[i] + r[j]
+        if d >= rsum + BOND_TOL:
+            continue
+        if d < SHORT_FACTOR * rsum:
+            score += 1.0 + (SHORT_FACTOR * rsum - d) / 0.1
+            issues.append(f"short contact {lab[i]}-{lab[j]} {d:.2f} A")
+        bo = float(bond_order(d, r[i], r[j]))
+        bo = min(bo, 3.0)
+        n_bonds += 1
+        # a contact i < j is a bond of i and of (an image of) j; a contact of an atom
+        # with its own image under op is one bond of it (op^-1 gives the other end)
+        bvs[i] += bo
+        nbr[i] += 1
+        if j != i:
+            bvs[j] += bo
+            nbr[j] += 1
+    implicit = 0.0
+    for k, e in enumerate(els):
+        vals = VALENCES.get(e)
+        maxn = MAX_NEIGHBOURS.get(e)
+        if maxn is not None and nbr[k] > maxn:
+            score += nbr[k] - maxn
+            issues.append(f"{lab[k]} has {nbr[k]} neighbours (at most {maxn} for {e})")
+        if nbr[k] == 0:
+            soft = e in ("O", "F", "Cl", "Br", "I") or e not in VALENCES
+            score += 0.3 if soft else 1.0
+            issues.append(f"{lab[k]} is isolated")
+            continue
+        if vals is None:
+            continue
+        if bvs[k] > max(vals) + 0.5:
+            score += bvs[k] - max(vals) - 0.5
+            issues.append(f"{lab[k]} over-bonded: valence {bvs[k]:.1f} > {max(vals)} for {e}")
+        target = next((v for v in vals if v >= bvs[k] - 0.5), max(vals))
+        implicit += max(0.0, target - bvs[k])
+    implicit_h = int(round(implicit))
+    if hydrogens is not None and N:
+        excess = abs(implicit_h - hydrogens) - max(1, N // 4)
+        if excess > 0:
+            score += 0.25 * excess
+            issues.append(f"valences call for {implicit_h} H, composition has {hydrogens}")
+    return Chemistry(float(score), n_bonds, [round(float(v), 2) for v in bvs], implicit_h,
+                     hydrogens, issues)
+
+
+def chemistry_score(cell, ops, elements, frac, hydrogens=None) -> float:
+    """The score of `check` alone (0 good, higher worse)."""
+    return check(cell, ops, elements, frac, hydrogens).score
+
+
+# ---------------------------------------------------------------------------
+# element swaps
+
+def swappable(a: str, b: str) -> bool:
+    """True if the elements of two atoms may be exchanged (a != b, same swap group)."""
+    return a != b and any(a in g and b in g for g in SWAP_GROUPS)
+
+
+def swap_pairs(elements: list[str]) -> list[tuple[int, int]]:
+    """Pairs (i, j), i < j, of non-H atoms whose elements may be exchanged."""
+    return [(i, j) for i in range(len(elements)) for j in range(i + 1, len(elements))
+            if swappable(elements[i], elements[j])]

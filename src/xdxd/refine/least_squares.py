@@ -1,0 +1,429 @@
+"""Full-matrix least-squares refinement against X-ray data, as SHELXL's L.S. does it.
+
+Minimises, for each candidate structure,
+
+    S = sum_h w_h (Fo_h² - k² |Fc_h|²)²  +  sum_bumps ((d0 - d) / BUMP_SIGMA)²
+
+on F² with SHELXL's weights w = 1 / (sigma²(Fo²) + (a P)² + b P), P = (Fo² + 2 k²Fc²)/3
+(a = 0.1, b = 0 as SHELXL's default WGHT), recomputed at the start of every cycle and
+held fixed within it. Why F² and these weights: that is what SHELXL refines and reports
+(wR2, GooF), weak and negative intensities need no special treatment, and the (a P)²
+term bounds every reflection's pull to a relative error, so simulated data with sigma = 0
+refine as well as measured data.
+
+Parameters (per candidate): positions, 3 per atom, fewer on special positions (x = x0 +
+B p with B an orthonormal basis of the site's projector from
+`symmetry.special_position_projector`, so constrained coordinates stay exact); Uiso per
+atom, kept in [UISO_MIN, UISO_MAX] Å²; one overall scale k (on F). Hydrogen atoms
+ride along unrefined by default (their positions and Uiso are fixed).
+
+Each cycle is one Levenberg-Marquardt step: the Jacobian of the residuals comes from the
+crystal core's structure factors by forward-mode differentiation (three JVPs for the
+positions of all atoms at once, because each atom's contribution to F depends on its own
+parameters only; the Uiso and scale columns are analytic), the normal matrix J^T J is
+solved with Marquardt damping, and a step is kept only if S goes down.
+
+Anti-bump restraint: every contact between non-H atoms (symmetry images included,
+found by `chemistry.find_contacts`) shorter than d0 = BUMP_FACTOR (r_i + r_j) (gemmi
+covalent radii; C...C 1.17 Å, C...O 1.11 Å, O...O 1.06 Å: shorter than any bond
+between them) adds ((d0 - d)/0.02 Å)² to S, as SHELXL's BUMP does with sigma 0.02 Å.
+
+Many candidates are refined at once (a leading batch dimension B everywhere):
+`refine_batch` ranks sampler output; `refine_structure` is the same code with B = 1,
+plus esds of the coordinates from the inverse normal matrix.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import gemmi
+import numpy as np
+import torch
+import torch.autograd.forward_ad as fwAD
+
+from xdxd.crystal.statistics import Agreement, agreement
+from xdxd.crystal.structure_factors import StructureFactors
+from xdxd.crystal.symmetry import (SymOps, make_cell, special_position_projector,
+                                   spacegroup_from_record, stabilizer, symops)
+from xdxd.refine.chemistry import SHORT_FACTOR, covalent_radius, find_contacts, is_hydrogen
+
+WEIGHT_A = 0.1          # SHELXL WGHT a
+WEIGHT_B = 0.0          # SHELXL WGHT b
+UISO_MIN = 0.005        # Å², lower bound of Uiso
+UISO_MAX = 0.3          # Å², upper bound of Uiso
+UISO_START = 0.04       # Å², Uiso of atoms that come without one
+BUMP_FACTOR = SHORT_FACTOR  # d0 = BUMP_FACTOR * (r_i + r_j), Å
+BUMP_SIGMA = 0.02       # Å, sigma of the anti-bump restraint
+LAMBDA_START = 1e-3     # initial Marquardt damping
+STOP_DECREASE = 1e-6    # stop when S falls by less than this fraction in a cycle
+SPECIAL_TOL = 0.7       # Å: an atom this close to its own image is put on the special position
+
+
+@dataclass
+class RefinementResult:
+    """One refined structure and its statistics."""
+    elements: list[str]
+    frac: np.ndarray            # (N,3) fractional, in [0,1)
+    uiso: np.ndarray            # (N,) Å²
+    occ: np.ndarray             # (N,) chemical occupancy (not refined)
+    scale: float                # k, with |Fo| ~ k |Fc|
+    agreement: Agreement        # R1, R1(Fo > 4 sigma), wR2, GooF, ...
+    n_params: int
+    n_reflections: int
+    cycles: int                 # cycles run
+    converged: bool
+    bumps: int                  # anti-bump contacts still violated at the end
+    frac_esd: np.ndarray | None = None  # (N,3) fractional esds (refine_structure only)
+    uiso_esd: np.ndarray | None = None  # (N,) Å²
+    fc: np.ndarray | None = None        # (M,) k|Fc|, on the scale of Fo
+
+    @property
+    def r1(self) -> float:
+        return self.agreement.r1
+
+    def stats(self) -> dict:
+        a = self.agreement
+        return {"r1": round(a.r1, 5), "r1_obs": None if math.isnan(a.r1_obs) else round(a.r1_obs, 5),
+                "wr2": round(a.wr2, 5), "goof": round(a.goof, 4), "scale": round(self.scale, 6),
+                "n_params": self.n_params, "n_reflections": self.n_reflections,
+                "n_obs": a.n_obs, "cycles": self.cycles, "converged": self.converged,
+                "bumps": self.bumps}
+
+
+# ---------------------------------------------------------------------------
+# problem set-up
+
+class _Data:
+    """Reflections and structure-factor engine shared by all candidates of one problem."""
+
+    def __init__(self, cell: gemmi.UnitCell, ops: SymOps, hkl: np.ndarray, F: np.ndarray,
+                 sigma: np.ndarray, types: list[str], device: str, dtype: torch.dtype):
+        self.cell, self.ops = cell, ops
+        self.sf = StructureFactors(cell, ops, hkl, types, device=device, dtype=dtype)
+        kw = dict(device=device, dtype=dtype)
+        self.fo = torch.tensor(np.asarray(F, float), **kw)  # (M,)
+        sig = np.asarray(sigma, float) if sigma is not None else np.zeros(len(F))
+        self.sigma = torch.tensor(np.where(np.isfinite(sig), np.maximum(sig, 0.0), 0.0), **kw)
+        self.fo2 = self.fo ** 2
+        self.sig_fo2 = 2 * self.fo.abs() * self.sigma
+        # floor on the variance so that Fo = Fc = 0 cannot give an infinite weight
+        self.var_floor = float((1e-4 * self.fo2.max()) ** 2) if len(F) else 1.0
+        self.orth = torch.tensor(np.array(cell.orth.mat), **kw)  # frac -> Å
+        self.rot = torch.tensor(ops.rot, **kw)  # (O,3,3)
+        self.tran = torch.tensor(ops.tran, **kw)  # (O,3)
+        self.device, self.dtype = device, dtype
+
+    def weights(self, fc2_scaled: torch.Tensor, a: float, b: float) -> torch.Tensor:
+        """SHELXL weights (B,M) for k²|Fc|² (B,M)."""
+        P = (self.fo2.clamp_min(0) + 2 * fc2_scaled) / 3
+        return 1.0 / (self.sig_fo2 ** 2 + (a * P) ** 2 + b * P + self.var_floor)
+
+
+def _site_constraints(frac: np.ndarray, ops: SymOps, cell: gemmi.UnitCell):
+    """Per atom: x0 on its special position (N,3), basis (N,3,3) with zero columns for
+    constrained directions, and stabilizer order (N,).
+
+    An atom closer than SPECIAL_TOL Å to one of its own images is moved onto the special
+    position first (repeated, so that a partial set of images closes into the site group).
+    """
+    N = len(frac)
+    x0 = np.zeros((N, 3))
+    basis = np.zeros((N, 3, 3))
+    order = np.ones(N)
+    for n, x in enumerate(np.asarray(frac, float)):
+        for _ in range(4):
+            if len(stabilizer(x, ops, cell, SPECIAL_TOL)) == 1:
+                break
+            x_new, _ = special_position_projector(x, ops, cell, SPECIAL_TOL)
+            moved = np.abs(x_new - x).max()
+            x = x_new
+            if moved < 1e-9:
+                break
+        order[n] = len(stabilizer(x, ops, cell, 0.01))
+        if order[n] == 1:
+            x0[n], basis[n] = x, np.eye(3)
+            continue
+        x0[n], P = special_position_projector(x, ops, cell, 0.01)
+        U, S, _ = np.linalg.svd(P)
+        r = int(np.sum(S > 0.5))
+        basis[n, :, :r] = U[:, :r]
+    return np.mod(x0, 1.0), basis, order
+
+
+class _Bumps:
+    """Anti-bump restraint rows for a batch, on a contact list fixed within one cycle."""
+
+    def __init__(self, data: _Data, elements: list[list[str]], frac: np.ndarray, enabled: bool):
+        B, N, _ = frac.shape
+        rows = []  # (b, i, j, op, shift, d0)
+        for b in range(B):
+            if not enabled:
+                break
+            heavy = [n for n, e in enumerate(elements[b]) if not is_hydrogen(e)]
+            if not heavy:
+                continue
+            r = np.array([covalent_radius(elements[b][n]) for n in heavy])
+            c = find_contacts(data.cell, data.ops, frac[b, heavy], cutoff=BUMP_FACTOR * 2 * r.max() + 0.3)
+            for i, j, o, s, d in zip(c.i, c.j, c.op, c.shift, c.d):
+                d0 = BUMP_FACTOR * (r[i] + r[j])
+                if d < d0 + 0.3:
+                    rows.append((b, heavy[i], heavy[j], o, s, d0))
+        self.n = len(rows)
+        kw = dict(device=data.device, dtype=data.dtype)
+        self.b = torch.tensor([r[0] for r in rows], dtype=torch.long, device=data.device)
+        self.i = torch.tensor([r[1] for r in rows], dtype=torch.long, device=data.device)
+        self.j = torch.tensor([r[2] for r in rows], dtype=torch.long, device=data.device)
+        self.op = torch.tensor([r[3] for r in rows], dtype=torch.long, device=data.device)
+        self.shift = torch.tensor(np.array([r[4] for r in rows]).reshape(-1, 3), **kw)
+        self.d0 = torch.tensor([r[5] for r in rows], **kw)
+        self.data = data
+
+    def geometry(self, frac: torch.Tensor):
+        """Distances (R,) Å and the Å-vector from atom i to the image of j (R,3)."""
+        D = self.data
+        xi = frac[self.b, self.i]  # (R,3)
+        xj = frac[self.b, self.j]
+        img = torch.einsum("rab,rb->ra", D.rot[self.op], xj) + D.tran[self.op] + self.shift
+        v = (img - xi) @ D.orth.T  # (R,3) Å
+        return v.norm(dim=-1), v
+
+    def residuals(self, frac: torch.Tensor, B: int) -> torch.Tensor:
+        """Per-candidate restraint cost (B,): sum ((d0 - d)/sigma)² over violated contacts."""
+        cost = torch.zeros(B, device=frac.device, dtype=frac.dtype)
+        if self.n == 0:
+            return cost
+        d, _ = self.geometry(frac)
+        r = torch.relu(self.d0 - d) / BUMP_SIGMA
+        return cost.index_add(0, self.b, r ** 2)
+
+    def jacobian(self, frac: torch.Tensor, basis: torch.Tensor, B: int, N: int):
+        """Residuals (R,) and their derivatives wrt the position parameters (R,N,3)."""
+        D = self.data
+        d, v = self.geometry(frac)
+        active = (d < self.d0).to(frac.dtype)
+        r = active * (self.d0 - d) / BUMP_SIGMA
+        u = v / d.clamp_min(1e-6)[:, None]  # unit vector, Å
+        g_cart = -active[:, None] * u / BUMP_SIGMA  # dr/d(img - xi) in Å, (R,3)
+        g_frac = g_cart @ D.orth  # dr/d(frac diff) (R,3)
+        gj = torch.einsum("ra,rab->rb", g_frac, D.rot[self.op])  # through R_op
+        gi = -g_frac
+        J = torch.zeros(self.n, N, 3, device=frac.device, dtype=frac.dtype)
+        rows = torch.arange(self.n, device=frac.device)
+        # into each site's parameter basis: dr/dp = B^T dr/dx
+        J.index_put_((rows, self.i), torch.einsum("rab,ra->rb", basis[self.b, self.i], gi),
+                     accumulate=True)
+        J.index_put_((rows, self.j), torch.einsum("rab,ra->rb", basis[self.b, self.j], gj),
+                     accumulate=True)
+        return r, J
+
+    def violated(self, frac: torch.Tensor) -> np.ndarray:
+        if self.n == 0:
+            return np.zeros(0, dtype=int)
+        d, _ = self.geometry(frac)
+        return self.b[d < self.d0].cpu().numpy()
+
+
+# ---------------------------------------------------------------------------
+# the refinement
+
+def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | None,
+                 elements: list[str] | list[list[str]], frac: np.ndarray,
+                 uiso: np.ndarray | None = None, occ: np.ndarray | None = None,
+                 cycles: int = 10, refine_uiso: bool = True, refine_hydrogens: bool = False,
+                 restraints: bool = True, weight_a: float = WEIGHT_A, weight_b: float = WEIGHT_B,
+                 device: str = "cpu", dtype: torch.dtype = torch.float64,
+                 esd: bool = False) -> list[RefinementResult]:
+    """Refine B candidate structures of N atoms each against one data set, all at once.
+
+    cell: gemmi.UnitCell or [a, b, c, alpha, beta, gamma] (Å, °); sg: gemmi.SpaceGroup or
+    a record's spacegroup dict; hkl (M,3); F (M,) amplitudes |Fo|; sigma (M,) sigma(|Fo|)
+    (None or 0: no sigmas); elements: N symbols shared by all candidates, or B lists of N;
+    frac (B,N,3) or (N,3) fractional; uiso (B,N) Å² (default UISO_START); occ (B,N)
+    chemical occupancies (default 1). Returns B results in input order.
+    """
+    cell = cell if isinstance(cell, gemmi.UnitCell) else make_cell(cell)
+    sg = sg if isinstance(sg, gemmi.SpaceGroup) else spacegroup_from_record(sg)
+    ops = symops(sg)
+    frac = np.asarray(frac, dtype=float)
+    if frac.ndim == 2:
+        frac = frac[None]
+    B, N, _ = frac.shape
+    els = [list(elements)] * B if (elements and isinstance(elements[0], str)) else [list(e) for e in elements]
+    assert len(els) == B and all(len(e) == N for e in els), "elements must match frac (B,N,3)"
+    uiso = np.full((B, N), UISO_START) if uiso is None else np.broadcast_to(np.asarray(uiso, float), (B, N)).copy()
+    uiso = np.where(np.isfinite(uiso), uiso, UISO_START)
+    occ = np.ones((B, N)) if occ is None else np.broadcast_to(np.asarray(occ, float), (B, N)).copy()
+    types = sorted({e for row in els for e in row})
+    data = _Data(cell, ops, hkl, F, sigma, types, device, dtype)
+    M = len(data.fo)
+
+    # constraints per site
+    x0 = np.zeros((B, N, 3))
+    basis = np.zeros((B, N, 3, 3))
+    order = np.ones((B, N))
+    for b in range(B):
+        x0[b], basis[b], order[b] = _site_constraints(frac[b], ops, cell)
+    hydro = np.array([[is_hydrogen(e) for e in row] for row in els])  # (B,N)
+    fixed = hydro if not refine_hydrogens else np.zeros_like(hydro)
+    pos_free = (np.abs(basis).sum(axis=2) > 0) & ~fixed[..., None]  # (B,N,3)
+    u_free = np.full((B, N), refine_uiso) & ~fixed
+    n_params = pos_free.reshape(B, -1).sum(1) + u_free.sum(1) + 1  # + scale
+
+    t = lambda a, **k: torch.tensor(np.asarray(a), device=device, **k)
+    x0_t = t(x0, dtype=dtype)
+    basis_t = t(basis, dtype=dtype)
+    weight_t = t(occ / order, dtype=dtype)  # (B,N)
+    tidx = torch.tensor([[types.index(e) for e in row] for row in els], device=device)  # (B,N)
+    free = torch.cat([t(pos_free.reshape(B, -1)), t(u_free), torch.ones(B, 1, dtype=torch.bool, device=device)], 1)
+    P = 4 * N + 1
+    s2 = data.sf.s2  # (M,) Å⁻²
+
+    p = torch.zeros(B, N, 3, device=device, dtype=dtype)
+    u = t(np.clip(uiso, UISO_MIN, UISO_MAX), dtype=dtype)
+    frac_of = lambda p_: x0_t + torch.einsum("bnij,bnj->bni", basis_t, p_)  # (B,N,3)
+
+    def atom_f(p_, u_):
+        """Contribution of each atom to F, (B,N,M) complex."""
+        fr = frac_of(p_).reshape(B * N, 1, 3)
+        Fa = data.sf.calc(fr, tidx.reshape(B * N, 1), u_.reshape(B * N, 1), weight_t.reshape(B * N, 1))
+        return Fa.reshape(B, N, M)
+
+    with torch.no_grad():
+        fc = atom_f(p, u).sum(1).abs()
+        k = ((data.fo * fc).sum(-1) / (fc * fc).sum(-1).clamp_min(1e-12)).clamp_min(1e-8)  # (B,)
+
+    def cost(p_, u_, k_, w, bumps):
+        fc2 = atom_f(p_, u_).sum(1).abs() ** 2
+        r = w * (data.fo2 - k_[:, None] ** 2 * fc2) ** 2
+        return r.sum(-1) + bumps.residuals(frac_of(p_), B)
+
+    lam = torch.full((B,), LAMBDA_START, device=device, dtype=dtype)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    n_cycles = 0
+    A = None
+    for cycle in range(cycles):
+        n_cycles = cycle + 1
+        with torch.no_grad():
+            bumps = _Bumps(data, els, np.mod(frac_of(p).cpu().numpy(), 1.0), restraints)
+        # per-atom contributions and their derivatives along each basis direction
+        dF = []
+        for c in range(3):
+            tangent = torch.zeros_like(p)
+            tangent[..., c] = 1.0
+            with fwAD.dual_level():
+                out = atom_f(fwAD.make_dual(p, tangent), u)
+                Fa, dFa = fwAD.unpack_dual(out)
+            dF.append(dFa)  # (B,N,M)
+        with torch.no_grad():
+            Fc = Fa.sum(1)  # (B,M)
+            fc2 = Fc.abs() ** 2
+            w = data.weights(k[:, None] ** 2 * fc2, weight_a, weight_b)  # (B,M)
+            sw = w.sqrt()
+            resid = sw * (data.fo2 - k[:, None] ** 2 * fc2)  # (B,M)
+            # dr/dtheta = -sqrt(w) k² d|Fc|²/dtheta,  d|Fc|² = 2 Re(conj(Fc) dFc)
+            dpos = torch.stack([2 * (Fc.conj()[:, None] * d).real for d in dF], -1)  # (B,N,M,3)
+            du = 2 * (Fc.conj()[:, None] * (-2 * math.pi ** 2 * s2) * Fa).real  # (B,N,M)
+            k2 = k[:, None, None] ** 2
+            J = torch.cat([k2 * dpos.permute(0, 2, 1, 3).reshape(B, M, 3 * N),
+                           k2 * du.permute(0, 2, 1),
+                           (2 * k[:, None] * fc2)[..., None]], -1)  # d(k²|Fc|²)/dθ (B,M,P)
+            J = -sw[..., None] * J
+            J = J * free[:, None, :]
+            A = J.transpose(1, 2) @ J  # (B,P,P)
+            g = (J.transpose(1, 2) @ resid[..., None])[..., 0]  # (B,P)
+            S = (resid ** 2).sum(-1)
+            if bumps.n:
+                rb, Jb = bumps.jacobian(frac_of(p), basis_t, B, N)
+                Jb = Jb.reshape(bumps.n, 3 * N) * free[bumps.b, :3 * N]
+                Jfull = torch.zeros(bumps.n, P, device=device, dtype=dtype)
+                Jfull[:, :3 * N] = Jb
+                A = A.index_add(0, bumps.b, Jfull[:, :, None] * Jfull[:, None, :])
+                g = g.index_add(0, bumps.b, Jfull * rb[:, None])
+                S = S.index_add(0, bumps.b, rb ** 2)
+            eye = torch.eye(P, device=device, dtype=dtype)
+            A = A + eye * (~free)[:, None, :].to(dtype)  # unit diagonal for fixed parameters
+            diag = torch.diagonal(A, dim1=1, dim2=2)
+            accepted = done.clone()
+            for _ in range(4):  # Marquardt: shrink the step until S goes down
+                damp = lam[:, None] * (diag + 1e-9 * diag.max(-1, keepdim=True).values)
+                delta = torch.linalg.solve(A + torch.diag_embed(damp), -g[..., None])[..., 0]
+                delta = delta * free
+                p_new = p + delta[:, :3 * N].reshape(B, N, 3)
+                u_new = (u + delta[:, 3 * N:4 * N]).clamp(UISO_MIN, UISO_MAX)
+                k_new = (k + delta[:, -1]).clamp_min(1e-8)
+                S_new = cost(p_new, u_new, k_new, w, bumps)
+                ok = (S_new < S) & ~accepted
+                p = torch.where(ok[:, None, None], p_new, p)
+                u = torch.where(ok[:, None], u_new, u)
+                k = torch.where(ok, k_new, k)
+                small = ok & ((S - S_new) < STOP_DECREASE * S)
+                done = done | small
+                lam = torch.where(ok, (lam * 0.3).clamp_min(1e-7), lam)
+                lam = torch.where(~ok & ~accepted, lam * 8.0, lam)
+                accepted = accepted | ok
+                if bool(accepted.all()):
+                    break
+            # a candidate that cannot go down even with heavy damping has converged
+            done = done | (lam > 1e4)
+        if bool(done.all()):
+            break
+
+    # final statistics
+    with torch.no_grad():
+        Fa = atom_f(p, u)
+        fc_final = Fa.sum(1).abs()  # (B,M)
+        frac_final = np.mod(frac_of(p).cpu().numpy(), 1.0)
+        bumps = _Bumps(data, els, frac_final, restraints)
+        violated = bumps.violated(frac_of(p))
+    F_np = data.fo.cpu().numpy()
+    sig_np = data.sigma.cpu().numpy()
+    results = []
+    for b in range(B):
+        ag = agreement(F_np, sig_np, fc_final[b].cpu().numpy(), int(n_params[b]), weight_a, weight_b)
+        res = RefinementResult(
+            elements=els[b], frac=frac_final[b], uiso=u[b].cpu().numpy().copy(), occ=occ[b].copy(),
+            scale=float(ag.scale), agreement=ag, n_params=int(n_params[b]), n_reflections=M,
+            cycles=n_cycles, converged=bool(done[b]), bumps=int(np.sum(violated == b)),
+            fc=float(ag.scale) * fc_final[b].cpu().numpy())
+        if esd and A is not None:
+            res.frac_esd, res.uiso_esd = _esds(A[b], free[b], basis[b], N, ag.goof)
+        results.append(res)
+    return results
+
+
+def _esds(A: torch.Tensor, free: torch.Tensor, basis: np.ndarray, N: int, goof: float):
+    """Esds from the inverse normal matrix scaled by GooF²: fractional (N,3), Uiso (N,)."""
+    idx = torch.nonzero(free).flatten()
+    try:
+        cov_free = torch.linalg.inv(A[idx][:, idx]) * goof ** 2
+    except RuntimeError:  # singular: no esds
+        return None, None
+    P = A.shape[0]
+    cov = torch.zeros(P, P, dtype=A.dtype, device=A.device)
+    cov[idx[:, None], idx[None, :]] = cov_free
+    cov = cov.cpu().numpy()
+    frac_esd = np.zeros((N, 3))
+    for n in range(N):
+        c = cov[3 * n:3 * n + 3, 3 * n:3 * n + 3]
+        frac_esd[n] = np.sqrt(np.clip(np.diag(basis[n] @ c @ basis[n].T), 0, None))
+    uiso_esd = np.sqrt(np.clip(np.diag(cov)[3 * N:4 * N], 0, None))
+    return frac_esd, uiso_esd
+
+
+def refine_structure(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | None,
+                     elements: list[str], frac: np.ndarray, uiso: np.ndarray | None = None,
+                     occ: np.ndarray | None = None, cycles: int = 20, refine_uiso: bool = True,
+                     device: str = "cpu", restraints: bool = True, **opts) -> RefinementResult:
+    """Refine one structure: positions, Uiso and scale against |Fo|; see the module doc.
+
+    frac (N,3) fractional, uiso (N,) Å², occ (N,) chemical occupancy. Options of
+    `refine_batch` (refine_hydrogens, weight_a, weight_b, dtype) pass through. The result
+    carries esds of the coordinates (fractional) and Uiso (Å²).
+    """
+    frac = np.asarray(frac, dtype=float).reshape(1, -1, 3)
+    uiso = None if uiso is None else np.asarray(uiso, float)[None]
+    occ = None if occ is None else np.asarray(occ, float)[None]
+    opts.setdefault("esd", True)
+    return refine_batch(cell, sg, hkl, F, sigma, list(elements), frac, uiso, occ, cycles=cycles,
+                        refine_uiso=refine_uiso, restraints=restraints, device=device, **opts)[0]
