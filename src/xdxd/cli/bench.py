@@ -81,9 +81,10 @@ def bench(
                 writer.write(rec)
             if not quiet:
                 stderr.print(_row_line(row), highlight=False, soft_wrap=True, markup=False)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # keep the runs that finished: hours of work
         if writer:
-            writer.abort()
+            writer.close()
+            log.info(f"interrupted: {len(rows)} finished runs are in {out}")
         raise typer.Exit(130)
     if writer:
         writer.close()
