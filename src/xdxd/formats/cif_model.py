@@ -23,6 +23,8 @@ from xdxd.formats.adp import u_equiv
 from xdxd.formats.structure import CrystalModel, match_cell_setting, spacegroup_from_operators
 from xdxd.records import AtomArrays, RecordError
 
+DEFAULT_UISO = 0.025  # Å² (B ~ 2 Å²), for sites whose CIF gives no displacement parameter
+
 _CELL_TAGS = ["_cell_length_a", "_cell_length_b", "_cell_length_c",
               "_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma"]
 
@@ -69,7 +71,7 @@ def model_from_block(block: gemmi.cif.Block, source: str) -> CrystalModel:
     if ss.sites:
         if model.cell is None:
             raise RecordError(f"{where}: atom sites but no cell (_cell_length_*, _cell_angle_*)")
-        model.atoms = _atoms(ss, where)
+        model.atoms = _atoms(ss, where, model.notes)
     return model
 
 
@@ -103,8 +105,9 @@ def _resolve_spacegroup(ss: gemmi.SmallStructure, where: str):
     return None, f"{where}: " + "; ".join(problems)
 
 
-def _atoms(ss: gemmi.SmallStructure, where: str) -> AtomArrays:
+def _atoms(ss: gemmi.SmallStructure, where: str, notes: list[str]) -> AtomArrays:
     els, labels, frac, uiso, occ, uani = [], [], [], [], [], []
+    missing_u: list[str] = []
     for site in ss.sites:
         if site.element.atomic_number == 0:
             raise RecordError(f"{where}: unknown element {site.type_symbol or site.label!r} "
@@ -120,13 +123,17 @@ def _atoms(ss: gemmi.SmallStructure, where: str) -> AtomArrays:
         if (not u or not math.isfinite(u)) and u6 is not None:
             u = u_equiv(ss.cell, u6)
         if not u or not math.isfinite(u) or u <= 0:
-            u = 0.05 if site.element.name not in ("H", "D") else 0.06
+            u = DEFAULT_UISO
+            missing_u.append(site.label)
         els.append(site.element.name)
         labels.append(site.label)
         frac.append(xyz)
         uiso.append(u)
         occ.append(site.occ if math.isfinite(site.occ) else 1.0)
         uani.append(u6 if u6 is not None else [math.nan] * 6)
+    if missing_u:
+        notes.append(f"no U or B for {len(missing_u)} site(s) ({', '.join(missing_u[:5])}"
+                     f"{', ...' if len(missing_u) > 5 else ''}): Uiso = {DEFAULT_UISO} Å² used")
     ua = np.array(uani, dtype=float)
     return AtomArrays(els, np.array(frac), np.array(uiso), np.array(occ), labels,
                       ua if np.isfinite(ua).all(axis=1).any() else None)
