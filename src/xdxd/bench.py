@@ -4,17 +4,19 @@ For every structure, resolution and method, the four stages run in-process on on
 record, as the pipe `xdxd-prep | xdxd-sample | xdxd-refine | xdxd-score` would run
 them (see bin/bench), and the result is the scored record with a `bench` row added:
 
-    {"id", "class", "sg", "n_atoms", "dmin", "method", "seconds", "stage_s": {...},
-     "peak_rss_MB", "base_rss_MB", "isolated", "matched_loose", "matched_strict",
-     "rms_loose", "rmsd_A", "r1", "best_candidate", "error"}
+    {"id", "class", "sg", "n_atoms", "dmin", "method", "samples", "seed", "time_budget_s",
+     "seconds", "seconds_total", "stage_s": {...}, "peak_rss_MB", "base_rss_MB", "isolated",
+     "matched_loose", "matched_strict", "rms_loose", "rmsd_A", "r1", "best_candidate",
+     "n_candidates_matched_loose", "error"}
 
-seconds is wall time of all four stages (imports done before the clock starts);
-stage_s splits it. Memory is `resource.getrusage(RUSAGE_SELF).ru_maxrss`, the peak
-resident set of the process that ran the structure: with isolate=True each structure
-runs in a fresh spawned process, so it is that structure's peak (interpreter, torch
-and pymatgen included; base_rss_MB is the peak after those imports, before the
-structure). Without isolation it is the running peak of the bench process. On CUDA,
-cuda_peak_MB is torch.cuda.max_memory_allocated.
+seconds is the wall time a user pays to solve the structure, prep + sample + refine
+(imports are done before the clock starts); seconds_total adds scoring; stage_s splits
+it. Memory is `resource.getrusage(RUSAGE_SELF).ru_maxrss`, the peak resident set of the
+process that ran the structure: with isolate=True each structure runs in a fresh
+spawned process, so it is that structure's peak (interpreter, torch and pymatgen
+included; base_rss_MB is the peak after those imports, before the structure). Without
+isolation it is the running peak of the bench process. On CUDA, cuda_peak_MB is
+torch.cuda.max_memory_allocated.
 
     from xdxd.bench import BenchConfig, run_bench, summarize_bench
     rows = [rec["bench"] for rec in run_bench(BenchConfig(dmins=[1.0, 2.0]))]
@@ -203,7 +205,8 @@ def run_one(task: Task, pipeline: Pipeline | None = None, isolated: bool = False
         stage_s[stage] = round(time.perf_counter() - t0, 3)
         if rec.get("error"):
             break
-    seconds = time.perf_counter() - t_start
+    seconds_total = time.perf_counter() - t_start
+    seconds = sum(v for k, v in stage_s.items() if k != "score")
     rec.setdefault("timing_s", {}).update(stage_s)
     m = rec.get("metrics") or {}
     ref_atoms = (rec.get("reference") or {}).get("atoms") or []
@@ -214,7 +217,8 @@ def run_one(task: Task, pipeline: Pipeline | None = None, isolated: bool = False
         else sum(a.get("element") not in ("H", "D") for a in ref_atoms) or None,
         "dmin": task.dmin, "method": task.method, "samples": task.samples, "seed": task.seed,
         "time_budget_s": task.time_budget_s,
-        "seconds": round(seconds, 3), "stage_s": stage_s,
+        "seconds": round(seconds, 3), "seconds_total": round(seconds_total, 3),
+        "stage_s": stage_s,
         "peak_rss_MB": round(_maxrss_MB(), 1), "base_rss_MB": round(base_rss, 1),
         "isolated": isolated,
         "matched_loose": bool(m.get("matched_loose")), "matched_strict": bool(m.get("matched_strict")),
@@ -304,7 +308,7 @@ def _failed(task: Task, message: str) -> dict:
     rec["bench"] = {"id": e.id, "class": e.cls, "sg": e.sg, "n_atoms": e.n_atoms,
                     "dmin": task.dmin, "method": task.method, "samples": task.samples,
                     "seed": task.seed, "time_budget_s": task.time_budget_s,
-                    "seconds": None, "stage_s": {}, "peak_rss_MB": None, "base_rss_MB": None,
+                    "seconds": None, "seconds_total": None, "stage_s": {}, "peak_rss_MB": None, "base_rss_MB": None,
                     "isolated": True, "matched_loose": False, "matched_strict": False,
                     "rms_loose": None, "rmsd_A": None, "r1": None, "best_candidate": None,
                     "n_candidates_matched_loose": None, "error": rec["error"]}
@@ -362,7 +366,7 @@ def summarize_bench(rows: list[dict]) -> list[dict]:
 
     Each: dmin, method, n, n_error, solved_loose, solved_strict (fractions of n),
     found_loose (some candidate matched loose), mean_rms_loose and mean_rmsd_A (Å) over
-    loose-matched structures, median_r1, median_seconds (whole pipeline per structure),
+    loose-matched structures, median_r1, median_seconds (prep + sample + refine per structure),
     median_sample_s, max_peak_rss_MB, median_peak_rss_MB.
     """
     import statistics

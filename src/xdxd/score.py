@@ -92,8 +92,8 @@ def _matcher(tol: dict):
     return StructureMatcher(**tol)
 
 
-def compare(solution: P1Cell, reference: P1Cell) -> dict:
-    """Match one P1 cell onto another, loose and strict. Returns the metrics dict.
+def compare(solution: P1Cell, reference: P1Cell, strict: bool = True) -> dict:
+    """Match one P1 cell onto another, loose (and strict). Returns the metrics dict.
 
     matched_loose/strict (bool), rms_loose/strict (normalised, or None),
     matched_loose_diffcsp (bool: rms_loose is not None), rmsd_A and max_dist_A
@@ -105,10 +105,11 @@ def compare(solution: P1Cell, reference: P1Cell) -> dict:
            "same_composition": ref.composition == sol.composition}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pymatgen warns about e.g. missing oxidation states
-        for name, tol in (("loose", LOOSE), ("strict", STRICT)):
+        for name, tol in (("loose", LOOSE), ("strict", STRICT))[:2 if strict else 1]:
             sm = _matcher(tol)
-            out[f"matched_{name}"] = bool(out["same_composition"] and sm.fit(ref, sol))
             rms = sm.get_rms_dist(ref, sol) if out["same_composition"] else None
+            # fit() implies an RMS below stol, so it only needs asking when there is one
+            out[f"matched_{name}"] = bool(rms is not None and sm.fit(ref, sol))
             out[f"rms_{name}"] = None if rms is None else round(float(rms[0]), 5)
             if name == "loose":
                 out["matched_loose_diffcsp"] = rms is not None
@@ -154,7 +155,8 @@ def score_candidates(candidates: list, reference, rec: dict) -> dict:
     best, best_rms, n_matched = None, None, 0
     for i, cand in enumerate(candidates):
         try:
-            m = compare(p1_cell(_atoms_of(cand, f"candidate {i}"), *_frame(cand, rec)), ref)
+            m = compare(p1_cell(_atoms_of(cand, f"candidate {i}"), *_frame(cand, rec)), ref,
+                        strict=False)
         except ScoreError:
             continue
         if not m["matched_loose"]:
