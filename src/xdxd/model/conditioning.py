@@ -1,0 +1,282 @@
+"""What the denoiser sees of a diffraction problem, built so that |F| ambiguities vanish.
+
+Three origin-free views of the data (none of them changes under an allowed origin shift,
+and none carries an absolute position):
+
+- the Patterson function P(u) = sum_h (|E_h|² - 1) cos(2 pi h.u) on a grid (FFT), read at
+  the interatomic vectors u of the graph's edges (trilinear, periodic);
+- the gradient of the amplitude misfit at the current atoms (it moves with the atoms:
+  equivariant), with an extra blur B (Å²) on both |Fo| and |Fc|;
+- tokens for an attention encoder over the reflections: reciprocal vector h* (Å⁻¹, from
+  the cell metric), s = 1/d, |E|, sigma(|E|); reflections are expanded by the point group
+  and Friedel's law so the token set has the crystal's symmetry.
+
+`Problem` holds what is fixed for one problem (cell, operations, data, grids);
+`build_graph` turns a batch of asymmetric-unit coordinates into the symmetry-expanded
+graph the network runs on; `misfit_gradient` is the data term used both as a feature and
+as the sampler's guidance. Every structure factor comes from crystal.structure_factors.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import gemmi
+import numpy as np
+import torch
+
+from xdxd.crystal.statistics import epsilon_factors, expected_intensity, normalized_e, wilson_scale
+from xdxd.crystal.structure_factors import StructureFactors, inverse_d2
+from xdxd.crystal.symmetry import SymOps, find_spacegroup, symops
+
+EIGHT_PI2 = 8.0 * math.pi ** 2
+PATTERSON_BLURS = (0.0, 20.0)  # Å²: one sharp and one smoothed Patterson channel
+
+
+@dataclass
+class Problem:
+    """One crystal's fixed data, as tensors on one device.
+
+    cell/ops: the crystal; elements (N,) the asymmetric-unit atoms to place (no H);
+    orth (3,3) frac -> Cartesian Å, deorth (3,3) Cartesian -> frac;
+    rot (O,3,3), tran (O,3) fractional operations; rot_cart (O,3,3) the same rotations
+    in Cartesian (orthogonal matrices); F_obs (M,), s2 (M,) Å⁻², E (M,);
+    patterson (C,n1,n2,n3) grid; tokens (T,7) reflection tokens; uiso Å² from Wilson.
+    """
+    cell: gemmi.UnitCell
+    ops: SymOps
+    elements: list[str]
+    z: torch.Tensor
+    orth: torch.Tensor
+    deorth: torch.Tensor
+    rot: torch.Tensor
+    tran: torch.Tensor
+    rot_cart: torch.Tensor
+    sf: StructureFactors
+    type_idx: torch.Tensor
+    F_obs: torch.Tensor
+    s2: torch.Tensor
+    E: torch.Tensor
+    patterson: torch.Tensor
+    tokens: torch.Tensor
+    uiso: float
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.elements)
+
+    @property
+    def n_ops(self) -> int:
+        return self.rot.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.F_obs.device
+
+
+def make_problem(cell: gemmi.UnitCell, hall: str, elements: list[str], hkl: np.ndarray,
+                 F: np.ndarray, sigma: np.ndarray | None = None, hydrogens: float = 0,
+                 device: str | torch.device = "cpu", max_tokens: int = 256,
+                 generator: torch.Generator | None = None) -> Problem:
+    """Build a Problem from measured (or simulated) amplitudes.
+
+    cell, hall: the crystal; elements: ASU non-H atoms to place; hkl (M,3) unique
+    reflections, F (M,) |F|, sigma (M,) sigma(|F|); hydrogens: H atoms per ASU (for
+    normalisation only). Tokens beyond max_tokens are subsampled with `generator`.
+    """
+    sg = find_spacegroup(hall=hall)
+    ops = symops(sg)
+    hkl = np.asarray(hkl, dtype=np.int64).reshape(-1, 3)
+    F = np.asarray(F, dtype=float)
+    sigma = np.zeros_like(F) if sigma is None else np.asarray(sigma, dtype=float)
+    keep = F > 0
+    hkl, F, sigma = hkl[keep], F[keep], sigma[keep]
+    composition: dict[str, float] = {}
+    for e in elements:
+        composition[e] = composition.get(e, 0) + 1
+    E = normalized_e(F, hkl, cell, sg, composition, hydrogens)
+    sig_E = E * sigma / np.maximum(F, 1e-9)
+    s2 = inverse_d2(cell, hkl)
+    # overall isotropic U from the Wilson plot, used for |Fc| while sampling
+    sum_f2 = expected_intensity(cell, ops, hkl, composition, hydrogens)
+    _, B = wilson_scale(F, s2, sum_f2, epsilon_factors(sg, hkl))
+    uiso = float(np.clip(B / EIGHT_PI2, 0.025, 0.12))
+
+    kw = dict(device=device, dtype=torch.float32)
+    orth = np.array(cell.orth.mat, dtype=float)
+    deorth = np.array(cell.frac.mat, dtype=float)
+    rot_cart = np.einsum("ij,ojk,kl->oil", orth, ops.rot, deorth)
+    types = sorted(set(elements))
+    sf = StructureFactors(cell, ops, hkl, types, device=device)
+    return Problem(
+        cell=cell, ops=ops, elements=list(elements),
+        z=torch.tensor([gemmi.Element(e).atomic_number for e in elements], device=device),
+        orth=torch.tensor(orth, **kw), deorth=torch.tensor(deorth, **kw),
+        rot=torch.tensor(ops.rot, **kw), tran=torch.tensor(ops.tran, **kw),
+        rot_cart=torch.tensor(rot_cart, **kw), sf=sf, type_idx=sf.type_index(list(elements)),
+        F_obs=torch.tensor(F, **kw), s2=torch.tensor(s2, **kw), E=torch.tensor(E, **kw),
+        patterson=torch.tensor(patterson_grid(cell, ops, hkl, E), **kw),
+        tokens=reflection_tokens(cell, ops, hkl, E, sig_E, max_tokens, generator).to(device),
+        uiso=uiso)
+
+
+def expand_reflections(ops: SymOps, hkl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All symmetry equivalents of unique reflections, Friedel mates included.
+
+    Returns (hkl (K,3) int, index (K,) of the unique reflection each came from).
+    """
+    rots = np.unique(np.round(ops.rot).astype(np.int64), axis=0)  # point-group part
+    eq = np.einsum("mi,oij->omj", hkl, rots)  # h R
+    eq = np.concatenate([eq, -eq], axis=0)  # (2O,M,3)
+    idx = np.broadcast_to(np.arange(len(hkl))[None], eq.shape[:2])
+    flat = eq.reshape(-1, 3)
+    _, first = np.unique(flat, axis=0, return_index=True)
+    return flat[first], idx.reshape(-1)[first]
+
+
+def patterson_grid(cell: gemmi.UnitCell, ops: SymOps, hkl: np.ndarray, E: np.ndarray,
+                   spacing_A: float = 0.4) -> np.ndarray:
+    """Origin-removed Patterson P(u) = sum_h (|E|²-1) exp(-B s²/4) cos(2 pi h.u), (C,n1,n2,n3).
+
+    One channel per blur B in PATTERSON_BLURS, each scaled to unit standard deviation.
+    Grid: at least 2 h_max + 1 points per axis and no coarser than spacing_A.
+    """
+    full, idx = expand_reflections(ops, hkl)
+    s2 = inverse_d2(cell, full)
+    lengths = (cell.a, cell.b, cell.c)
+    n = [max(2 * int(np.abs(full[:, i]).max()) + 2, int(math.ceil(lengths[i] / spacing_A)))
+         for i in range(3)]
+    channels = []
+    for B in PATTERSON_BLURS:
+        coef = np.zeros(n, dtype=complex)
+        w = (E[idx] ** 2 - 1.0) * np.exp(-B * s2 / 4.0)
+        np.add.at(coef, (full[:, 0] % n[0], full[:, 1] % n[1], full[:, 2] % n[2]), w)
+        grid = np.fft.ifftn(coef).real  # sum_h c_h exp(+2 pi i h.u) / n1n2n3
+        channels.append(grid / max(grid.std(), 1e-12))
+    return np.stack(channels).astype(np.float32)
+
+
+def reflection_tokens(cell: gemmi.UnitCell, ops: SymOps, hkl: np.ndarray, E: np.ndarray,
+                      sig_E: np.ndarray, max_tokens: int,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Tokens (T,7): h* Cartesian (Å⁻¹, 3), s = 1/d (Å⁻¹), |E|, sigma(|E|), 1/d_min.
+
+    Expanded by the point group and Friedel's law, then subsampled to max_tokens.
+    """
+    full, idx = expand_reflections(ops, hkl)
+    recip = full @ np.array(cell.frac.mat, dtype=float)  # h* = h . frac matrix (rows a*, b*, c*)
+    s = np.sqrt(inverse_d2(cell, full))
+    tok = np.concatenate([recip, s[:, None], E[idx, None], sig_E[idx, None],
+                          np.full((len(full), 1), s.max())], axis=1)
+    tok = torch.tensor(tok, dtype=torch.float32)
+    if len(tok) > max_tokens:
+        pick = torch.randperm(len(tok), generator=generator)[:max_tokens]
+        tok = tok[pick]
+    return tok
+
+
+def interpolate_periodic(grid: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Trilinear, periodic read of grid (C,n1,n2,n3) at fractional points u (...,3) -> (...,C)."""
+    C, n1, n2, n3 = grid.shape
+    n = torch.tensor([n1, n2, n3], device=u.device, dtype=u.dtype)
+    p = torch.remainder(u, 1.0) * n  # (...,3) grid units
+    i0 = torch.floor(p)
+    f = p - i0
+    i0 = i0.long()
+    flat = grid.reshape(C, -1)
+    out = 0.0
+    for dx in (0, 1):
+        for dy in (0, 1):
+            for dz in (0, 1):
+                ix = (i0[..., 0] + dx) % n1
+                iy = (i0[..., 1] + dy) % n2
+                iz = (i0[..., 2] + dz) % n3
+                w = ((f[..., 0] if dx else 1 - f[..., 0]) * (f[..., 1] if dy else 1 - f[..., 1])
+                     * (f[..., 2] if dz else 1 - f[..., 2]))
+                val = flat[:, (ix * n2 + iy) * n3 + iz]  # (C,...)
+                out = out + w.unsqueeze(-1) * val.movedim(0, -1)
+    return out
+
+
+def expand(problem: Problem, frac: torch.Tensor) -> torch.Tensor:
+    """Images of ASU atoms: frac (B,N,3) -> (B,N,O,3), wrapped into [0,1)."""
+    img = torch.einsum("oij,bnj->bnoi", problem.rot, frac) + problem.tran
+    return torch.remainder(img, 1.0)
+
+
+@dataclass
+class Graph:
+    """The symmetry-expanded cell as a k-nearest-neighbour graph, K = N*O images.
+
+    z (K,) atomic numbers; op (K,) operation index of each image (atom-major order);
+    vec (B,K,k,3) Cartesian Å from image i to neighbour j (minimum image);
+    dist (B,K,k) Å; nbr (B,K,k) neighbour index; patterson (B,K,k,C) at the edge vectors.
+    """
+    z: torch.Tensor
+    op: torch.Tensor
+    vec: torch.Tensor
+    dist: torch.Tensor
+    nbr: torch.Tensor
+    patterson: torch.Tensor
+
+
+def build_graph(problem: Problem, frac: torch.Tensor, knn: int) -> Graph:
+    """Graph over all images of frac (B,N,3); edges to the knn nearest images (periodic)."""
+    B, N, _ = frac.shape
+    O = problem.n_ops
+    img = expand(problem, frac).reshape(B, N * O, 3)  # (B,K,3)
+    K = N * O
+    d = img[:, None, :, :] - img[:, :, None, :]  # (B,K,K,3) frac, j - i
+    d = d - torch.round(d)
+    cart = d @ problem.orth.T  # (B,K,K,3) Å
+    dist = cart.norm(dim=-1)
+    dist = dist + torch.eye(K, device=frac.device) * 1e6  # no self edges
+    k = min(knn, K - 1)
+    dist_k, nbr = torch.topk(dist, k, dim=-1, largest=False)  # (B,K,k)
+    idx = nbr.unsqueeze(-1).expand(B, K, k, 3)
+    vec = torch.gather(cart, 2, idx)  # (B,K,k,3)
+    dfrac = torch.gather(d, 2, idx)  # (B,K,k,3)
+    patt = interpolate_periodic(problem.patterson, dfrac)  # (B,K,k,C)
+    z = problem.z.repeat_interleave(O)  # (K,)
+    op = torch.arange(O, device=frac.device).repeat(N)  # (K,)
+    return Graph(z=z, op=op, vec=vec, dist=dist_k, nbr=nbr, patterson=patt)
+
+
+def blur_for_sigma(sigma_A: torch.Tensor, b_max: float = 30.0) -> torch.Tensor:
+    """Extra B (Å²) on |Fo| and |Fc| at noise level sigma (Å): 8 pi² sigma², capped at b_max.
+
+    A Gaussian displacement of sigma per axis damps |F| by exp(-8 pi² sigma² s²/4), so the
+    blur makes the data as sharp as the current atoms are; 30 Å² is the cap the physics
+    samplers found useful, annealed to zero as the noise goes.
+    """
+    return torch.clamp(EIGHT_PI2 * sigma_A ** 2, max=b_max)
+
+
+def misfit_gradient(problem: Problem, frac: torch.Tensor, b_extra: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Amplitude misfit and its Cartesian gradient at frac (B,N,3), extra blur b_extra (B,) Å².
+
+    misfit (B,) = sum (|Fo_b| - k|Fc_b|)² / sum |Fo_b|² with the least-squares scale k and
+    |F_b| = |F| exp(-b s²/4); gradient (B,N,3) in Å⁻¹ (dmisfit/dx_cart). Invariant (the
+    misfit) and equivariant (the gradient) under allowed origin shifts.
+    """
+    with torch.enable_grad(), torch.autocast(device_type=frac.device.type, enabled=False):
+        x = frac.detach().float().requires_grad_(True)
+        b = b_extra.float().reshape(-1, 1)  # (B,1)
+        uiso = (problem.uiso + b / EIGHT_PI2).expand(x.shape[0], x.shape[1])  # (B,N)
+        fc = problem.sf.calc(x, problem.type_idx, uiso).abs()  # (B,M)
+        fo = problem.F_obs[None] * torch.exp(-b * problem.s2[None] / 4.0)  # (B,M)
+        k = (fo * fc).sum(-1, keepdim=True) / (fc * fc).sum(-1, keepdim=True).clamp_min(1e-12)
+        misfit = ((fo - k * fc) ** 2).sum(-1) / (fo * fo).sum(-1).clamp_min(1e-12)  # (B,)
+        (g,) = torch.autograd.grad(misfit.sum(), x)
+    return misfit.detach(), g @ problem.deorth  # dL/dcart = dL/dfrac . d(frac)/d(cart)
+
+
+def r1_of(problem: Problem, frac: torch.Tensor) -> torch.Tensor:
+    """R1 (B,) of frac (B,N,3) against F_obs, least-squares scale, Wilson Uiso."""
+    with torch.no_grad():
+        uiso = torch.full(frac.shape[:2], problem.uiso, device=frac.device)
+        fc = problem.sf.calc(frac.float(), problem.type_idx, uiso).abs()
+        fo = problem.F_obs[None]
+        k = (fo * fc).sum(-1, keepdim=True) / (fc * fc).sum(-1, keepdim=True).clamp_min(1e-12)
+        return (fo - k * fc).abs().sum(-1) / fo.sum(-1)
