@@ -1,0 +1,41 @@
+"""Structure solution: samplers that turn a problem record into candidate structures.
+
+    from xdxd.solve import sample_record
+    rec = sample_record(rec, method="dualspace", samples=8, seed=0)   # rec["candidates"]
+
+A method is a function (rec, samples, seed, device, time_budget_s, **opts) ->
+(candidates, info); register it in METHODS. Candidates are best first, each
+{"atoms": [...], "r1": float, "cc": float, "method": str, "trial": int, ...}.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from xdxd import records
+from xdxd.solve import dualspace
+
+# name -> sampler; the diffusion model registers here too
+METHODS: dict[str, Callable[..., tuple[list[dict], dict]]] = {
+    "dualspace": dualspace.sample,
+}
+
+
+def sample_record(rec: dict, method: str = "dualspace", samples: int = 8, seed: int = 0,
+                  device: str = "cpu", time_budget_s: float | None = None, **opts) -> dict:
+    """Return a copy of the problem record with `candidates` (best first) added.
+
+    method: a key of METHODS; samples: how many distinct candidates to return;
+    time_budget_s: stop starting new batches of trials after this many seconds;
+    opts: method settings (for dualspace: trials, batch, cycles, omit, ...).
+    Raises ValueError for an unknown method, records.RecordError for a bad record.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples}")
+    cands, info = METHODS[method](rec, samples=samples, seed=seed, device=device,
+                                  time_budget_s=time_budget_s, **opts)
+    out = dict(rec)
+    out["candidates"] = cands
+    records.add_history(out, "sample", seed=seed, method=method, **info)
+    return out

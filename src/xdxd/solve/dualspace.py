@@ -1,0 +1,430 @@
+"""Dual-space structure solution: random atoms, E-maps and peak picking, recycled.
+
+The classic route of SHELXD (Sheldrick & Schneider, Methods Enzymol. 1997; Usón &
+Sheldrick, Curr. Opin. Struct. Biol. 1999) for small molecules, vectorised over a batch
+of B independent trials:
+
+    random atoms (B, N, 3) ──▶ E_calc of the strong reflections (equal point atoms)
+        ▲                             │ phases φ_c
+        │                             ▼
+    keep ~70% of the peaks ◀── peaks of the E-map  sum |E_obs| w exp(i φ_c)   (FFT)
+        (random omit)              (N unique peaks, symmetry images merged)
+
+After `cycles` cycles the last few, without omission, are scored by CC_all, the
+correlation of E_obs² and E_calc² over all reflections (SHELXD's figure of merit), and
+CC_weak over the weak reflections not used in phasing. The best trials get elements
+by peak height (heaviest elements on the highest peaks), a short refinement against
+|F|, R1, and are returned as candidates, distinct by their |F_calc| pattern.
+
+    cands, info = solve(problem, samples=8, seed=0)      # problem = Problem.from_record(rec)
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import gemmi
+import numpy as np
+import torch
+
+from xdxd import records
+from xdxd.crystal import fourier, statistics, symmetry
+from xdxd.crystal.structure_factors import StructureFactors, inverse_d2
+
+
+@dataclass
+class DualSpaceOptions:
+    """Settings of the dual-space search (defaults tuned on cod-dev organics at 1.0 Å)."""
+    trials: int = 1024          # random starts at most (a time budget or success may stop earlier)
+    batch: int = 64             # trials run together as one tensor batch
+    cycles: int = 40            # real/reciprocal-space cycles per trial
+    final_cycles: int = 4       # last cycles without random omit, each scored by CC_all
+    omit: float = 0.3           # fraction of picked peaks left out at random (SHELXD "random omit")
+    peak_factor: float = 1.0    # peaks picked per expected non-H atom
+    e_min: float = 1.2          # reflections with |E| above this are phased ...
+    strong_per_atom: float = 8  # ... but at least this many per atom, strongest first
+    weak_fraction: float = 0.3  # the weakest reflections, for CC_weak
+    merge_A: float = 0.6        # peaks closer than this (Å) to a higher peak or its image are one
+    refine_steps: int = 60      # steps of the fallback position/Uiso refinement
+    stop_cc: float = 0.0        # stop launching batches once a trial reaches this CC_all (0: never)
+    stop_r1: float = 0.12       # ... or once a refined candidate reaches this R1 (0: never)
+    dtype: torch.dtype = torch.float32
+
+
+@dataclass
+class Problem:
+    """What the search needs from a problem record, as arrays."""
+    rid: str
+    cell: gemmi.UnitCell
+    sg: gemmi.SpaceGroup
+    ops: symmetry.SymOps
+    hkl: np.ndarray          # (M,3) unique reflections
+    F: np.ndarray            # (M,) |F_obs|
+    sigma: np.ndarray        # (M,)
+    E: np.ndarray            # (M,) normalised |E_obs|
+    eps: np.ndarray          # (M,) epsilon factors
+    elements: list[str]      # (N,) non-H atoms of the asymmetric unit, heaviest first
+
+    @classmethod
+    def from_record(cls, rec: dict) -> "Problem":
+        records.check_problem(rec)
+        rid = str(rec.get("id", "?"))
+        comp = rec.get("composition")
+        if not comp:
+            raise records.RecordError(f"{rid}: no composition (element counts of the asymmetric unit)")
+        cell = symmetry.make_cell(rec["cell"])
+        sg = symmetry.spacegroup_from_record(rec["spacegroup"])
+        ops = symmetry.symops(sg)
+        hkl, F, sigma = records.reflections_to_arrays(rec["reflections"])
+        keep = F > 0
+        hkl, F, sigma = hkl[keep], F[keep], sigma[keep]
+        if len(F) < 10:
+            raise records.RecordError(f"{rid}: too few reflections ({len(F)}) to solve")
+        comp = {e: float(n) for e, n in comp.items() if e not in ("H", "D") and float(n) > 0}
+        E = statistics.normalized_e(F, hkl, cell, sg, comp, float(rec.get("hydrogens") or 0))
+        eps = statistics.epsilon_factors(sg, hkl)
+        elements = records.composition_elements({e: int(round(n)) for e, n in comp.items()})
+        elements.sort(key=lambda e: -gemmi.Element(e).atomic_number)
+        if not elements:
+            raise records.RecordError(f"{rid}: composition has no non-H atoms")
+        return cls(rid, cell, sg, ops, hkl, F, sigma, E, eps, elements)
+
+
+@dataclass
+class SearchState:
+    """Best atoms of each finished trial: frac (T,N,3), height (T,N), weight (T,N), cc (T,)."""
+    frac: list = field(default_factory=list)
+    height: list = field(default_factory=list)
+    weight: list = field(default_factory=list)
+    cc: list = field(default_factory=list)
+    cc_weak: list = field(default_factory=list)
+
+
+def _pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Correlation along the last axis: x (M,) or (B,M), y (B,M) -> (B,)."""
+    x = x - x.mean(-1, keepdim=True)
+    y = y - y.mean(-1, keepdim=True)
+    return (x * y).sum(-1) / (x.norm(dim=-1) * y.norm(dim=-1)).clamp_min(1e-12)
+
+
+class DualSpace:
+    """The search for one problem, on one device; `run_batch` runs B trials."""
+
+    def __init__(self, prob: Problem, opts: DualSpaceOptions, device: str = "cpu"):
+        self.prob, self.opts = prob, opts
+        self.device = torch.device(device)
+        kw = dict(device=self.device, dtype=opts.dtype)
+        N = len(prob.elements)
+        self.n_pick = max(1, int(round(opts.peak_factor * N)))
+        # strong reflections for phasing: |E| > e_min, at least strong_per_atom per atom
+        order = np.argsort(-prob.E)
+        n_strong = max(int((prob.E > opts.e_min).sum()), int(opts.strong_per_atom * N))
+        self.strong = np.sort(order[:min(n_strong, len(order))])
+        self.weak = np.sort(order[len(order) - max(1, int(opts.weak_fraction * len(order))):])
+        # equal point atoms: the form factor of C divided out, no temperature factor
+        self.sf_strong = StructureFactors(prob.cell, prob.ops, prob.hkl[self.strong], ["C"], **kw)
+        self.sf_all = StructureFactors(prob.cell, prob.ops, prob.hkl, ["C"], **kw)
+        self.f_strong = self.sf_strong.f0[0]                                  # (Ms,)
+        self.f_all = self.sf_all.f0[0]                                        # (M,)
+        self.e_strong = torch.tensor(prob.E[self.strong], **kw)               # (Ms,)
+        self.e2_all = torch.tensor(prob.E ** 2, **kw)                         # (M,)
+        self.eps_all = torch.tensor(prob.eps, **kw)                           # (M,)
+        self.weak_idx = torch.tensor(self.weak, device=self.device)
+        self.grid = fourier.FourierGrid(prob.cell, prob.ops, prob.hkl[self.strong],
+                                        d_min_A=_d_min(prob), device=self.device, dtype=opts.dtype)
+        self.orth = torch.tensor(np.array(prob.cell.orth.mat), **kw)
+        self.type0 = torch.zeros(N if self.n_pick == N else self.n_pick, dtype=torch.long,
+                                 device=self.device)
+
+    # -- one cycle -----------------------------------------------------------------
+    def e_calc(self, frac: torch.Tensor, weight: torch.Tensor, strong: bool) -> torch.Tensor:
+        """Complex E of equal point atoms (B,Ms) or (B,M), up to an overall scale."""
+        sf = self.sf_strong if strong else self.sf_all
+        f = self.f_strong if strong else self.f_all
+        B, K, _ = frac.shape
+        type0 = torch.zeros(K, dtype=torch.long, device=self.device)
+        u0 = torch.zeros(B, K, dtype=frac.dtype, device=self.device)
+        return sf.calc(frac, type0, u0, weight) / f
+
+    def pick(self, coef: torch.Tensor) -> fourier.Peaks:
+        """Unique peaks (B, n_pick) of the map of coefficients (B, Ms)."""
+        rho = self.grid.map(coef)                                             # (B,n1,n2,n3)
+        pk = fourier.find_peaks(rho, 3 * self.n_pick + 6, mask=self.grid.asu_mask)
+        pk = fourier.merge_images(pk, self.prob.ops, self.prob.cell, self.opts.merge_A)
+        return fourier.Peaks(pk.frac[:, :self.n_pick], pk.height[:, :self.n_pick])
+
+    def site_weight(self, pk: fourier.Peaks) -> torch.Tensor:
+        """1 / (stabilizer order) for each peak, 0 for missing peaks (B,K)."""
+        order = fourier.self_image_order(pk.frac, self.prob.ops, self.orth, 0.5 * self.opts.merge_A)
+        w = 1.0 / order.to(pk.frac.dtype)
+        return torch.where(torch.isfinite(pk.height), w, torch.zeros_like(w))
+
+    def figures_of_merit(self, frac: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CC_all and CC_weak (B,) between E_obs² and E_calc² (equal point atoms)."""
+        ec2 = self.e_calc(frac, weight, strong=False).abs() ** 2 / self.eps_all  # (B,M)
+        cc_all = _pearson(self.e2_all, ec2)
+        cc_weak = _pearson(self.e2_all[self.weak_idx], ec2[:, self.weak_idx])
+        return cc_all, cc_weak
+
+    def run_batch(self, B: int, gen: torch.Generator):
+        """B trials from random atoms; returns the best state of each over the final cycles."""
+        o = self.opts
+        dev, dt = self.device, o.dtype
+        frac = torch.rand(B, self.n_pick, 3, generator=gen, device=dev, dtype=dt)  # (B,K,3)
+        weight = torch.ones(B, self.n_pick, device=dev, dtype=dt)                # (B,K)
+        best = None
+        for cycle in range(o.cycles):
+            ec = self.e_calc(frac, weight, strong=True)                           # (B,Ms)
+            phase = ec / ec.abs().clamp_min(1e-12)
+            pk = self.pick(self.e_strong * phase)                                 # (B,K)
+            frac, weight = pk.frac, self.site_weight(pk)
+            if cycle < o.cycles - o.final_cycles:
+                keep = torch.rand(B, self.n_pick, generator=gen, device=dev, dtype=dt) >= o.omit
+                weight = weight * keep
+                continue
+            cc, ccw = self.figures_of_merit(frac, weight)
+            h = pk.height
+            if best is None:
+                best = [frac, h, weight, cc, ccw]
+            else:
+                better = cc > best[3]
+                best = [torch.where(better[:, None, None], frac, best[0]),
+                        torch.where(better[:, None], h, best[1]),
+                        torch.where(better[:, None], weight, best[2]),
+                        torch.where(better, cc, best[3]), torch.where(better, ccw, best[4])]
+        return best
+
+
+def _d_min(prob: Problem) -> float:
+    return 1.0 / math.sqrt(float(inverse_d2(prob.cell, prob.hkl).max()))
+
+
+# ---------------------------------------------------------------------------
+# from trials to candidates
+
+def assign_elements(height: np.ndarray, elements: list[str]) -> list[str]:
+    """Elements (heaviest first) onto peaks by height: (N,) heights -> (N,) symbols."""
+    order = np.argsort(-height, kind="stable")
+    out = [""] * len(height)
+    for rank, i in enumerate(order):
+        out[i] = elements[min(rank, len(elements) - 1)]
+    return out
+
+
+def refine_positions(prob: Problem, elements: list[list[str]], frac: np.ndarray,
+                     weight: np.ndarray, steps: int, device: str = "cpu",
+                     dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TEMPORARY fallback until xdxd.refine lands: Adam on positions and Uiso against |F|.
+
+    elements: C lists of N symbols; frac (C,N,3); weight (C,N) occupancy/stabilizer order.
+    Minimises sum (|Fo| - k|Fc|)² / sum |Fo|² with the least-squares scale k, all C
+    candidates in one batch. Returns frac (C,N,3), uiso (C,N) Å², R1 (C,).
+    """
+    types = sorted({e for els in elements for e in els})
+    kw = dict(device=device, dtype=dtype)
+    sf = StructureFactors(prob.cell, prob.ops, prob.hkl, types, **kw)
+    tidx = torch.tensor([[types.index(e) for e in els] for els in elements], device=device)  # (C,N)
+    fo = torch.tensor(prob.F, **kw)                                                          # (M,)
+    x = torch.tensor(frac, **kw).requires_grad_(True)                                        # (C,N,3)
+    u = torch.full(tidx.shape, math.log(0.04), **kw).requires_grad_(True)                    # log Uiso
+    w = torch.tensor(weight, **kw)
+    adam = _Adam([x, u], [2e-3, 5e-2])
+    for _ in range(steps):
+        fc = sf.calc(x, tidx, u.exp(), w).abs()                                              # (C,M)
+        k = statistics.scale_factor(fo, fc).detach()
+        loss = (((fo - k[:, None] * fc) ** 2).sum(-1) / (fo ** 2).sum()).sum()
+        adam.step(torch.autograd.grad(loss, [x, u]))
+        with torch.no_grad():
+            u.clamp_(math.log(0.005), math.log(0.3))
+    with torch.no_grad():
+        fc = sf.calc(x, tidx, u.exp(), w).abs()
+        r1 = statistics.r1(fo, fc)
+    return (torch.remainder(x.detach(), 1.0).cpu().numpy(), u.detach().exp().cpu().numpy(),
+            r1.cpu().numpy())
+
+
+class _Adam:
+    """Plain Adam (Kingma & Ba 2015) on a few tensors; torch.optim would import torch._dynamo."""
+
+    def __init__(self, params, lrs, betas=(0.9, 0.999), eps=1e-8):
+        self.params, self.lrs, self.betas, self.eps, self.t = params, lrs, betas, eps, 0
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step(self, grads):
+        self.t += 1
+        b1, b2 = self.betas
+        for p, g, m, v, lr in zip(self.params, grads, self.m, self.v, self.lrs):
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            p -= lr * (m / (1 - b1 ** self.t)) / ((v / (1 - b2 ** self.t)).sqrt() + self.eps)
+
+
+def _refine(prob: Problem, elements, frac, weight, opts: DualSpaceOptions, device: str):
+    """Refine candidates with xdxd.refine when it exists, else the temporary fallback."""
+    return refine_positions(prob, elements, frac, weight, opts.refine_steps, device, opts.dtype)
+
+
+def _distinct(fc: np.ndarray, order: np.ndarray, limit: int, same: float = 0.98) -> list[int]:
+    """Indices from `order` whose |Fc| patterns (C,M) correlate below `same` with any kept one.
+
+    |F| does not see origin shifts or the enantiomorph, so this catches those copies too.
+    """
+    kept: list[int] = []
+    for i in order:
+        if all(np.corrcoef(fc[i], fc[j])[0, 1] < same for j in kept):
+            kept.append(int(i))
+        if len(kept) == limit:
+            break
+    return kept
+
+
+def solve(prob: Problem, samples: int = 8, seed: int = 0, device: str = "cpu",
+          time_budget_s: float | None = None, opts: DualSpaceOptions | None = None,
+          ) -> tuple[list[dict], dict]:
+    """Run the dual-space search; return (candidates best first, run statistics).
+
+    Each candidate: {"atoms", "r1", "cc", "cc_weak", "method": "dualspace", "trial"}.
+    """
+    opts = opts or DualSpaceOptions()
+    t0 = time.perf_counter()
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed))
+    ds = DualSpace(prob, opts, device)
+    state = SearchState()
+    n_done = 0
+    stopped = "trials"
+    while n_done < opts.trials:
+        if time_budget_s is not None and n_done and time.perf_counter() - t0 > time_budget_s:
+            stopped = "time budget"
+            break
+        B = min(opts.batch, opts.trials - n_done)
+        frac, height, weight, cc, ccw = ds.run_batch(B, gen)
+        state.frac.append(frac.cpu()); state.height.append(height.cpu())
+        state.weight.append(weight.cpu()); state.cc.append(cc.cpu()); state.cc_weak.append(ccw.cpu())
+        n_done += B
+        if opts.stop_cc and float(cc.max()) >= opts.stop_cc:
+            stopped = "CC reached"
+            break
+        if opts.stop_r1:
+            cands = _finish(prob, state, samples, opts, device)
+            if cands and cands[0]["r1"] <= opts.stop_r1:
+                stopped = "R1 reached"
+                break
+    cands = _finish(prob, state, samples, opts, device)
+    info = {"trials": n_done, "stopped": stopped, "time_s": round(time.perf_counter() - t0, 3),
+            "best_cc": round(float(torch.cat(state.cc).max()), 4)}
+    return cands, info
+
+
+def _finish(prob: Problem, state: SearchState, samples: int, opts: DualSpaceOptions,
+            device: str) -> list[dict]:
+    """Best trials by CC_all -> elements, refinement, R1 -> distinct candidates."""
+    cc = torch.cat(state.cc).numpy()                                          # (T,)
+    ccw = torch.cat(state.cc_weak).numpy()
+    frac = torch.cat(state.frac).numpy()                                      # (T,N,3)
+    height = torch.cat(state.height).numpy()
+    weight = torch.cat(state.weight).numpy()
+    n_try = min(len(cc), max(3 * samples, 16))
+    top = np.argsort(-cc, kind="stable")[:n_try]
+    N = len(prob.elements)
+    elements, fr, wt = [], [], []
+    for t in top:
+        ok = np.isfinite(height[t]) & (weight[t] > 0)
+        idx = np.nonzero(ok)[0][:N]
+        n_ok = len(idx)
+        if n_ok < N:  # too few peaks: pad with copies at zero weight
+            idx = np.concatenate([idx, np.full(N - n_ok, idx[-1] if n_ok else 0)])
+        w = weight[t][idx].copy()
+        w[n_ok:] = 0
+        elements.append(assign_elements(height[t][idx], prob.elements))
+        fr.append(frac[t][idx])
+        wt.append(w)
+    fr, wt = np.array(fr), np.array(wt)                                       # (C,N,3), (C,N)
+    fr, uiso, r1 = _refine(prob, elements, fr, wt, opts, device)
+    # the few best: greedy element swaps where they lower R1, then refine again
+    best = np.argsort(r1, kind="stable")[:min(3, samples)]
+    for i in best:
+        elements[i] = swap_elements(prob, elements[i], fr[i], uiso[i], wt[i], device, opts.dtype)
+    fr[best], uiso[best], r1[best] = _refine(prob, [elements[i] for i in best], fr[best], wt[best],
+                                             opts, device)
+    fc = _fcalc(prob, elements, fr, uiso, wt, device, opts.dtype)             # (C,M) |Fc|
+    order = np.lexsort((-cc[top], r1))                                        # R1, then CC
+    keep = _distinct(fc, order, samples)
+    out = []
+    for i in keep:
+        atoms = [{"element": e, "xyz": [round(float(v), 6) for v in fr[i][j]],
+                  "uiso": round(float(uiso[i][j]), 5), "occ": 1.0}
+                 for j, e in enumerate(elements[i]) if wt[i][j] > 0]
+        out.append({"atoms": _label(atoms), "r1": round(float(r1[i]), 5),
+                    "cc": round(float(cc[top[i]]), 5), "cc_weak": round(float(ccw[top[i]]), 5),
+                    "method": "dualspace", "trial": int(top[i])})
+    return out
+
+
+def _fcalc(prob: Problem, elements: list[list[str]], frac: np.ndarray, uiso: np.ndarray,
+           weight: np.ndarray, device: str, dtype: torch.dtype) -> np.ndarray:
+    """|Fc| (C,M) of C candidates with N atoms each."""
+    types = sorted({e for els in elements for e in els})
+    kw = dict(device=device, dtype=dtype)
+    sf = StructureFactors(prob.cell, prob.ops, prob.hkl, types, **kw)
+    tidx = torch.tensor([[types.index(e) for e in els] for els in elements], device=device)
+    with torch.no_grad():
+        fc = sf.calc(torch.tensor(frac, **kw), tidx, torch.tensor(uiso, **kw), torch.tensor(weight, **kw))
+    return fc.abs().cpu().numpy()
+
+
+def swap_elements(prob: Problem, elements: list[str], frac: np.ndarray, uiso: np.ndarray,
+                  weight: np.ndarray, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                  rounds: int = 4) -> list[str]:
+    """Greedy element swaps between pairs of atoms while R1 drops (composition kept).
+
+    frac (N,3), uiso (N,), weight (N,): all swaps of one round are scored as one batch.
+    """
+    fo = prob.F
+    els = list(elements)
+    cur = float(statistics.r1(fo, _fcalc(prob, [els], frac[None], uiso[None], weight[None],
+                                         device, dtype))[0])
+    for _ in range(rounds):
+        pairs = [(i, j) for i in range(len(els)) for j in range(i + 1, len(els)) if els[i] != els[j]]
+        if not pairs:
+            break
+        trial, u = [], np.repeat(uiso[None], len(pairs), 0)                 # (C,N)
+        for c, (i, j) in enumerate(pairs):
+            e = list(els)
+            e[i], e[j] = e[j], e[i]
+            trial.append(e)
+            u[c, [i, j]] = np.median(uiso)  # refined Uiso had absorbed the wrong element
+        C = len(trial)
+        fc = _fcalc(prob, trial, np.repeat(frac[None], C, 0), u, np.repeat(weight[None], C, 0),
+                    device, dtype)
+        r = statistics.r1(fo[None].repeat(C, 0), fc).numpy()
+        k = int(np.argmin(r))
+        if r[k] >= cur - 1e-3:
+            break
+        els, cur, uiso = trial[k], float(r[k]), u[k]
+    return els
+
+
+def _label(atoms: list[dict]) -> list[dict]:
+    """Number atoms per element: C1, C2, ..., N1, ..."""
+    count: dict[str, int] = {}
+    for a in atoms:
+        count[a["element"]] = count.get(a["element"], 0) + 1
+        a["label"] = f"{a['element']}{count[a['element']]}"
+    return atoms
+
+
+def sample(rec: dict, samples: int = 8, seed: int = 0, device: str = "cpu",
+           time_budget_s: float | None = None, **opts) -> tuple[list[dict], dict]:
+    """The `dualspace` method of `xdxd.solve.sample_record`: record -> (candidates, info).
+
+    opts: any field of DualSpaceOptions (trials, batch, cycles, omit, ...).
+    """
+    unknown = set(opts) - set(DualSpaceOptions.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown dualspace option(s): {', '.join(sorted(unknown))}")
+    prob = Problem.from_record(rec)
+    return solve(prob, samples, seed, device, time_budget_s, DualSpaceOptions(**opts))
