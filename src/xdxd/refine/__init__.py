@@ -1,0 +1,169 @@
+"""Refinement: least squares against the data, chemistry checks, element swaps.
+
+`refine_record(rec)` is what `xdxd-refine` does to one record:
+
+1. take the structures to refine: the record's `candidates` (the `top` best by their
+   sampler R1), or its `solution`, or its `reference` (`source="reference"`, to validate
+   the pipeline on a known structure);
+2. refine them all at once (`least_squares.refine_batch`), check each one's chemistry
+   (`chemistry.check`) and rank by R1 + CHEM_WEIGHT * chemistry score;
+3. try element swaps on the best (`chemistry.swap_elements`; on by default for
+   candidates and solutions, off for a reference);
+4. refine the winner to convergence with esds (`least_squares.refine_structure`) and
+   write it as the record's `solution`; each refined candidate gets `r1_refined` and
+   `chemistry_score`.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from xdxd import records
+from xdxd.crystal.symmetry import make_cell, spacegroup_from_record, symops
+from xdxd.refine.chemistry import CHEM_WEIGHT, check, is_hydrogen, swap_elements
+from xdxd.refine.least_squares import RefinementResult, refine_batch, refine_structure
+
+__all__ = ["refine_record", "refine_structure", "refine_batch", "RefinementResult",
+           "swap_elements", "check"]
+
+TOP = 5              # candidates refined by default
+RANK_CYCLES = 8      # cycles for the batch that ranks candidates
+
+
+def element_labels(elements: list[str], old: list[str] | None = None) -> list[str]:
+    """SHELX-style labels C1, C2, N1, ...; an old label is kept where it starts with
+    its atom's element symbol (and is unique)."""
+    count: dict[str, int] = {}
+    used: set[str] = set()
+    out = []
+    for n, e in enumerate(elements):
+        lab = old[n] if old else None
+        ok = lab and lab.upper().startswith(e.upper()) and lab not in used and \
+            not lab[len(e):len(e) + 1].isalpha()
+        if not ok:
+            while True:
+                count[e] = count.get(e, 0) + 1
+                lab = f"{e}{count[e]}"
+                if lab not in used:
+                    break
+        used.add(lab)
+        out.append(lab)
+    return out
+
+
+def _structures(rec: dict, source: str, top: int) -> tuple[str, list[tuple[int, list[dict]]]]:
+    """(source used, [(candidate index or -1, atoms)]) to refine."""
+    rid = rec.get("id", "?")
+    if source == "auto":
+        source = "candidates" if rec.get("candidates") else "solution" if rec.get("solution") else "none"
+    if source == "candidates":
+        cands = rec.get("candidates") or []
+        order = sorted(range(len(cands)), key=lambda i: _r1_key(cands[i]))
+        picked = [(i, cands[i].get("atoms") or []) for i in order[:top]]
+    elif source in ("solution", "reference"):
+        picked = [(-1, (rec.get(source) or {}).get("atoms") or [])]
+    else:
+        picked = []
+    picked = [(i, a) for i, a in picked if a]
+    if not picked:
+        what = {"reference": "no reference atoms", "solution": "no solution atoms"}.get(
+            source, "no candidates to refine (run xdxd-sample first, or refine --from reference)")
+        raise records.RecordError(f"{rid}: {what}")
+    return source, picked
+
+
+def _r1_key(cand: dict) -> float:
+    r = cand.get("r1")
+    return float(r) if isinstance(r, (int, float)) and math.isfinite(r) else math.inf
+
+
+def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | None = None,
+                  **opts) -> dict:
+    """Refine a record's candidates (or solution / reference) and write `solution`.
+
+    opts: source ("auto" | "candidates" | "solution" | "reference"), swap (True, False
+    or None = on except for a reference), restraints (anti-bump, True), refine_uiso
+    (True), refine_hydrogens (False), weight_a (0.1), rank_cycles (8).
+    Returns the record (a new dict) with `solution` and updated `candidates`.
+    """
+    records.check_problem(rec)
+    rid = rec.get("id", "?")
+    rec = dict(rec)
+    source, picked = _structures(rec, opts.pop("source", "auto"), top or TOP)
+    swap = opts.pop("swap", None)
+    swap = (source != "reference") if swap is None else swap
+    rank_cycles = min(cycles, opts.pop("rank_cycles", RANK_CYCLES))
+    lsq = {k: opts.pop(k) for k in ("restraints", "refine_uiso", "refine_hydrogens",
+                                    "weight_a", "weight_b") if k in opts}
+    if opts:
+        raise TypeError(f"refine_record: unknown options {sorted(opts)}")
+
+    cell = make_cell(rec["cell"])
+    sg = spacegroup_from_record(rec["spacegroup"])
+    ops = symops(sg)
+    hkl, F, sigma = records.reflections_to_arrays(rec["reflections"])
+    for e in {a["element"] for _, atoms in picked for a in atoms}:
+        if e not in _known_elements():
+            raise records.RecordError(f"{rid}: unknown element {e!r} in the model")
+
+    # refine every picked structure; those with equal atom counts share one batch
+    arrays = [records.atoms_to_arrays(atoms) for _, atoms in picked]
+    refined: list[RefinementResult | None] = [None] * len(picked)
+    by_n: dict[int, list[int]] = {}
+    for n, a in enumerate(arrays):
+        by_n.setdefault(len(a), []).append(n)
+    for idx in by_n.values():
+        out = refine_batch(cell, sg, hkl, F, sigma, [arrays[n].elements for n in idx],
+                           np.stack([arrays[n].frac for n in idx]),
+                           np.stack([arrays[n].uiso for n in idx]),
+                           np.stack([arrays[n].occ for n in idx]),
+                           cycles=rank_cycles, device=device, **lsq)
+        for n, r in zip(idx, out):
+            refined[n] = r
+
+    # chemistry.check ignores H atoms in a model, so the whole H count is its budget
+    hyd = rec.get("hydrogens")
+    hyd = None if hyd is None else int(hyd)
+
+    chems = [check(cell, ops, r.elements, r.frac, hyd, a.labels) for r, a in zip(refined, arrays)]
+    keys = [r.r1 + CHEM_WEIGHT * c.score for r, c in zip(refined, chems)]
+    best = int(np.argmin(keys))
+    cand_index, _ = picked[best]
+    if source == "candidates":
+        cands = [dict(c) for c in rec["candidates"]]
+        for (i, _), r, c in zip(picked, refined, chems):
+            cands[i]["r1_refined"] = round(r.r1, 5)
+            cands[i]["chemistry_score"] = round(c.score, 3)
+        rec["candidates"] = cands
+
+    r = refined[best]
+    elements, swaps = list(r.elements), []
+    if swap:
+        s = swap_elements(cell, sg, hkl, F, sigma, elements, r.frac, r.uiso, r.occ,
+                          hydrogens=hyd, device=device, **lsq)
+        elements, swaps = s.elements, s.swaps
+        if swaps:
+            r = s.result
+    final = refine_structure(cell, sg, hkl, F, sigma, elements, r.frac, r.uiso, r.occ,
+                             cycles=cycles, device=device, **lsq)
+    labels = element_labels(elements, arrays[best].labels)
+    chem = check(cell, ops, elements, final.frac, hyd, labels)
+    atoms = []
+    for n, e in enumerate(elements):
+        a = {"element": e, "label": labels[n], "xyz": [round(float(v), 6) for v in final.frac[n]],
+             "uiso": round(float(final.uiso[n]), 5), "occ": round(float(final.occ[n]), 4)}
+        if final.frac_esd is not None:
+            a["xyz_esd"] = [round(float(v), 6) for v in final.frac_esd[n]]
+        atoms.append(a)
+    rec["solution"] = {
+        "atoms": atoms, **final.stats(), "candidate_index": cand_index, "source": source,
+        "chemistry": chem.as_dict(), "swaps": swaps,
+    }
+    records.add_history(rec, "refine", cycles=cycles, source=source, swap=bool(swap))
+    return rec
+
+
+def _known_elements() -> set[str]:
+    import gemmi
+    return {gemmi.Element(z).name for z in range(1, 119)} | {"D"}

@@ -32,9 +32,9 @@ SHORT_FACTOR = 0.80    # a contact shorter than this times r_i + r_j is too shor
 BO_OFFSET = 0.05       # Å added to r_i + r_j for a bond of order 1
 BO_SLOPE = 0.30        # Å, Pauling's bond-order slope
 
-# usual valences (sum of bond orders incl. H), and the most neighbours an atom may have
+# usual valences (sum of bond orders incl. H; N 5 is a nitro group drawn with double bonds), and the most neighbours an atom may have
 VALENCES = {
-    "C": (4,), "N": (3, 4), "O": (2,), "S": (2, 4, 6), "P": (3, 5), "Se": (2, 4, 6),
+    "C": (4,), "N": (3, 4, 5), "O": (2,), "S": (2, 4, 6), "P": (3, 5), "Se": (2, 4, 6),
     "F": (1,), "Cl": (1,), "Br": (1,), "I": (1, 3), "B": (3, 4), "Si": (4,), "H": (1,),
 }
 MAX_NEIGHBOURS = {
@@ -223,3 +223,64 @@ def swap_pairs(elements: list[str]) -> list[tuple[int, int]]:
     """Pairs (i, j), i < j, of non-H atoms whose elements may be exchanged."""
     return [(i, j) for i in range(len(elements)) for j in range(i + 1, len(elements))
             if swappable(elements[i], elements[j])]
+
+
+CHEM_WEIGHT = 0.01  # R1 units per unit of chemistry score, in ranking and swaps
+
+
+@dataclass
+class SwapResult:
+    elements: list[str]
+    result: object          # least_squares.RefinementResult of the final model
+    chemistry: Chemistry
+    swaps: list[dict]       # [{"i", "j", "from": [e_i, e_j], "r1", "score"}] in the order made
+
+
+def swap_elements(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
+                  uiso: np.ndarray | None = None, occ: np.ndarray | None = None,
+                  hydrogens: int | None = None, max_rounds: int = 6, cycles: int = 4,
+                  batch: int = 64, device: str = "cpu", **opts) -> SwapResult:
+    """Greedy element swaps with re-refinement, keeping the element counts fixed.
+
+    Each round exchanges the elements of every swappable pair of non-H atoms in turn
+    (C/N/O, S/Cl/P, ...; `SWAP_GROUPS`), refines all the variants at once for `cycles`
+    cycles (`least_squares.refine_batch`), and keeps the best variant if it lowers
+    R1 + CHEM_WEIGHT * chemistry score; it stops when no swap helps or after max_rounds.
+    frac (N,3) fractional, uiso (N,) Å², as refined before the call.
+    """
+    from xdxd.refine.least_squares import refine_batch  # least_squares imports this module
+    from xdxd.crystal.symmetry import make_cell, spacegroup_from_record, symops
+    cell_g = cell if isinstance(cell, gemmi.UnitCell) else make_cell(cell)
+    ops = symops(sg if isinstance(sg, gemmi.SpaceGroup) else spacegroup_from_record(sg))
+    els = list(elements)
+    res = refine_batch(cell, sg, hkl, F, sigma, els, frac, uiso, occ, cycles=cycles,
+                       device=device, **opts)[0]
+    chem = check(cell_g, ops, els, res.frac, hydrogens)
+    best = res.r1 + CHEM_WEIGHT * chem.score
+    swaps: list[dict] = []
+    for _ in range(max_rounds):
+        pairs = swap_pairs(els)
+        if not pairs:
+            break
+        variants = []
+        for i, j in pairs:
+            v = list(els)
+            v[i], v[j] = v[j], v[i]
+            variants.append(v)
+        found = None
+        for s in range(0, len(variants), batch):
+            chunk = variants[s:s + batch]
+            out = refine_batch(cell, sg, hkl, F, sigma, chunk, res.frac, res.uiso,
+                               None if occ is None else occ, cycles=cycles, device=device, **opts)
+            for v, (i, j), r in zip(chunk, pairs[s:s + batch], out):
+                c = check(cell_g, ops, v, r.frac, hydrogens)
+                obj = r.r1 + CHEM_WEIGHT * c.score
+                if obj < best - 1e-4 and (found is None or obj < found[0]):
+                    found = (obj, v, (i, j), r, c)
+        if found is None:
+            break
+        best, v, (i, j), res, chem = found
+        swaps.append({"i": i, "j": j, "from": [els[i], els[j]], "r1": round(res.r1, 5),
+                      "score": round(chem.score, 3)})
+        els = v
+    return SwapResult(els, res, chem, swaps)

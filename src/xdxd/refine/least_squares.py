@@ -120,22 +120,25 @@ class _Data:
         return 1.0 / (self.sig_fo2 ** 2 + (a * P) ** 2 + b * P + self.var_floor)
 
 
-def _site_constraints(frac: np.ndarray, ops: SymOps, cell: gemmi.UnitCell):
+def _site_constraints(frac: np.ndarray, ops: SymOps, cell: gemmi.UnitCell, snap: np.ndarray):
     """Per atom: x0 on its special position (N,3), basis (N,3,3) with zero columns for
     constrained directions, and stabilizer order (N,).
 
-    An atom closer than SPECIAL_TOL Å to one of its own images is moved onto the special
-    position first (repeated, so that a partial set of images closes into the site group).
+    An atom with snap[n] (refined, fully occupied) closer than SPECIAL_TOL Å to one of its
+    own images is moved onto the special position first (repeated, so that a partial set
+    of images closes into the site group); other atoms use the core's 0.1 Å (a partly
+    occupied atom near a mirror is disorder, not a special position).
     """
     N = len(frac)
     x0 = np.zeros((N, 3))
     basis = np.zeros((N, 3, 3))
     order = np.ones(N)
     for n, x in enumerate(np.asarray(frac, float)):
+        tol = SPECIAL_TOL if snap[n] else 0.1
         for _ in range(4):
-            if len(stabilizer(x, ops, cell, SPECIAL_TOL)) == 1:
+            if len(stabilizer(x, ops, cell, tol)) == 1:
                 break
-            x_new, _ = special_position_projector(x, ops, cell, SPECIAL_TOL)
+            x_new, _ = special_position_projector(x, ops, cell, tol)
             moved = np.abs(x_new - x).max()
             x = x_new
             if moved < 1e-9:
@@ -240,16 +243,18 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
     a record's spacegroup dict; hkl (M,3); F (M,) amplitudes |Fo|; sigma (M,) sigma(|Fo|)
     (None or 0: no sigmas); elements: N symbols shared by all candidates, or B lists of N;
     frac (B,N,3) or (N,3) fractional; uiso (B,N) Å² (default UISO_START); occ (B,N)
-    chemical occupancies (default 1). Returns B results in input order.
+    chemical occupancies (default 1); frac (N,3) with B element lists refines B
+    element variants of one structure. Returns B results in input order.
     """
     cell = cell if isinstance(cell, gemmi.UnitCell) else make_cell(cell)
     sg = sg if isinstance(sg, gemmi.SpaceGroup) else spacegroup_from_record(sg)
     ops = symops(sg)
     frac = np.asarray(frac, dtype=float)
-    if frac.ndim == 2:
-        frac = frac[None]
+    shared = bool(elements) and isinstance(elements[0], str)
+    if frac.ndim == 2:  # one structure; with B element lists, B variants of it
+        frac = np.repeat(frac[None], 1 if shared else len(elements), axis=0)
     B, N, _ = frac.shape
-    els = [list(elements)] * B if (elements and isinstance(elements[0], str)) else [list(e) for e in elements]
+    els = [list(elements)] * B if shared else [list(e) for e in elements]
     assert len(els) == B and all(len(e) == N for e in els), "elements must match frac (B,N,3)"
     uiso = np.full((B, N), UISO_START) if uiso is None else np.broadcast_to(np.asarray(uiso, float), (B, N)).copy()
     uiso = np.where(np.isfinite(uiso), uiso, UISO_START)
@@ -259,13 +264,13 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
     M = len(data.fo)
 
     # constraints per site
+    hydro = np.array([[is_hydrogen(e) for e in row] for row in els]).reshape(B, N)
+    fixed = hydro if not refine_hydrogens else np.zeros_like(hydro)
     x0 = np.zeros((B, N, 3))
     basis = np.zeros((B, N, 3, 3))
     order = np.ones((B, N))
     for b in range(B):
-        x0[b], basis[b], order[b] = _site_constraints(frac[b], ops, cell)
-    hydro = np.array([[is_hydrogen(e) for e in row] for row in els])  # (B,N)
-    fixed = hydro if not refine_hydrogens else np.zeros_like(hydro)
+        x0[b], basis[b], order[b] = _site_constraints(frac[b], ops, cell, ~fixed[b] & (occ[b] > 0.99))
     pos_free = (np.abs(basis).sum(axis=2) > 0) & ~fixed[..., None]  # (B,N,3)
     u_free = np.full((B, N), refine_uiso) & ~fixed
     n_params = pos_free.reshape(B, -1).sum(1) + u_free.sum(1) + 1  # + scale
