@@ -92,14 +92,17 @@ def prepare_from_model_cif(path: str, d_min: float = 2.0, **options) -> list[dic
            for b in doc if has_atoms(b)]
     if not out:
         raise RecordError(f"{path}: no data block with atom sites")
+    for rec in out:
+        records.add_history(rec, "prep", opts.seed)
     return out
 
 
 def plan(paths: Iterable[str], opts: PrepOptions) -> list[dict]:
     """One small task record per problem ({id, source, block?}); unreadable inputs as errors.
 
-    Folders contribute their *.cif, *.hkl and *.mtz files; in a folder with .hkl files a CIF
-    without reflections of its own is taken as their model, not as a problem of its own. Ids repeated
+    Folders contribute their *.cif, *.hkl and *.mtz files; in a folder with .hkl files, the
+    CIF that is an .hkl's companion model, and any CIF without reflections of its own, are
+    taken as models, not as problems of their own. Ids repeated
     in one run (two folders with an iam.hkl) are prefixed with the folder name.
     """
     if opts.data not in DATA_CHOICES:
@@ -347,9 +350,13 @@ def _expand(paths: list[str]) -> list[str]:
         if p != "-" and os.path.isdir(p):
             files = sorted(os.path.join(p, f) for f in os.listdir(p)
                            if f.lower().endswith(_SUFFIXES) and not f.startswith("."))
-            if any(f.lower().endswith(".hkl") for f in files):
-                # a folder of measured data: its CIFs without reflections are models of the .hkl
-                files = [f for f in files if not f.lower().endswith(".cif") or _carries_reflections(f)]
+            hkls = [f for f in files if f.lower().endswith(".hkl")]
+            if hkls:
+                # a folder of measured data: the .hkl's companion model and any CIF without
+                # reflections of its own are models, not problems
+                models = {os.path.abspath(c) for c in map(_companion, hkls) if c}
+                files = [f for f in files if not f.lower().endswith(".cif")
+                         or (os.path.abspath(f) not in models and _carries_reflections(f))]
             out.extend(files)
         else:
             out.append(p)
