@@ -364,11 +364,20 @@ def test_weak_and_negative_intensities_give_finite_amplitudes():
     assert np.mean((F[weak] - truth) ** 2) < np.mean((naive - truth) ** 2)
 
 
-def test_all_nan_is_an_error():
+def test_nan_is_an_error():
     sg = gemmi.find_spacegroup_by_name("P 1")
+    cell = gemmi.UnitCell(5, 5, 5, 90, 90, 90)
     obs = Observations([[1, 0, 0]], [math.nan], [1.0], INTENSITY, "nan.hkl")
     with pytest.raises(RecordError, match="nan.hkl.*NaN"):
-        merge(obs, sg, gemmi.UnitCell(5, 5, 5, 90, 90, 90))
+        merge(obs, sg, cell)
+    obs = Observations([[1, 0, 0], [0, 2, 0]], [3.0, 4.0], [1.0, math.inf], INTENSITY, "inf.hkl")
+    with pytest.raises(RecordError, match=r"inf.hkl: 1 reflection.*first: 0 2 0"):
+        merge(obs, sg, cell)
+
+
+def test_hklf4_without_end_line_is_noted():
+    obs = read_hkl_text("   1   2   3    5.00    1.00\n", "t.hkl")
+    assert len(obs) == 1 and "truncated" in obs.notes[0]
 
 
 # ---------------------------------------------------------------------------

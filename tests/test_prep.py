@@ -148,6 +148,26 @@ def test_formula_override_and_composition_from_unit(tmp_path, data_dir):
     assert code == 0 and recs[0]["composition"] == {"Ca": 1, "Mg": 1, "O": 6, "Si": 2}
 
 
+def test_mtz_input(tmp_path, data_dir):
+    (src,) = list(prepare([str(data_dir / "measured/l-alanine/iam.hkl")], PrepOptions(d_min_A=1.0)))
+    hkl, F, sigma = reflections_to_arrays(src["reflections"])
+    mtz = gemmi.Mtz(with_base=True)
+    mtz.spacegroup = gemmi.find_spacegroup_by_name(src["spacegroup"]["hm"])
+    mtz.set_cell_for_all(gemmi.UnitCell(*src["cell"]))
+    mtz.add_dataset("ala").wavelength = 0.71073
+    mtz.add_column("FP", "F")
+    mtz.add_column("SIGFP", "Q")
+    mtz.set_data(np.column_stack([hkl, F, sigma]))
+    path = tmp_path / "ala.mtz"
+    mtz.write_to_file(str(path))
+    code, recs = run_cli(path, "--dmin", "1.0", "--model", data_dir / "measured/l-alanine/iam.cif", "-q")
+    assert code == 0
+    (rec,) = recs
+    assert rec["metrics"]["data"] == "measured_amplitudes" and rec["composition"] == src["composition"]
+    assert np.allclose(rec["reflections"]["F"], src["reflections"]["F"], atol=2e-4)
+    assert len(rec["reference"]["atoms"]) == 13
+
+
 def test_stdin_and_atomic_output(tmp_path, data_dir):
     out = tmp_path / "p.jsonl"
     text = (data_dir / "cod/1000007.cif").read_text()
@@ -177,6 +197,7 @@ BAD = {
                                           "_symmetry_space_group_name_H-M   'P 7 7 7'"),
     "no_cell.cif": lambda d: _cif_with(d, "_cell_length_a                   9.73970\n", ""),
     "nan.hkl": lambda d: "   1   0   0     nan    1.00\n   0   1   0     nan    1.00\n   0   0   0    0.00    0.00\n",
+    "partly_nan.hkl": lambda d: "   1   0   0    4.00    1.00\n   0   1   0    5.00     nan\n",
     "empty.hkl": lambda d: "",
     "only_end.hkl": lambda d: "   0   0   0    0.00    0.00\n",
     "unknown_element.cif": lambda d: _cif_with(d, "Ca Ca 0.0", "Ca Qz 0.0"),
@@ -204,7 +225,7 @@ def test_bad_input_gives_error_record_and_exit_1(tmp_path, data_dir, name):
 
 def test_bad_input_messages(tmp_path, data_dir):
     expect = {"unknown_sg.cif": "unknown H-M symbol 'P 7 7 7'", "no_cell.cif": "no cell",
-              "nan.hkl": "NaN", "empty.hkl": "empty file", "only_end.hkl": "no reflections",
+              "nan.hkl": "NaN", "partly_nan.hkl": "1 reflection(s) with a NaN", "empty.hkl": "empty file", "only_end.hkl": "no reflections",
               "unknown_element.cif": "unknown element 'Qz'"}
     for name, words in expect.items():
         p = tmp_path / name

@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from xdxd import records
@@ -36,10 +37,11 @@ class Log:
 
     def info(self, msg: str) -> None:
         if not self.quiet:
-            stderr.print(msg, highlight=False)
+            stderr.print(msg, highlight=False, soft_wrap=True)
 
     def error(self, msg: str) -> None:
-        stderr.print(f"[red]error:[/red] {msg}", highlight=False)
+        # one line, whatever the width; brackets in messages are text, not rich markup
+        stderr.print(f"[red]error:[/red] {escape(msg)}", highlight=False, soft_wrap=True)
 
 
 def resolve_device(device: str) -> str:

@@ -1,7 +1,7 @@
 """Merging measured reflections into unique amplitudes.
 
     observations (h, k, l, I or F, sigma), space group, cell
-      -> drop non-finite values and flagged records (sigma <= 0), drop 0 0 0
+      -> refuse NaN/infinite values, drop flagged records (sigma <= 0) and 0 0 0
       -> keep d >= d_min
       -> map every index to gemmi's reciprocal-space ASU of the Laue class
          (symmetry equivalents and Friedel mates collapse; gemmi.ReciprocalAsu)
@@ -76,12 +76,15 @@ def merge(obs: Observations, sg: gemmi.SpaceGroup, cell: gemmi.UnitCell,
     hkl, val, sig = obs.hkl, obs.value, obs.sigma
     stats: dict = {"n_records": int(len(val))}
     finite = np.isfinite(val) & np.isfinite(sig)
-    stats["n_nonfinite"] = int((~finite).sum())
     if not finite.any():
         raise RecordError(f"{src}: every reflection has a NaN or infinite value")
-    flagged = finite & (sig <= 0)
+    if not finite.all():  # readers drop legitimately missing values; a NaN here is damage
+        first = hkl[np.argmin(finite)].tolist()
+        raise RecordError(f"{src}: {int((~finite).sum())} reflection(s) with a NaN or infinite "
+                          f"value or sigma (first: {first[0]} {first[1]} {first[2]})")
+    flagged = sig <= 0
     stats["n_flagged"] = int(flagged.sum())
-    keep = finite & ~flagged & np.any(hkl != 0, axis=1)
+    keep = ~flagged & np.any(hkl != 0, axis=1)
     if obs.kind == AMPLITUDE:
         keep &= val >= 0
     d = d_spacing(cell, hkl)

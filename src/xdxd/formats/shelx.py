@@ -53,6 +53,7 @@ def read_hkl_text(text: str, source: str) -> Observations:
     Raises RecordError naming `source` and the line for a line that is not a reflection.
     """
     hkl, val, sig = [], [], []
+    ended = False
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -61,13 +62,17 @@ def read_hkl_text(text: str, source: str) -> Observations:
             raise RecordError(f"{source}:{lineno}: not an HKLF 4 reflection line: {line.strip()[:60]!r}")
         h, k, l, i, s = row
         if h == 0 and k == 0 and l == 0:
+            ended = True
             break
         hkl.append((h, k, l))
         val.append(i)
         sig.append(s)
     if not hkl:
         raise RecordError(f"{source}: no reflections")
-    return Observations(np.array(hkl), np.array(val), np.array(sig), INTENSITY, source)
+    obs = Observations(np.array(hkl), np.array(val), np.array(sig), INTENSITY, source)
+    if not ended:
+        obs.notes.append("no 0 0 0 line at the end (the file may be truncated)")
+    return obs
 
 
 def _parse_hkl_line(line: str):
