@@ -100,7 +100,7 @@ class StructureFactors:
 
         frac (B,N,3) fractional; type_idx (N,) or (B,N) index into self.types;
         uiso (B,N) Å²; weight (B,N) occupancy/stabilizer order (default 1);
-        uaniso (B,N,6) U_cif Å² used where aniso_mask (N,) is True.
+        uaniso (B,N,6) U_cif Å² used where aniso_mask (N,) or (B,N) is True.
         """
         B, N, _ = frac.shape
         if weight is None:
@@ -129,7 +129,8 @@ class StructureFactors:
         beta = beta_from_ucif(self.cell, uaniso)  # (B,N,3,3)
         q = torch.einsum("omi,bnij,omj->bnom", hR, beta, hR)
         # anisotropic atoms: replace the isotropic factor by the per-image one
-        mask = aniso_mask.to(frac.dtype)[None, :, None, None]
+        mask = aniso_mask.to(frac.dtype)  # (N,) or (B,N)
+        mask = mask[None, :, None, None] if mask.dim() == 1 else mask[:, :, None, None]
         amp_img = (weight[..., None] * f0)[:, :, None, :] * (
             mask * torch.exp(-q) + (1 - mask) * dw_iso[:, :, None, :])
         re = (amp_img * torch.cos(phase)).sum(dim=(1, 2))

@@ -4,7 +4,7 @@
 
 The block holds the cell, the space group (H-M, Hall, IT number and every symmetry
 operation, centring included), the atom_site loop (coordinates with esds where the
-refinement gave them), the refinement statistics (R1, wR2, GooF, numbers of reflections
+refinement gave them; an aniso loop for atoms that carry fixed U_ij), the refinement statistics (R1, wR2, GooF, numbers of reflections
 and parameters), the formula and provenance. gemmi (`read_small_structure`), pymatgen
 (`CifParser`), Mercury and Olex2 read it.
 """
@@ -146,7 +146,17 @@ def cif_text(rec: dict, solution: dict | None = None) -> str:
         esd = a.get("xyz_esd") or [None] * 3
         xyz = " ".join(f"{format_esd(float(v), e):>12s}" for v, e in zip(a["xyz"], esd))
         u = float(a.get("uiso") if a.get("uiso") is not None else 0.05)
-        w(f"{label:<6s} {a['element']:<3s} {xyz} {u:.4f} Uiso {float(a.get('occ', 1.0)):.4f}")
+        adp = "Uani" if a.get("uaniso") else "Uiso"
+        w(f"{label:<6s} {a['element']:<3s} {xyz} {u:.4f} {adp} {float(a.get('occ', 1.0)):.4f}")
+    aniso = [(a, label) for a, label in zip(atoms, labels) if a.get("uaniso")]
+    if aniso:
+        w("")
+        w("loop_")
+        w("_atom_site_aniso_label")
+        for tag in ("U_11", "U_22", "U_33", "U_12", "U_13", "U_23"):
+            w(f"_atom_site_aniso_{tag}")
+        for a, label in aniso:
+            w(f"{label:<6s} " + " ".join(f"{float(v):.5f}" for v in a["uaniso"]))
     w("")
     return "\n".join(out)
 

@@ -13,7 +13,8 @@ Layout (SHELXL manual, "Instructions"):
                                  for LATT > 0, the ones the inversion centre generates
     SFAC C H N O                 UNIT with the contents of the cell (H from the composition)
     L.S. 10 / PLAN 20 / FMAP 2 / WGHT 0.1 / FVAR k
-    C1 1 x y z 11.00000 Uiso     SFAC number, occupancy 10 + occ / site order (fixed)
+    C1 1 x y z 11.00000 Uiso     SFAC number, occupancy 10 + occ / site order (fixed);
+                                 atoms with U_ij: U11 U22 U33 = / U23 U13 U12
     HKLF 4
     END
 
@@ -121,8 +122,14 @@ def res_text(rec: dict, solution: dict | None = None) -> str:
     for a, lab, k in zip(atoms, labels, order):
         x, y, z = (float(v) for v in a["xyz"])
         occ = 10.0 + float(a.get("occ", 1.0)) / k
-        u = float(a.get("uiso") if a.get("uiso") is not None else 0.05)
-        w(f"{lab:<5s} {sfac.index(a['element']) + 1:2d} {x:10.6f} {y:10.6f} {z:10.6f} {occ:10.5f} {u:9.5f}")
+        head = f"{lab:<5s} {sfac.index(a['element']) + 1:2d} {x:10.6f} {y:10.6f} {z:10.6f} {occ:10.5f}"
+        if a.get("uaniso"):  # SHELX order U11 U22 U33 U23 U13 U12, continued with '='
+            u11, u22, u33, u12, u13, u23 = (float(v) for v in a["uaniso"])
+            w(f"{head} {u11:9.5f} {u22:9.5f} =")
+            w(f"      {u33:9.5f} {u23:9.5f} {u13:9.5f} {u12:9.5f}")
+        else:
+            u = float(a.get("uiso") if a.get("uiso") is not None else 0.05)
+            w(f"{head} {u:9.5f}")
     w("HKLF 4")
     w("END")
     w("")

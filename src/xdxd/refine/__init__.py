@@ -73,6 +73,14 @@ def _structures(rec: dict, source: str, top: int) -> tuple[str, list[tuple[int, 
     return source, picked
 
 
+def _stack_aniso(arrays: list[records.AtomArrays]) -> np.ndarray | None:
+    """(B,N,6) fixed anisotropic ADPs (NaN rows for isotropic atoms), or None."""
+    if all(a.uaniso is None for a in arrays):
+        return None
+    return np.stack([a.uaniso if a.uaniso is not None else np.full((len(a), 6), np.nan)
+                     for a in arrays])
+
+
 def _r1_key(cand: dict) -> float:
     r = cand.get("r1")
     return float(r) if isinstance(r, (int, float)) and math.isfinite(r) else math.inf
@@ -84,7 +92,8 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
 
     opts: source ("auto" | "candidates" | "solution" | "reference"), swap (True, False
     or None = on except for a reference), restraints (anti-bump, True), refine_uiso
-    (True), refine_hydrogens (False), weight_a (0.1), rank_cycles (8).
+    (True), refine_hydrogens (False), weight_a (0.1), rank_cycles (8), aniso (True: atoms
+    given with `uaniso` keep those ADPs fixed; False: refine them isotropically).
     Returns the record (a new dict) with `solution` and updated `candidates`.
     """
     records.check_problem(rec)
@@ -92,6 +101,7 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
     rec = dict(rec)
     source, picked = _structures(rec, opts.pop("source", "auto"), top or TOP)
     swap = opts.pop("swap", None)
+    keep_aniso = opts.pop("aniso", True)
     swap = (source != "reference") if swap is None else swap
     rank_cycles = min(cycles, opts.pop("rank_cycles", RANK_CYCLES))
     lsq = {k: opts.pop(k) for k in ("restraints", "refine_uiso", "refine_hydrogens",
@@ -109,6 +119,9 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
 
     # refine every picked structure; those with equal atom counts share one batch
     arrays = [records.atoms_to_arrays(atoms) for _, atoms in picked]
+    if not keep_aniso:
+        for a in arrays:
+            a.uaniso = None
     refined: list[RefinementResult | None] = [None] * len(picked)
     by_n: dict[int, list[int]] = {}
     for n, a in enumerate(arrays):
@@ -118,7 +131,7 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
                            np.stack([arrays[n].frac for n in idx]),
                            np.stack([arrays[n].uiso for n in idx]),
                            np.stack([arrays[n].occ for n in idx]),
-                           cycles=rank_cycles, device=device, **lsq)
+                           _stack_aniso([arrays[n] for n in idx]), cycles=rank_cycles, device=device, **lsq)
         for n, r in zip(idx, out):
             refined[n] = r
 
@@ -140,12 +153,12 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
     r = refined[best]
     elements, swaps = list(r.elements), []
     if swap:
-        s = swap_elements(cell, sg, hkl, F, sigma, elements, r.frac, r.uiso, r.occ,
+        s = swap_elements(cell, sg, hkl, F, sigma, elements, r.frac, r.uiso, r.occ, r.uaniso,
                           hydrogens=hyd, device=device, **lsq)
         elements, swaps = s.elements, s.swaps
         if swaps:
             r = s.result
-    final = refine_structure(cell, sg, hkl, F, sigma, elements, r.frac, r.uiso, r.occ,
+    final = refine_structure(cell, sg, hkl, F, sigma, elements, r.frac, r.uiso, r.occ, r.uaniso,
                              cycles=cycles, device=device, **lsq)
     labels = element_labels(elements, arrays[best].labels)
     chem = check(cell, ops, elements, final.frac, hyd, labels)
@@ -153,6 +166,8 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
     for n, e in enumerate(elements):
         a = {"element": e, "label": labels[n], "xyz": [round(float(v), 6) for v in final.frac[n]],
              "uiso": round(float(final.uiso[n]), 5), "occ": round(float(final.occ[n]), 4)}
+        if final.uaniso is not None and np.all(np.isfinite(final.uaniso[n])):
+            a["uaniso"] = [round(float(v), 5) for v in final.uaniso[n]]
         if final.frac_esd is not None:
             a["xyz_esd"] = [round(float(v), 6) for v in final.frac_esd[n]]
         atoms.append(a)

@@ -238,7 +238,7 @@ class SwapResult:
 
 def swap_elements(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
                   uiso: np.ndarray | None = None, occ: np.ndarray | None = None,
-                  hydrogens: int | None = None, max_rounds: int = 6, cycles: int = 4,
+                  uaniso: np.ndarray | None = None, hydrogens: int | None = None, max_rounds: int = 6, cycles: int = 4,
                   batch: int = 64, device: str = "cpu", **opts) -> SwapResult:
     """Greedy element swaps with re-refinement, keeping the element counts fixed.
 
@@ -253,7 +253,7 @@ def swap_elements(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray
     cell_g = cell if isinstance(cell, gemmi.UnitCell) else make_cell(cell)
     ops = symops(sg if isinstance(sg, gemmi.SpaceGroup) else spacegroup_from_record(sg))
     els = list(elements)
-    res = refine_batch(cell, sg, hkl, F, sigma, els, frac, uiso, occ, cycles=cycles,
+    res = refine_batch(cell, sg, hkl, F, sigma, els, frac, uiso, occ, uaniso, cycles=cycles,
                        device=device, **opts)[0]
     chem = check(cell_g, ops, els, res.frac, hydrogens)
     best = res.r1 + CHEM_WEIGHT * chem.score
@@ -270,8 +270,8 @@ def swap_elements(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray
         found = None
         for s in range(0, len(variants), batch):
             chunk = variants[s:s + batch]
-            out = refine_batch(cell, sg, hkl, F, sigma, chunk, res.frac, res.uiso,
-                               None if occ is None else occ, cycles=cycles, device=device, **opts)
+            out = refine_batch(cell, sg, hkl, F, sigma, chunk, res.frac, res.uiso, occ, uaniso,
+                               cycles=cycles, device=device, **opts)
             for v, (i, j), r in zip(chunk, pairs[s:s + batch], out):
                 c = check(cell_g, ops, v, r.frac, hydrogens)
                 obj = r.r1 + CHEM_WEIGHT * c.score

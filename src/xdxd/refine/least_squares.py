@@ -15,7 +15,9 @@ Parameters (per candidate): positions, 3 per atom, fewer on special positions (x
 B p with B an orthonormal basis of the site's projector from
 `symmetry.special_position_projector`, so constrained coordinates stay exact); Uiso per
 atom, kept in [UISO_MIN, UISO_MAX] Å²; one overall scale k (on F). Hydrogen atoms
-ride along unrefined by default (their positions and Uiso are fixed).
+ride along unrefined by default (their positions and Uiso are fixed). Atoms that come
+with anisotropic ADPs keep them fixed and refine their positions (anisotropic refinement
+is not implemented; drop `uaniso` to refine such atoms isotropically).
 
 Each cycle is one Levenberg-Marquardt step: the Jacobian of the residuals comes from the
 crystal core's structure factors by forward-mode differentiation (three JVPs for the
@@ -77,6 +79,7 @@ class RefinementResult:
     frac_esd: np.ndarray | None = None  # (N,3) fractional esds (refine_structure only)
     uiso_esd: np.ndarray | None = None  # (N,) Å²
     fc: np.ndarray | None = None        # (M,) k|Fc|, on the scale of Fo
+    uaniso: np.ndarray | None = None    # (N,6) fixed U_cif Å², NaN rows for isotropic atoms
 
     @property
     def r1(self) -> float:
@@ -233,7 +236,7 @@ class _Bumps:
 def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | None,
                  elements: list[str] | list[list[str]], frac: np.ndarray,
                  uiso: np.ndarray | None = None, occ: np.ndarray | None = None,
-                 cycles: int = 10, refine_uiso: bool = True, refine_hydrogens: bool = False,
+                 uaniso: np.ndarray | None = None, cycles: int = 10, refine_uiso: bool = True, refine_hydrogens: bool = False,
                  restraints: bool = True, weight_a: float = WEIGHT_A, weight_b: float = WEIGHT_B,
                  device: str = "cpu", dtype: torch.dtype = torch.float64,
                  esd: bool = False) -> list[RefinementResult]:
@@ -243,7 +246,9 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
     a record's spacegroup dict; hkl (M,3); F (M,) amplitudes |Fo|; sigma (M,) sigma(|Fo|)
     (None or 0: no sigmas); elements: N symbols shared by all candidates, or B lists of N;
     frac (B,N,3) or (N,3) fractional; uiso (B,N) Å² (default UISO_START); occ (B,N)
-    chemical occupancies (default 1); frac (N,3) with B element lists refines B
+    chemical occupancies (default 1); uaniso (B,N,6) U_cif Å² (U11 U22 U33 U12 U13 U23), NaN
+    rows for isotropic atoms: anisotropic atoms keep these ADPs fixed (anisotropic
+    refinement is not implemented) and refine their positions only; frac (N,3) with B element lists refines B
     element variants of one structure. Returns B results in input order.
     """
     cell = cell if isinstance(cell, gemmi.UnitCell) else make_cell(cell)
@@ -259,6 +264,13 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
     uiso = np.full((B, N), UISO_START) if uiso is None else np.broadcast_to(np.asarray(uiso, float), (B, N)).copy()
     uiso = np.where(np.isfinite(uiso), uiso, UISO_START)
     occ = np.ones((B, N)) if occ is None else np.broadcast_to(np.asarray(occ, float), (B, N)).copy()
+    aniso = None
+    if uaniso is not None:
+        uaniso = np.broadcast_to(np.asarray(uaniso, float), (B, N, 6))
+        aniso = np.all(np.isfinite(uaniso), axis=-1)  # (B,N)
+        uaniso = np.where(aniso[..., None], uaniso, 0.0)
+        if not aniso.any():
+            aniso = uaniso = None
     types = sorted({e for row in els for e in row})
     data = _Data(cell, ops, hkl, F, sigma, types, device, dtype)
     M = len(data.fo)
@@ -273,6 +285,8 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
         x0[b], basis[b], order[b] = _site_constraints(frac[b], ops, cell, ~fixed[b] & (occ[b] > 0.99))
     pos_free = (np.abs(basis).sum(axis=2) > 0) & ~fixed[..., None]  # (B,N,3)
     u_free = np.full((B, N), refine_uiso) & ~fixed
+    if aniso is not None:
+        u_free &= ~aniso
     n_params = pos_free.reshape(B, -1).sum(1) + u_free.sum(1) + 1  # + scale
 
     t = lambda a, **k: torch.tensor(np.asarray(a), device=device, **k)
@@ -288,10 +302,14 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
     u = t(np.clip(uiso, UISO_MIN, UISO_MAX), dtype=dtype)
     frac_of = lambda p_: x0_t + torch.einsum("bnij,bnj->bni", basis_t, p_)  # (B,N,3)
 
+    ua_t = None if aniso is None else t(uaniso, dtype=dtype).reshape(B * N, 1, 6)
+    mask_t = None if aniso is None else t(aniso).reshape(B * N, 1)
+
     def atom_f(p_, u_):
         """Contribution of each atom to F, (B,N,M) complex."""
         fr = frac_of(p_).reshape(B * N, 1, 3)
-        Fa = data.sf.calc(fr, tidx.reshape(B * N, 1), u_.reshape(B * N, 1), weight_t.reshape(B * N, 1))
+        Fa = data.sf.calc(fr, tidx.reshape(B * N, 1), u_.reshape(B * N, 1), weight_t.reshape(B * N, 1),
+                          uaniso=ua_t, aniso_mask=mask_t)
         return Fa.reshape(B, N, M)
 
     with torch.no_grad():
@@ -390,7 +408,8 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
             elements=els[b], frac=frac_final[b], uiso=u[b].cpu().numpy().copy(), occ=occ[b].copy(),
             scale=float(ag.scale), agreement=ag, n_params=int(n_params[b]), n_reflections=M,
             cycles=n_cycles, converged=bool(done[b]), bumps=int(np.sum(violated == b)),
-            fc=float(ag.scale) * fc_final[b].cpu().numpy())
+            fc=float(ag.scale) * fc_final[b].cpu().numpy(),
+            uaniso=None if aniso is None else np.where(aniso[b][:, None], uaniso[b], np.nan))
         if esd and A is not None:
             res.frac_esd, res.uiso_esd = _esds(A[b], free[b], basis[b], N, ag.goof)
         results.append(res)
@@ -418,17 +437,19 @@ def _esds(A: torch.Tensor, free: torch.Tensor, basis: np.ndarray, N: int, goof: 
 
 def refine_structure(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | None,
                      elements: list[str], frac: np.ndarray, uiso: np.ndarray | None = None,
-                     occ: np.ndarray | None = None, cycles: int = 20, refine_uiso: bool = True,
+                     occ: np.ndarray | None = None, uaniso: np.ndarray | None = None, cycles: int = 20, refine_uiso: bool = True,
                      device: str = "cpu", restraints: bool = True, **opts) -> RefinementResult:
     """Refine one structure: positions, Uiso and scale against |Fo|; see the module doc.
 
-    frac (N,3) fractional, uiso (N,) Å², occ (N,) chemical occupancy. Options of
+    frac (N,3) fractional, uiso (N,) Å², occ (N,) chemical occupancy, uaniso (N,6) fixed
+    anisotropic ADPs (NaN rows: isotropic atoms). Options of
     `refine_batch` (refine_hydrogens, weight_a, weight_b, dtype) pass through. The result
     carries esds of the coordinates (fractional) and Uiso (Å²).
     """
     frac = np.asarray(frac, dtype=float).reshape(1, -1, 3)
     uiso = None if uiso is None else np.asarray(uiso, float)[None]
     occ = None if occ is None else np.asarray(occ, float)[None]
+    uaniso = None if uaniso is None else np.asarray(uaniso, float)[None]
     opts.setdefault("esd", True)
-    return refine_batch(cell, sg, hkl, F, sigma, list(elements), frac, uiso, occ, cycles=cycles,
+    return refine_batch(cell, sg, hkl, F, sigma, list(elements), frac, uiso, occ, uaniso, cycles=cycles,
                         refine_uiso=refine_uiso, restraints=restraints, device=device, **opts)[0]

@@ -1,0 +1,137 @@
+"""xdxd-refine: least-squares refinement of sampled candidates; writes the solution.
+
+    xdxd-prep x.cif --dmin 1.0 | xdxd-sample | xdxd-refine > solved.jsonl
+    xdxd-refine solved.jsonl --format cif -o solved.cif
+    xdxd-refine solved.jsonl --format res -o resfiles/      # one DIR/<id>.res per record
+    xdxd-prep model.cif | xdxd-refine --from reference       # validate on the known model
+"""
+from __future__ import annotations
+
+import enum
+import os
+import sys
+import time
+from typing import List, Optional
+
+import typer
+
+from xdxd import records
+from xdxd.cli import common
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
+
+
+class Format(str, enum.Enum):
+    jsonl = "jsonl"
+    cif = "cif"
+    res = "res"
+
+
+class Source(str, enum.Enum):
+    auto = "auto"
+    candidates = "candidates"
+    solution = "solution"
+    reference = "reference"
+
+
+@app.command()
+def refine(
+    inputs: Optional[List[str]] = typer.Argument(None, help="Records (JSON lines); - or none is stdin."),
+    fmt: Format = typer.Option(Format.jsonl, "--format", "-f",
+                               help="jsonl: records; cif: one CIF 1.1 block per record; "
+                                    "res: SHELX .res (one file per record when -o is a folder)."),
+    source: Source = typer.Option(Source.auto, "--from",
+                                  help="What to refine: candidates (auto: if present, else solution), "
+                                       "the solution, or the reference model (validation)."),
+    cycles: int = typer.Option(20, "--cycles", min=0, help="Least-squares cycles for the final model."),
+    top: int = typer.Option(5, "--top", min=1, help="Candidates (best sampler R1 first) refined and ranked."),
+    swap: Optional[bool] = typer.Option(None, "--swap/--no-swap",
+                                        help="Greedy element swaps (C/N/O, S/Cl, ...) with re-refinement "
+                                             "[default: on, off for --from reference]."),
+    restraints: bool = typer.Option(True, "--restraints/--no-restraints",
+                                    help="Anti-bump restraints between non-H atoms."),
+    refine_uiso: bool = typer.Option(True, "--uiso/--no-uiso", help="Refine Uiso (Å²) per atom."),
+    refine_hydrogens: bool = typer.Option(False, "--refine-hydrogens",
+                                          help="Refine H positions and Uiso too (default: fixed)."),
+    weight_a: float = typer.Option(0.1, "--weight-a", min=0.0, help="SHELXL WGHT a."),
+    output: str = common.OutputOpt,
+    device: str = common.DeviceOpt,
+    threads: int = common.ThreadsOpt,
+    quiet: bool = common.QuietOpt,
+) -> None:
+    """Refine each record's candidates against its data and write `solution` (R1, wR2, GooF).
+
+    Exit code 1 if any record failed (no candidates, bad data, ...); it is passed on with `error`.
+    """
+    from xdxd.refine import refine_record
+
+    log = common.Log(quiet)
+    common.set_threads(threads)
+    dev = common.resolve_device(device)
+    opts = dict(source=source.value, swap=swap, restraints=restraints, refine_uiso=refine_uiso,
+                refine_hydrogens=refine_hydrogens, weight_a=weight_a)
+
+    def work(rec: dict) -> dict:
+        out = refine_record(rec, cycles=cycles, device=dev, top=top, **opts)
+        s = out["solution"]
+        swaps = f", {len(s['swaps'])} swaps" if s.get("swaps") else ""
+        log.info(f"{out.get('id', '?')}: R1 {s['r1']:.4f}, wR2 {s['wr2']:.4f}, GooF {s['goof']:.3f}, "
+                 f"{s['n_params']} parameters, {s['n_reflections']} reflections, "
+                 f"chemistry {s['chemistry']['score']:.2f}{swaps}")
+        return out
+
+    recs = common.read_input_records(inputs or [], log)
+    if fmt == Format.jsonl:
+        raise typer.Exit(common.process_stream(recs, work, output, log, "refine"))
+    raise typer.Exit(write_text_format(recs, work, fmt, output, log))
+
+
+def write_text_format(recs, work, fmt: Format, output: str, log: common.Log) -> int:
+    """Refine and write CIF or .res text; failed records are reported on stderr only.
+
+    cif: all blocks in one stream (stdout or -o FILE, written atomically at the end).
+    res: -o DIR/ (an existing folder, or a path ending in /) gets DIR/<id>.res per record;
+    otherwise the .res texts follow each other (each ends with END) on stdout or in FILE.
+    """
+    from xdxd.formats.write_cif import cif_text
+    from xdxd.formats.write_res import res_text
+
+    to_text = cif_text if fmt == Format.cif else res_text
+    folder = fmt == Format.res and output != "-" and (output.endswith("/") or os.path.isdir(output))
+    if folder:
+        os.makedirs(output, exist_ok=True)
+    texts: list[str] = []
+    failed = 0
+    for rec in recs:
+        rid = str(rec.get("id", "?"))
+        try:
+            if rec.get("error"):
+                raise records.RecordError(rec["error"])
+            t0 = time.perf_counter()
+            text = to_text(work(rec))
+            log.info(f"{rid}: refined in {time.perf_counter() - t0:.1f} s")
+        except KeyboardInterrupt:
+            raise SystemExit(130)
+        except Exception as e:  # one bad record must not stop the others
+            failed += 1
+            log.error(str(e) if str(e).startswith(rid) else f"{rid}: {e}")
+            continue
+        if folder:
+            name = "".join(c if c.isalnum() or c in "-_." else "_" for c in rid) or "xdxd"
+            records.atomic_write_text(os.path.join(output, f"{name}.res"), text)
+        elif output == "-":
+            sys.stdout.write(text + ("\n" if fmt == Format.cif else ""))
+            sys.stdout.flush()
+        else:
+            texts.append(text)
+    if not folder and output != "-":
+        records.atomic_write_text(output, ("\n" if fmt == Format.cif else "").join(texts))
+    return 1 if failed else 0
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
