@@ -26,7 +26,8 @@ def cif_prep(path: str, d_min: float, seed: int) -> dict:
             "reference": {"atoms": records.arrays_to_atoms(model.atoms)}}
 
 
-def oracle_sample(rec: dict, method: str, samples: int, seed: int, time_budget_s) -> dict:
+def oracle_sample(rec: dict, method: str, samples: int, seed: int, time_budget_s,
+                  device: str) -> dict:
     """A 'sampler' that knows the answer; crashes its process for id 2203315 under 'crash'."""
     if method == "crash" and rec["id"] == "2203315":
         os._exit(3)
@@ -37,7 +38,7 @@ def oracle_sample(rec: dict, method: str, samples: int, seed: int, time_budget_s
     return out
 
 
-def first_candidate(rec: dict) -> dict:
+def first_candidate(rec: dict, device: str) -> dict:
     out = dict(rec)
     out["solution"] = {**out["candidates"][0], "r1": 0.02}
     return out

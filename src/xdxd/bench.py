@@ -5,7 +5,7 @@ record, as the pipe `xdxd-prep | xdxd-sample | xdxd-refine | xdxd-score` would r
 them (see bin/bench), and the result is the scored record with a `bench` row added:
 
     {"id", "class", "sg", "n_atoms", "dmin", "method", "samples", "seed", "time_budget_s",
-     "seconds", "seconds_total", "stage_s": {...}, "peak_rss_MB", "base_rss_MB", "isolated",
+     "device", "seconds", "seconds_total", "stage_s": {...}, "peak_rss_MB", "base_rss_MB", "isolated",
      "matched_loose", "matched_strict", "rms_loose", "rmsd_A", "r1", "best_candidate",
      "n_candidates_matched_loose", "error"}
 
@@ -113,19 +113,17 @@ def prep_stage(path: str, d_min: float, seed: int) -> dict:
 
 
 def sample_stage(rec: dict, method: str, samples: int, seed: int,
-                 time_budget_s: float | None) -> dict:
+                 time_budget_s: float | None, device: str) -> dict:
     """Candidates from the sampler `method`, within time_budget_s seconds when given."""
     from xdxd.solve import sample_record
-    kwargs = {"method": method, "samples": samples, "seed": seed}
-    if time_budget_s is not None:
-        kwargs["time_budget_s"] = time_budget_s
-    return sample_record(rec, **kwargs)
+    return sample_record(rec, method=method, samples=samples, seed=seed, device=device,
+                         time_budget_s=time_budget_s)
 
 
-def refine_stage(rec: dict) -> dict:
+def refine_stage(rec: dict, device: str) -> dict:
     """Refine the candidates against the data and keep the best as `solution`."""
     from xdxd.refine import refine_record
-    return refine_record(rec)
+    return refine_record(rec, device=device)
 
 
 def score_stage(rec: dict) -> dict:
@@ -137,8 +135,8 @@ def score_stage(rec: dict) -> dict:
 class Pipeline:
     """The four stages as plain functions, replaceable (tests inject a fake sampler).
 
-    prep(path, d_min, seed) -> record; sample(record, method, samples, seed, time_budget_s)
-    -> record; refine(record) -> record; score(record) -> record. preload: modules imported
+    prep(path, d_min, seed) -> record; sample(record, method, samples, seed, time_budget_s,
+    device) -> record; refine(record, device) -> record; score(record) -> record. preload: modules imported
     before the clock starts, so timings do not include import time. With isolation the
     functions must be importable module-level functions (they are pickled by name).
     """
@@ -163,6 +161,7 @@ class Task:
     seed: int = 0
     time_budget_s: float | None = None  # per structure, given to the sampler
     threads: int = 0                    # torch CPU threads (0: leave torch's default)
+    device: str = "cpu"                 # torch device for sample and refine
 
 
 def run_one(task: Task, pipeline: Pipeline | None = None, isolated: bool = False) -> dict:
@@ -187,8 +186,8 @@ def run_one(task: Task, pipeline: Pipeline | None = None, isolated: bool = False
     steps = [
         ("prep", lambda _: pipeline.prep(e.path, task.dmin, task.seed)),
         ("sample", lambda r: pipeline.sample(r, task.method, task.samples, task.seed,
-                                             task.time_budget_s)),
-        ("refine", pipeline.refine),
+                                             task.time_budget_s, task.device)),
+        ("refine", lambda r: pipeline.refine(r, task.device)),
         ("score", pipeline.score),
     ]
     t_start = time.perf_counter()
@@ -216,7 +215,7 @@ def run_one(task: Task, pipeline: Pipeline | None = None, isolated: bool = False
         "n_atoms": e.n_atoms if e.n_atoms is not None
         else sum(a.get("element") not in ("H", "D") for a in ref_atoms) or None,
         "dmin": task.dmin, "method": task.method, "samples": task.samples, "seed": task.seed,
-        "time_budget_s": task.time_budget_s,
+        "time_budget_s": task.time_budget_s, "device": task.device,
         "seconds": round(seconds, 3), "seconds_total": round(seconds_total, 3),
         "stage_s": stage_s,
         "peak_rss_MB": round(_maxrss_MB(), 1), "base_rss_MB": round(base_rss, 1),
@@ -271,6 +270,7 @@ class BenchConfig:
     time_budget_s: float | None = None
     jobs: int = 1                        # structures run at the same time
     threads: int = 0                     # torch threads per job (0: cores / jobs)
+    device: str = "cpu"                  # torch device for sample and refine
     isolate: bool = True                 # each structure in a fresh process (memory, crashes)
     hard_timeout_s: float | None = None  # kill a structure after this long (isolate only)
 
@@ -279,7 +279,7 @@ def make_tasks(cfg: BenchConfig, entries: list[Entry]) -> list[Task]:
     """Tasks in run order: per resolution, per structure, every method back to back
     (so load from other work on the machine hits the methods alike)."""
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, cfg.jobs))
-    return [Task(e, float(d), m, cfg.samples, cfg.seed, cfg.time_budget_s, threads)
+    return [Task(e, float(d), m, cfg.samples, cfg.seed, cfg.time_budget_s, threads, cfg.device)
             for d in cfg.dmins for e in entries for m in cfg.methods]
 
 
@@ -307,7 +307,7 @@ def _failed(task: Task, message: str) -> dict:
     rec = records.error_record(e.id, f"{e.id}: {message}")
     rec["bench"] = {"id": e.id, "class": e.cls, "sg": e.sg, "n_atoms": e.n_atoms,
                     "dmin": task.dmin, "method": task.method, "samples": task.samples,
-                    "seed": task.seed, "time_budget_s": task.time_budget_s,
+                    "seed": task.seed, "time_budget_s": task.time_budget_s, "device": task.device,
                     "seconds": None, "seconds_total": None, "stage_s": {}, "peak_rss_MB": None, "base_rss_MB": None,
                     "isolated": True, "matched_loose": False, "matched_strict": False,
                     "rms_loose": None, "rmsd_A": None, "r1": None, "best_candidate": None,

@@ -12,7 +12,8 @@ import typer
 from rich.table import Table
 
 from xdxd import records
-from xdxd.cli.common import Log, QuietOpt, RecordWriter, SeedOpt, ThreadsOpt, stderr
+from xdxd.cli.common import (DeviceOpt, Log, QuietOpt, RecordWriter, SeedOpt, ThreadsOpt,
+                             resolve_device, stderr)
 from xdxd.cli.score import wide_stderr
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -37,6 +38,7 @@ def bench(
                                                   help="Sampler wall-time budget per structure and method, s (equal for all methods)."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Structures run at the same time."),
     threads: int = ThreadsOpt,
+    device: str = DeviceOpt,
     isolate: bool = typer.Option(True, "--isolate/--no-isolate",
                                  help="Each structure in a fresh process: its own peak memory, crashes contained."),
     hard_timeout_s: Optional[float] = typer.Option(None, "--hard-timeout-s",
@@ -56,7 +58,8 @@ def bench(
         folder=folder, classes=None if "all" in classes else list(classes), max_atoms=max_atoms,
         ids=[i for s in ids or [] for i in s.split(",") if i] or None, limit=limit,
         dmins=list(dmins), methods=list(methods), samples=samples, seed=seed,
-        time_budget_s=time_budget_s, jobs=jobs, threads=threads, isolate=isolate,
+        time_budget_s=time_budget_s, jobs=jobs, threads=threads, device=resolve_device(device),
+        isolate=isolate,
         hard_timeout_s=hard_timeout_s)
     try:
         entries = select_structures(cfg.folder, cfg.classes, cfg.max_atoms, cfg.ids, cfg.limit)
