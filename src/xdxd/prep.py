@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 import zlib
 from collections import OrderedDict
@@ -100,9 +101,9 @@ def prepare_from_model_cif(path: str, d_min: float = 2.0, **options) -> list[dic
 def plan(paths: Iterable[str], opts: PrepOptions) -> list[dict]:
     """One small task record per problem ({id, source, block?}); unreadable inputs as errors.
 
-    Folders contribute their *.cif, *.hkl and *.mtz files; in a folder with .hkl files, the
-    CIF that is an .hkl's companion model, and any CIF without reflections of its own, are
-    taken as models, not as problems of their own. Ids repeated
+    Folders contribute their *.cif, *.hkl and *.mtz files; in a folder with SHELX or Tonto
+    .hkl files, the CIF that is an .hkl's companion model, and any CIF without reflections
+    of its own, are taken as models, not as problems of their own. Ids repeated
     in one run (two folders with an iam.hkl) are prefixed with the folder name.
     """
     if opts.data not in DATA_CHOICES:
@@ -284,7 +285,8 @@ def _resolved(model: CrystalModel, opts: PrepOptions) -> CrystalModel:
     except (RuntimeError, ValueError):
         raise RecordError(f"{model.source}: impossible unit cell {model.cell}")
     if opts.spacegroup:
-        model.spacegroup = match_cell_setting(find_spacegroup(opts.spacegroup), model.cell)
+        text = re.sub(r"(\d)\((\d)\)", r"\1\2", opts.spacegroup.strip())  # P2(1)/c -> P21/c
+        model.spacegroup = match_cell_setting(find_spacegroup(text), model.cell)
         model.spacegroup_error = None
     if model.spacegroup is None:
         raise RecordError(model.spacegroup_error or f"{model.source}: no space group (give --spacegroup)")
@@ -350,7 +352,7 @@ def _expand(paths: list[str]) -> list[str]:
         if p != "-" and os.path.isdir(p):
             files = sorted(os.path.join(p, f) for f in os.listdir(p)
                            if f.lower().endswith(_SUFFIXES) and not f.startswith("."))
-            hkls = [f for f in files if f.lower().endswith(".hkl")]
+            hkls = [f for f in files if f.lower().endswith(".hkl") and not _is_cif(f)]
             if hkls:
                 # a folder of measured data: the .hkl's companion model and any CIF without
                 # reflections of its own are models, not problems
@@ -361,6 +363,13 @@ def _expand(paths: list[str]) -> list[str]:
         else:
             out.append(p)
     return out
+
+
+def _is_cif(path: str) -> bool:
+    try:
+        return _kind(path, _text(path)) == "cif"
+    except (RecordError, OSError):
+        return False
 
 
 def _carries_reflections(path: str) -> bool:
