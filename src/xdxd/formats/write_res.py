@@ -85,8 +85,7 @@ def res_text(rec: dict, solution: dict | None = None) -> str:
     hyd = int(rec.get("hydrogens") or 0)
     if hyd:
         els.add("H")
-    sfac = (["C", "H"] if "C" in els else []) + sorted(e for e in els if e not in ("C", "H"))
-    sfac = [e for e in sfac if e in els]
+    sfac = [e for e in ("C", "H") if e in els] + sorted(e for e in els if e not in ("C", "H"))
     n_ops = len(ops)
     unit = {e: 0.0 for e in sfac}
     order = []
