@@ -351,7 +351,7 @@ def test_weak_and_negative_intensities_give_finite_amplitudes():
     I[:20] = -15.0  # clearly negative measurements
     F, sF = french_wilson(I, sigma, hkl, sg, cell)
     assert np.all(np.isfinite(F)) and np.all(F > 0) and np.all(np.isfinite(sF)) and np.all(sF > 0)
-    strong = I > 5 * sigma
+    strong = I >= 5 * sigma
     assert F[strong] == pytest.approx(np.sqrt(I[strong]))
     # the posterior mean rises with the measured intensity
     order = np.argsort(I[~strong])
@@ -362,6 +362,38 @@ def test_weak_and_negative_intensities_give_finite_amplitudes():
     naive = np.sqrt(np.maximum(I[weak], 0))
     truth = np.sqrt(true_f2[weak])
     assert np.mean((F[weak] - truth) ** 2) < np.mean((naive - truth) ** 2)
+
+
+@pytest.mark.parametrize("centric", [False, True])
+def test_french_wilson_posterior_matches_quadrature(centric):
+    """Posterior mean of |F| against scipy's adaptive quadrature, one reflection at a time."""
+    from scipy.integrate import quad
+    from xdxd.formats import merge as merge_module
+
+    sg = gemmi.find_spacegroup_by_name("P 1 21/c 1" if centric else "P 1 21 1")
+    cell = gemmi.UnitCell(8, 9, 10, 90, 95, 90)
+    hkl = np.array([[1, 0, 2]] * 3 + [[2, 0, 1]] * 3) if centric else np.array([[1, 2, 3]] * 6)
+    assert bool(sg.operations().is_reflection_centric(hkl[0].tolist())) == centric
+    I = np.array([-20.0, -3.0, 0.0, 4.0, 8.0, 14.9])  # all below 3 sigma: pure posterior
+    sig = np.full(6, 5.0)
+    S = 40.0
+    original = merge_module.wilson_mean_intensity
+    merge_module.wilson_mean_intensity = lambda I, s2, eps, n_shells=20: np.full(len(I), S)
+    try:
+        F, sF = french_wilson(I, sig, hkl, sg, cell)
+    finally:
+        merge_module.wilson_mean_intensity = original
+    eps = float(sg.operations().epsilon_factor(hkl[0].tolist()))
+    for i, s, f, sf in zip(I, sig, F, sF):
+        prior = (lambda x: np.exp(-x * x / (2 * S * eps))) if centric else \
+            (lambda x: x * np.exp(-x * x / (S * eps)))
+        post = lambda x, n: x ** n * prior(x) * np.exp(-0.5 * ((i - x * x) / s) ** 2)
+        top = math.sqrt(max(i, 0) + 8 * s)
+        z = quad(post, 0, top, args=(0,))[0]
+        m1 = quad(post, 0, top, args=(1,))[0] / z
+        m2 = quad(post, 0, top, args=(2,))[0] / z
+        assert f == pytest.approx(m1, rel=2e-3)
+        assert sf == pytest.approx(math.sqrt(m2 - m1 * m1), rel=1e-2)
 
 
 def test_nan_is_an_error():

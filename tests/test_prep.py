@@ -1,6 +1,5 @@
 """xdxd-prep: simulation against gemmi, measured records, overrides, bad input, the CLI."""
 import json
-import math
 import shutil
 
 import gemmi

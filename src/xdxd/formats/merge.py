@@ -9,7 +9,8 @@
       -> inverse-variance weighted mean per unique index, sigma = (sum w)^-1/2
       -> intensities to amplitudes by French & Wilson (1978): posterior mean of |F| under
          an acentric/centric Wilson prior whose mean intensity follows the resolution
-         shells of the data themselves; never NaN, never the root of a negative number.
+         shells of the data themselves (sqrt(I) for I >= 5 sigma); never NaN, never the
+         root of a negative number.
 
 Statistics (SHELX/XPREP conventions): Rint = sum|I - <I>| / sum I over every
 observation with at least one equivalent; Rsigma = sum sigma(<I>) / sum <I>.
@@ -159,14 +160,16 @@ def wilson_mean_intensity(I: np.ndarray, s2: np.ndarray, eps: np.ndarray,
 
 
 def french_wilson(I: np.ndarray, sigma_I: np.ndarray, hkl: np.ndarray, sg: gemmi.SpaceGroup,
-                  cell: gemmi.UnitCell, strong: float = 5.0,
-                  n_grid: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """|F| and sigma(|F|) from merged intensities (French & Wilson 1978, Acta A34, 517).
+                  cell: gemmi.UnitCell, n_grid: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """|F| and sigma(|F|) from merged intensities (French & Wilson 1978, Acta Cryst A34, 517).
 
-    Reflections with I/sigma >= `strong` take F = sqrt(I), sigma_F = sigma_I / (2F); the
-    rest get the posterior mean and s.d. of F given I ~ N(F², sigma_I²) and the Wilson prior
-    (acentric: p(F) = 2F/S exp(-F²/S); centric: p(F) = sqrt(2/(pi S)) exp(-F²/(2S)),
-    S = eps x shell mean), integrated numerically on a grid in F.
+    Weak reflections (I < 3 sigma) get the posterior mean and s.d. of F given
+    I ~ N(F², sigma_I²) and the Wilson prior (acentric: p(F) = 2F/S exp(-F²/S); centric:
+    p(F) = sqrt(2/(pi S)) exp(-F²/(2S)); S = eps x the shell's mean intensity), integrated
+    numerically on a grid in F spanning the likelihood, sqrt(max(I - 8 sigma, 0)) ..
+    sqrt(max(I, 0) + 8 sigma). Strong ones (I >= 5 sigma) get F = sqrt(I),
+    sigma_F = sigma_I / (2F), where the prior would only bias them; in between, a linear
+    blend keeps F continuous and increasing in I. Negative I give small positive F.
     """
     I = np.asarray(I, dtype=float)
     sigma_I = np.asarray(sigma_I, dtype=float)
@@ -178,27 +181,30 @@ def french_wilson(I: np.ndarray, sigma_I: np.ndarray, hkl: np.ndarray, sg: gemmi
 
     F = np.zeros_like(I)
     sF = np.zeros_like(I)
-    big = I >= strong * sigma_I
-    F[big] = np.sqrt(I[big])
-    sF[big] = sigma_I[big] / (2.0 * F[big])
-    weak = np.nonzero(~big)[0]
     t = np.linspace(0.0, 1.0, n_grid)
-    for start in range(0, len(weak), 4096):
-        idx = weak[start:start + 4096]
-        i, s, Sw, c = I[idx, None], sigma_I[idx, None], S[idx, None], centric[idx, None]
-        fmax = np.sqrt(np.maximum(i, 0.0) + 8.0 * s)  # the likelihood is negligible beyond
-        f = fmax * t[None, :]  # (m, n_grid)
+    for start in range(0, len(I), 4096):
+        sl = slice(start, start + 4096)
+        i, s, Sw, c = I[sl, None], sigma_I[sl, None], S[sl, None], centric[sl, None]
+        f_lo = np.sqrt(np.maximum(i - 8.0 * s, 0.0))  # the likelihood is negligible outside
+        f_hi = np.sqrt(np.maximum(i, 0.0) + 8.0 * s)
+        f = f_lo + (f_hi - f_lo) * t[None, :]  # (m, n_grid)
         loglik = -0.5 * ((i - f * f) / s) ** 2
         with np.errstate(divide="ignore"):
             logprior = np.where(c, -0.5 * f * f / Sw, np.log(f) - f * f / Sw)
         logp = loglik + logprior
         logp -= logp.max(axis=1, keepdims=True)
         p = np.exp(logp)
-        p[:, [0, -1]] *= 0.5  # trapezoid weights (uniform grid: the spacing cancels)
+        p[:, [0, -1]] *= 0.5  # trapezoid weights (uniform grid per row: the spacing cancels)
         z = p.sum(axis=1)
         m1 = (p * f).sum(axis=1) / z
         m2 = (p * f * f).sum(axis=1) / z
-        F[idx] = m1
-        sF[idx] = np.sqrt(np.maximum(m2 - m1 * m1, 0.0))
+        F[sl] = m1
+        sF[sl] = np.sqrt(np.maximum(m2 - m1 * m1, 0.0))
+    # strong reflections: the data, not the (random-atom) prior, decide; blend smoothly from
+    # the posterior at I = 3 sigma to sqrt(I), sigma/(2 sqrt(I)) at I = 5 sigma and above
+    w = np.clip((I / sigma_I - 3.0) / 2.0, 0.0, 1.0)
+    root = np.sqrt(np.maximum(I, 1e-300))
+    F = (1 - w) * F + w * root
+    sF = (1 - w) * sF + w * sigma_I / (2 * root)
     assert np.all(np.isfinite(F)) and np.all(np.isfinite(sF)), "French-Wilson gave a non-finite F"
     return F, sF

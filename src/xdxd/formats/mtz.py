@@ -7,7 +7,7 @@ is there: I(+) and I(-) go in as separate observations, which merging then avera
 """
 from __future__ import annotations
 
-import math
+import os
 
 import gemmi
 import numpy as np
@@ -21,7 +21,6 @@ _PREFER = ["IMEAN", "I", "IOBS", "I-obs", "F", "FP", "FOBS", "F-obs"]
 
 def read_mtz(path: str, columns: str | None = None) -> tuple[CrystalModel, Observations]:
     """(model with cell/space group/wavelength, observations) from an MTZ file."""
-    import os
     try:
         mtz = gemmi.read_mtz_file(path)
     except (RuntimeError, ValueError, OSError) as e:

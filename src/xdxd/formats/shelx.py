@@ -13,7 +13,7 @@ other than x,y,z; inversion and centring are implied by LATT), SFAC, UNIT, FVAR,
 from __future__ import annotations
 
 import math
-import re
+import os
 
 import gemmi
 import numpy as np
@@ -36,11 +36,11 @@ _CENTRING = {
 
 # SHELXL instructions (first four letters); any other line with a numeric SFAC index is an atom
 _INSTRUCTIONS = set("""
-TITL CELL ZERR LATT SYMM SFAC UNIT DISP L.S. CGLS BOND FMAP PLAN LIST ACTA WGHT FVAR HKLF END
-REM MORE TEMP CONF HTAB EQIV AFIX PART RESI SIZE OMIT SHEL BASF TWIN EXTI SWAT DFIX DANG SADI
-FLAT SIMU DELU RIGU ISOR SAME EADP EXYZ HFIX MPLA ANIS FRAG FEND SPEC BLOC DAMP STIR WPDB ABIN
-SUMP FREE BIND CHIV NCSY LAUE MERG MOVE GRID LONE DEFS CHIV BUMP NEUT TIME WIGL XNPD ACTA
-BEDE LAUE ANSC ANSR SYMM NOTE INIT HOPE STIR PRIG
+ABIN ACTA AFIX ANIS ANSC ANSR BASF BEDE BIND BLOC BOND BUMP CELL CGLS CHIV CONF CONN DAMP
+DANG DEFS DELU DFIX DISP EADP END EQIV EXTI EXYZ FEND FLAT FMAP FRAG FREE FVAR GRID HFIX
+HKLF HOPE HTAB INIT ISOR L.S. LATT LAUE LIST LONE MERG MOLE MORE MOVE MPLA NCSY NEUT NOTE
+OMIT PART PLAN PRIG REM RESI RIGU RTAB SADI SAME SFAC SHEL SIMU SIZE SPEC STIR SUMP SWAT
+SYMM TEMP TIME TITL TWIN TWST UNIT WGHT WIGL WPDB XNPD ZERR
 """.split())
 
 
@@ -185,7 +185,6 @@ def read_ins_text(text: str, source: str, name: str | None = None) -> CrystalMod
 
 
 def read_ins(path: str) -> CrystalModel:
-    import os
     with open(path, errors="replace") as f:
         return read_ins_text(f.read(), path, os.path.splitext(os.path.basename(path))[0])
 
