@@ -92,11 +92,15 @@ LATT -1
 SFAC C O
 UNIT 2 2
 FVAR 1.0 0.25
+HFIX 43 C1 O1 C1 O1
 C1 1 10.5 0.25 0.1 21.0 0.02
 O1 2 0.1 0.2 0.3 -21.0 0.03
+HFIX 43 C1 O1 C1 O1
+CONN 4 C1 O1 C1
 HKLF 4
 """
     m = read_ins_text(text, "t.ins")
+    assert m.atoms.labels == ["C1", "O1"]
     assert m.spacegroup.xhm() == "P 1"
     assert m.atoms.frac[0].tolist() == pytest.approx([0.5, 0.25, 0.1])
     assert m.atoms.occ.tolist() == pytest.approx([0.25, 0.75])

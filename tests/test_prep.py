@@ -142,7 +142,26 @@ def test_bare_hkl_needs_and_takes_overrides(tmp_path, data_dir):
     assert code == 0 and len(recs[0]["reference"]["atoms"]) == 64
 
 
-def test_formula_override_and_composition_from_unit(tmp_path, data_dir):
+def test_ins_without_atoms_gives_composition_from_unit(tmp_path, data_dir):
+    res = (data_dir / "measured/ntd51a/p21c.res").read_text().splitlines()
+    head = [line for line in res[:res.index("FVAR       0.14585")]] + ["HKLF 4", "END"]
+    (tmp_path / "x.ins").write_text("\n".join(head) + "\n")
+    shutil.copy(data_dir / "measured/ntd51a/P21c.hkl", tmp_path / "x.hkl")
+    code, recs = run_cli(tmp_path / "x.hkl", "-q")
+    assert code == 0
+    (rec,) = recs
+    assert rec["composition"] == {"C": 26, "N": 1, "O": 3, "Si": 1} and rec["hydrogens"] == 33
+    assert "reference" not in rec and rec["source"][1].endswith("x.ins")
+
+
+def test_many_blocks_many_records(tmp_path, data_dir):
+    text = (data_dir / "cod/1000007.cif").read_text()
+    (tmp_path / "two.cif").write_text(text + "\n" + text.replace("data_1000007", "data_copy"))
+    code, recs = run_cli(tmp_path / "two.cif", "-q")
+    assert code == 0 and [r["id"] for r in recs] == ["1000007", "copy"]
+
+
+def test_formula_override(tmp_path, data_dir):
     code, recs = run_cli(data_dir / "cod/1000007.cif", "--formula", "CaMgSi2O6", "-q")
     assert code == 0 and recs[0]["composition"] == {"Ca": 1, "Mg": 1, "O": 6, "Si": 2}
 
@@ -240,3 +259,7 @@ def test_missing_file_and_usage_error(tmp_path):
     assert code == 1 and "no such file" in recs[0]["error"]
     res = runner.invoke(app, ["--cell", "1 2 3", "x.cif"])
     assert res.exit_code == 2
+    res = runner.invoke(app, ["--spacegroup", "P 7 7", "x.cif"])
+    assert res.exit_code == 2
+    code, recs = run_cli(tmp_path / "nope.cif", "--spacegroup", "P2(1)/c", "-q")
+    assert code == 1  # P2(1)/c is understood; the file is what is missing

@@ -265,6 +265,11 @@ def _base(model: CrystalModel, opts: PrepOptions) -> dict:
             "wavelength_A": round(float(wavelength), 5)}
 
 
+def normalize_spacegroup(text: str) -> str:
+    """User spellings gemmi does not take: 'P2(1)/c' -> 'P21/c'."""
+    return re.sub(r"(\d)\((\d)\)", r"\1\2", text.strip())
+
+
 def _add_notes(metrics: dict, notes: list[str]) -> None:
     """What readers had to guess, for the record's metrics (SHELX titles left out)."""
     notes = [n for n in notes if not n.startswith("TITL")]
@@ -285,8 +290,8 @@ def _resolved(model: CrystalModel, opts: PrepOptions) -> CrystalModel:
     except (RuntimeError, ValueError):
         raise RecordError(f"{model.source}: impossible unit cell {model.cell}")
     if opts.spacegroup:
-        text = re.sub(r"(\d)\((\d)\)", r"\1\2", opts.spacegroup.strip())  # P2(1)/c -> P21/c
-        model.spacegroup = match_cell_setting(find_spacegroup(text), model.cell)
+        sg = find_spacegroup(normalize_spacegroup(opts.spacegroup))
+        model.spacegroup = match_cell_setting(sg, model.cell)
         model.spacegroup_error = None
     if model.spacegroup is None:
         raise RecordError(model.spacegroup_error or f"{model.source}: no space group (give --spacegroup)")

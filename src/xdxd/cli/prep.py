@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
+import sys
 from typing import List, Optional
 
 import typer
@@ -34,6 +35,16 @@ def _cell(text: Optional[str]) -> Optional[list]:
         raise typer.BadParameter("six positive numbers: 'a b c alpha beta gamma' (Å, °)",
                                  param_hint="--cell")
     return cell
+
+
+def _check_spacegroup(text: str) -> None:
+    from xdxd.prep import normalize_spacegroup
+    from xdxd.crystal.symmetry import SpaceGroupError, find_spacegroup
+    try:
+        find_spacegroup(normalize_spacegroup(text))
+    except (SpaceGroupError, RuntimeError, ValueError):
+        raise typer.BadParameter(f"unknown space group {text!r} (H-M such as 'P 21/c', Hall, "
+                                 "or number)", param_hint="--spacegroup")
 
 
 @app.command()
@@ -88,6 +99,12 @@ def prep(
     --dmin and stays in the record as `reference`. Exit code 1 if any input failed.
     """
     from xdxd.prep import PrepOptions, plan, run_task_or_error
+
+    if not inputs and sys.stdin.isatty():
+        raise typer.BadParameter("no input: give files, folders, or - to read stdin",
+                                 param_hint="INPUTS")
+    if spacegroup is not None:
+        _check_spacegroup(spacegroup)
 
     opts = PrepOptions(d_min_A=dmin, data=data.value, biso=biso, noise=noise, seed=seed,
                        hydrogens_in_data=hydrogens_in_data, wavelength_A=wavelength,
