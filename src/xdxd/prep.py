@@ -418,7 +418,9 @@ def _tasks_of(path: str, opts: PrepOptions) -> list[dict]:
         tasks = [dict(base, id=b.name, block=b.name) for b in doc
                  if has_atoms(b) or hkl_cif.has_reflections(b)]
         if not tasks:
-            raise RecordError(f"{path}: no data block with atom sites or reflections")
+            twinned = any(b.find_values("_twin_refln_index_h") for b in doc)
+            raise RecordError(f"{path}: " + ("twinned reflection lists (_twin_refln_*) are not read"
+                                             if twinned else "no data block with atom sites or reflections"))
         return tasks
     task = dict(base, id=_stem(path))
     if kind in ("hkl", "tonto") and not opts.model and path != "-":

@@ -93,10 +93,11 @@ def prep(
 ) -> None:
     """Turn structure models and measured reflections into xdxd problem records.
 
-    Measured reflections are merged (symmetry equivalents and Friedel mates), systematic
-    absences and flagged records (sigma <= 0) dropped, intensities turned into |F| by
-    French-Wilson, and cut at --dmin. A model without reflections gives simulated |F| to
-    --dmin and stays in the record as `reference`. Exit code 1 if any input failed.
+    Measured reflections are cut at --dmin and merged (equivalents and Friedel
+    mates); absences and flagged records (sigma <= 0) are dropped; intensities
+    become |F| by French-Wilson. A model without reflections gives |F|
+    simulated to --dmin and stays in the record as `reference`.
+    Exit code 1 if any input failed, 2 on a usage error. See man/xdxd-prep.1.md.
     """
     from xdxd.prep import PrepOptions, plan, run_task_or_error
 
