@@ -100,3 +100,14 @@ def test_isolated_workers_and_a_crash():
     assert rows["2205750"]["matched_strict"] and rows["2205750"]["isolated"]
     assert rows["2205750"]["n_atoms"] == 10  # counted from the reference without an index
     assert "worker died (exit code 3" in rows["2203315"]["error"]
+
+
+def test_real_prep_with_an_oracle_sampler():
+    """The real xdxd-prep simulation feeding the bench (the sampler is still the oracle)."""
+    pytest.importorskip("xdxd.prep")
+    pipeline = Pipeline(sample=oracle_sample, refine=first_candidate, preload=())
+    cfg = BenchConfig(folder=str(COD), ids=["2203315"], dmins=[1.5], methods=["oracle"],
+                      samples=1, isolate=False)
+    (rec,) = run_bench(cfg, pipeline)
+    assert rec["bench"]["error"] is None and rec["bench"]["matched_strict"]
+    assert rec["d_min_A"] == pytest.approx(1.5, abs=0.01) and len(rec["reflections"]["h"]) > 50

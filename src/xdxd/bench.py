@@ -400,13 +400,13 @@ def markdown_table(summaries: list[dict]) -> str:
     """The per-(dmin, method) summaries as a Markdown table (for the README)."""
     from xdxd.score import num, pct
     head = ("| d_min (Å) | method | n | solved loose | solved strict | found loose | mean RMS | "
-            "mean RMSD (Å) | median R1 | median s/structure | peak RSS (MB) |")
+            "mean RMSD (Å) | median R1 | median s/structure | median sample s | peak RSS (MB) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for s in summaries:
         lines.append(f"| {s['dmin']:.2f} | {s['method']} | {s['n']} | {pct(s['solved_loose'])} | "
                      f"{pct(s['solved_strict'])} | {pct(s['found_loose'])} | "
                      f"{num(s['mean_rms_loose'], 3)} | {num(s['mean_rmsd_A'], 3)} | "
                      f"{num(s['median_r1'], 3)} | {num(s['median_seconds'], 1)} | "
-                     f"{num(s['max_peak_rss_MB'], 0)} |")
+                     f"{num(s['median_sample_s'], 1)} | {num(s['max_peak_rss_MB'], 0)} |")
     return "\n".join(lines) + "\n"
 

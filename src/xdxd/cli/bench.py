@@ -121,13 +121,14 @@ def summary_table(summaries: list[dict]) -> Table:
     from xdxd.score import num, pct
     t = Table(title="xdxd-bench")
     for col in ("d_min Å", "method", "n", "failed", "solved loose", "solved strict", "found loose",
-                "mean RMS", "mean RMSD Å", "median R1", "median s", "peak RSS MB"):
+                "mean RMS", "mean RMSD Å", "median R1", "median s", "sample s", "peak RSS MB"):
         t.add_column(col, justify="right")
     for s in summaries:
         t.add_row(f"{s['dmin']:.2f}", s["method"], str(s["n"]), str(s["n_error"]),
                   pct(s["solved_loose"]), pct(s["solved_strict"]), pct(s["found_loose"]),
                   num(s["mean_rms_loose"], 3), num(s["mean_rmsd_A"], 3), num(s["median_r1"], 3),
-                  num(s["median_seconds"], 1), num(s["max_peak_rss_MB"], 0))
+                  num(s["median_seconds"], 1), num(s["median_sample_s"], 1),
+                  num(s["max_peak_rss_MB"], 0))
     return t
 
 
