@@ -129,13 +129,16 @@ def test_best_candidate(data_dir):
     rec["candidates"] = [wrong, copy.deepcopy(rec["reference"]), {"atoms": []}]
     m = score_record(rec)["metrics"]
     assert m["best_candidate"] == 1 and m["n_candidates_matched_loose"] == 1
-    assert m["n_candidates"] == 3
+    assert m["n_candidates"] == 3 and m["n_candidates_unscored"] == 1
+    assert "candidate 2: " in m["candidates_unscored_reason"]
 
 
 @pytest.mark.parametrize("change, message", [
     (lambda r: r.pop("solution"), "no solution"),
     (lambda r: r.pop("reference"), "no reference"),
-    (lambda r: r["solution"].update(atoms=[]), "no non-H atoms"),
+    (lambda r: r["solution"].update(atoms=[]), "solution: no non-H atoms"),
+    (lambda r: r["reference"].update(atoms=[]), "reference: no non-H atoms"),
+    (lambda r: r["solution"]["atoms"][0].update(xyz=[float("nan"), 0, 0]), "non-finite"),
     (lambda r: r.update(spacegroup={"hm": "P 7"}), "space group"),
     (lambda r: r.update(cell=[0, 1, 1, 90, 90, 90]), "cell"),
 ])

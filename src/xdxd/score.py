@@ -156,40 +156,52 @@ def _frame(structure, rec: dict) -> tuple[list[float], dict]:
     return own.get("cell") or rec["cell"], own.get("spacegroup") or rec["spacegroup"]
 
 
-def score_structures(solution, reference, rec: dict) -> dict:
-    """Metrics of one structure ({"atoms": [...]}) against the reference, in rec's frame."""
-    ref = p1_cell(_atoms_of(reference, "reference"), *_frame(reference, rec))
+def reference_cell(rec: dict) -> P1Cell:
+    """The record's reference as a P1Cell (raises ScoreError when it has no atoms)."""
+    ref = rec.get("reference")
     try:
-        sol = p1_cell(_atoms_of(solution, "solution"), *_frame(solution, rec))
+        return p1_cell(_atoms_of(ref, "reference"), *_frame(ref, rec))
     except ScoreError as e:
-        raise ScoreError(f"solution: {e}") from None
-    return compare(sol, ref)
+        raise ScoreError(f"reference: {e}") from None
 
 
-def score_candidates(candidates: list, reference, rec: dict) -> dict:
+def score_structure(structure, reference: P1Cell, rec: dict, what: str = "solution",
+                    strict: bool = True) -> dict:
+    """Metrics of one structure ({"atoms": [...]}, in rec's cell and space group unless it
+    carries its own) against the reference P1 cell. Raises ScoreError naming `what`."""
+    try:
+        cell = p1_cell(_atoms_of(structure, what), *_frame(structure, rec))
+    except ScoreError as e:
+        raise ScoreError(f"{what}: {e}") from None
+    return compare(cell, reference, strict=strict)
+
+
+def score_candidates(candidates: list, reference: P1Cell, rec: dict) -> dict:
     """Which sampler candidate matches the reference best (loose, lowest RMS).
 
     Returns best_candidate (index into candidates, or None), best_candidate_rms_loose,
-    n_candidates, n_candidates_matched_loose. A candidate that cannot be expanded
-    (no atoms, bad coordinates) counts as not matched.
+    n_candidates, n_candidates_matched_loose, and n_candidates_unscored with the first
+    reason: a candidate that cannot be expanded or matched (no atoms, bad coordinates,
+    a pymatgen failure) counts as not matched instead of failing the record.
     """
-    ref = p1_cell(_atoms_of(reference, "reference"), *_frame(reference, rec))
-    best, best_rms, n_matched = None, None, 0
+    best, best_rms, n_matched, unscored = None, math.inf, 0, []
     for i, cand in enumerate(candidates):
         try:
-            m = compare(p1_cell(_atoms_of(cand, f"candidate {i}"), *_frame(cand, rec)), ref,
-                        strict=False)
-        except ScoreError:
+            m = score_structure(cand, reference, rec, f"candidate {i}", strict=False)
+        except Exception as e:  # counted and reported below
+            unscored.append(f"candidate {i}: {e}")
             continue
         if not m["matched_loose"]:
             continue
         n_matched += 1
-        rms = m["rms_loose"] if m["rms_loose"] is not None else math.inf
-        if best is None or rms < best_rms:
-            best, best_rms = i, rms
-    return {"best_candidate": best,
-            "best_candidate_rms_loose": None if best_rms in (None, math.inf) else best_rms,
-            "n_candidates": len(candidates), "n_candidates_matched_loose": n_matched}
+        if best is None or m["rms_loose"] < best_rms:
+            best, best_rms = i, m["rms_loose"]
+    out = {"best_candidate": best, "best_candidate_rms_loose": None if best is None else best_rms,
+           "n_candidates": len(candidates), "n_candidates_matched_loose": n_matched,
+           "n_candidates_unscored": len(unscored)}
+    if unscored:
+        out["candidates_unscored_reason"] = unscored[0]
+    return out
 
 
 def score_record(rec: dict, candidates: bool = True) -> dict:
@@ -198,8 +210,9 @@ def score_record(rec: dict, candidates: bool = True) -> dict:
     metrics gains: matched_loose, matched_strict, matched_loose_diffcsp, rms_loose,
     rms_strict, rmsd_A, max_dist_A, same_composition, n_atoms, n_atoms_p1, r1 (copied
     from the solution) and, when the record has `candidates` and candidates=True,
-    best_candidate, best_candidate_rms_loose, n_candidates, n_candidates_matched_loose.
-    Raises ScoreError (message starts with the record id) when it cannot be scored.
+    best_candidate, best_candidate_rms_loose, n_candidates, n_candidates_matched_loose,
+    n_candidates_unscored. Raises ScoreError (message starts with the record id) when
+    it cannot be scored.
     """
     rid = str(rec.get("id", "?"))
     try:
@@ -208,9 +221,10 @@ def score_record(rec: dict, candidates: bool = True) -> dict:
             raise ScoreError("no solution to score (run xdxd-refine first)")
         if not rec.get("reference"):
             raise ScoreError("no reference structure to score against")
-        metrics = score_structures(rec["solution"], rec["reference"], rec)
+        reference = reference_cell(rec)
+        metrics = score_structure(rec["solution"], reference, rec)
         if candidates and rec.get("candidates"):
-            metrics.update(score_candidates(rec["candidates"], rec["reference"], rec))
+            metrics.update(score_candidates(rec["candidates"], reference, rec))
     except (ScoreError, records.RecordError, symmetry.SpaceGroupError) as e:
         msg = str(e)
         raise ScoreError(msg if msg.startswith(rid) else f"{rid}: {msg}") from None
