@@ -178,7 +178,7 @@ def run_one(task: Task, pipeline: Pipeline | None = None, isolated: bool = False
             importlib.import_module(name)
         except Exception:
             pass
-    cuda = _cuda_reset()
+    cuda = task.device.startswith("cuda") and _cuda_reset()
     base_rss = _maxrss_MB()
     e = task.entry
     stage_s: dict[str, float] = {}
@@ -285,7 +285,11 @@ def make_tasks(cfg: BenchConfig, entries: list[Entry]) -> list[Task]:
 
 def run_bench(cfg: BenchConfig, pipeline: Pipeline | None = None,
               entries: list[Entry] | None = None) -> Iterator[dict]:
-    """Yield each task's scored record (with its `bench` row) as it finishes."""
+    """Yield each task's scored record (with its `bench` row) as it finishes.
+
+    cfg.jobs runs that many structures at once, each in its own process; without
+    isolation everything runs here, one at a time.
+    """
     if entries is None:
         entries = select_structures(cfg.folder, cfg.classes, cfg.max_atoms, cfg.ids, cfg.limit)
     tasks = make_tasks(cfg, entries)

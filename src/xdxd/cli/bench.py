@@ -66,6 +66,8 @@ def bench(
     except FileNotFoundError as e:
         log.error(str(e))
         raise typer.Exit(2)
+    if jobs > 1 and not isolate:
+        log.info("--no-isolate runs one structure at a time; --jobs is ignored")
     n_tasks = len(entries) * len(cfg.dmins) * len(cfg.methods)
     log.info(f"xdxd-bench: {len(entries)} structures x {len(cfg.dmins)} d_min x "
              f"{len(cfg.methods)} methods = {n_tasks} runs, {cfg.jobs} at a time")
