@@ -58,6 +58,7 @@ BUMP_FACTOR = SHORT_FACTOR  # d0 = BUMP_FACTOR * (r_i + r_j), Å
 BUMP_SIGMA = 0.02       # Å, sigma of the anti-bump restraint
 LAMBDA_START = 1e-3     # initial Marquardt damping
 STOP_DECREASE = 1e-6    # stop when S falls by less than this fraction in a cycle
+MAX_BATCH_ELEMENTS = 4e6  # B*N*M per batch at most (larger batches are split)
 SPECIAL_TOL = 0.7       # Å: an atom this close to its own image is put on the special position
 
 
@@ -235,8 +236,8 @@ class _Bumps:
 def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | None,
                  elements: list[str] | list[list[str]], frac: np.ndarray,
                  uiso: np.ndarray | None = None, occ: np.ndarray | None = None,
-                 uaniso: np.ndarray | None = None, cycles: int = 10, refine_uiso: bool = True, refine_hydrogens: bool = False,
-                 restraints: bool = True, weight_a: float = WEIGHT_A, weight_b: float = WEIGHT_B,
+                 uaniso: np.ndarray | None = None, cycles: int = 10, refine_uiso: bool = True,
+                 refine_hydrogens: bool = False, restraints: bool = True, weight_a: float = WEIGHT_A, weight_b: float = WEIGHT_B,
                  device: str = "cpu", dtype: torch.dtype = torch.float64,
                  esd: bool = False) -> list[RefinementResult]:
     """Refine B candidate structures of N atoms each against one data set, all at once.
@@ -247,8 +248,9 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
     frac (B,N,3) or (N,3) fractional; uiso (B,N) Å² (default UISO_START); occ (B,N)
     chemical occupancies (default 1); uaniso (B,N,6) U_cif Å² (U11 U22 U33 U12 U13 U23), NaN
     rows for isotropic atoms: anisotropic atoms keep these ADPs fixed (anisotropic
-    refinement is not implemented) and refine their positions only; frac (N,3) with B element lists refines B
-    element variants of one structure. Returns B results in input order.
+    refinement is not implemented) and refine their positions only. frac (N,3) with B
+    element lists refines B element variants of one structure. Large batches are split
+    so that B*N*M stays under MAX_BATCH_ELEMENTS. Returns B results in input order.
     """
     cell = cell if isinstance(cell, gemmi.UnitCell) else make_cell(cell)
     sg = sg if isinstance(sg, gemmi.SpaceGroup) else spacegroup_from_record(sg)
@@ -263,9 +265,21 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
     uiso = np.full((B, N), UISO_START) if uiso is None else np.broadcast_to(np.asarray(uiso, float), (B, N)).copy()
     uiso = np.where(np.isfinite(uiso), uiso, UISO_START)
     occ = np.ones((B, N)) if occ is None else np.broadcast_to(np.asarray(occ, float), (B, N)).copy()
-    aniso = None
     if uaniso is not None:
         uaniso = np.broadcast_to(np.asarray(uaniso, float), (B, N, 6))
+    per = max(1, int(MAX_BATCH_ELEMENTS // max(1, N * len(F))))
+    if B > per:  # split the batch (memory: ~7 copies of (B,N,M) complex F per cycle)
+        kw = dict(cycles=cycles, refine_uiso=refine_uiso, refine_hydrogens=refine_hydrogens,
+                  restraints=restraints, weight_a=weight_a, weight_b=weight_b, device=device,
+                  dtype=dtype, esd=esd)
+        out = []
+        for s in range(0, B, per):
+            sl = slice(s, s + per)
+            out += refine_batch(cell, sg, hkl, F, sigma, els[sl], frac[sl], uiso[sl], occ[sl],
+                                None if uaniso is None else uaniso[sl], **kw)
+        return out
+    aniso = None
+    if uaniso is not None:
         aniso = np.all(np.isfinite(uaniso), axis=-1)  # (B,N)
         uaniso = np.where(aniso[..., None], uaniso, 0.0)
         if not aniso.any():
