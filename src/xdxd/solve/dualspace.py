@@ -45,8 +45,10 @@ class DualSpaceOptions:
     e_min: float = 1.2          # reflections with |E| above this are phased ...
     strong_per_atom: float = 8  # ... but at least this many per atom, strongest first
     weak_fraction: float = 0.3  # the weakest reflections, for CC_weak
+    weighting: str = "plain"    # E-map coefficients: plain |E_obs| e^{i phi_c}, or "sim" (|E_obs| tanh(|E_obs E_c|))
     merge_A: float = 0.6        # peaks closer than this (Å) to a higher peak or its image are one
-    refine_steps: int = 60      # steps of the fallback position/Uiso refinement
+    refine_cycles: int = 3      # least-squares cycles for each of the best trials
+    refine_steps: int = 60      # steps of the fallback Adam refinement (without xdxd.refine)
     stop_cc: float = 0.0        # stop launching batches once a trial reaches this CC_all (0: never)
     stop_r1: float = 0.12       # ... or once a refined candidate reaches this R1 (0: never)
     dtype: torch.dtype = torch.float32
@@ -147,6 +149,15 @@ class DualSpace:
         u0 = torch.zeros(B, K, dtype=frac.dtype, device=self.device)
         return sf.calc(frac, type0, u0, weight) / f
 
+    def coefficients(self, ec: torch.Tensor) -> torch.Tensor:
+        """E-map coefficients (B,Ms) from the current E_calc (B,Ms): |E_obs| w exp(i phi_c)."""
+        amp = ec.abs()
+        phase = ec / amp.clamp_min(1e-12)
+        if self.opts.weighting == "sim":
+            ecn = amp / amp.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)  # <|E_c|²> = 1
+            return self.e_strong * torch.tanh(self.e_strong * ecn) * phase
+        return self.e_strong * phase
+
     def pick(self, coef: torch.Tensor) -> fourier.Peaks:
         """Unique peaks (B, n_pick) of the map of coefficients (B, Ms)."""
         rho = self.grid.map(coef)                                             # (B,n1,n2,n3)
@@ -176,8 +187,7 @@ class DualSpace:
         best = None
         for cycle in range(o.cycles):
             ec = self.e_calc(frac, weight, strong=True)                           # (B,Ms)
-            phase = ec / ec.abs().clamp_min(1e-12)
-            pk = self.pick(self.e_strong * phase)                                 # (B,K)
+            pk = self.pick(self.coefficients(ec))                                 # (B,K)
             frac, weight = pk.frac, self.site_weight(pk)
             if cycle < o.cycles - o.final_cycles:
                 keep = torch.rand(B, self.n_pick, generator=gen, device=dev, dtype=dt) >= o.omit
@@ -215,7 +225,7 @@ def assign_elements(height: np.ndarray, elements: list[str]) -> list[str]:
 def refine_positions(prob: Problem, elements: list[list[str]], frac: np.ndarray,
                      weight: np.ndarray, steps: int, device: str = "cpu",
                      dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """TEMPORARY fallback until xdxd.refine lands: Adam on positions and Uiso against |F|.
+    """Fallback where xdxd.refine is missing: Adam on positions and Uiso against |F|.
 
     elements: C lists of N symbols; frac (C,N,3); weight (C,N) occupancy/stabilizer order.
     Minimises sum (|Fo| - k|Fc|)² / sum |Fo|² with the least-squares scale k, all C
@@ -263,8 +273,20 @@ class _Adam:
 
 
 def _refine(prob: Problem, elements, frac, weight, opts: DualSpaceOptions, device: str):
-    """Refine candidates with xdxd.refine when it exists, else the temporary fallback."""
-    return refine_positions(prob, elements, frac, weight, opts.refine_steps, device, opts.dtype)
+    """Short refinement of C candidates: frac (C,N,3), weight (C,N) -> frac, uiso (C,N), R1 (C,).
+
+    Uses xdxd.refine's batched least squares (special positions and anti-bump restraint
+    included); the Adam fallback above serves only where that module is missing.
+    """
+    try:
+        from xdxd.refine.least_squares import refine_batch
+    except ImportError:
+        return refine_positions(prob, elements, frac, weight, opts.refine_steps, device, opts.dtype)
+    occ = (np.asarray(weight) > 0).astype(float)  # missing peaks: occupancy 0
+    res = refine_batch(prob.cell, prob.sg, prob.hkl, prob.F, prob.sigma, elements, frac,
+                       occ=occ, cycles=opts.refine_cycles, device=device)
+    return (np.array([r.frac for r in res]), np.array([r.uiso for r in res]),
+            np.array([r.r1 for r in res]))
 
 
 def _distinct(fc: np.ndarray, order: np.ndarray, limit: int, same: float = 0.98) -> list[int]:
