@@ -30,8 +30,16 @@ test-all: install
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bin/demo examples/2205750.cif
 
+# dual-space sampler on cod-dev organic at each d_min: per-structure rows + summary table
 bench: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/xdxd-bench $(COD) --class organic $(foreach d,$(DMIN),--dmin $(d)) $(BENCH_ARGS)
+	$(BIN)/xdxd-bench $(COD) --class organic $(foreach d,$(DMIN),--dmin $(d)) --method dualspace \
+	  --out bench.jsonl --summary-out bench-summary.json --markdown $(BENCH_ARGS)
+
+# diffusion vs dual-space at 2.0 Å and equal wall time per structure
+bench-diffusion: install
+	$(BIN)/xdxd-bench $(COD) --class organic --dmin 2.0 --method dualspace --method diffusion \
+	  --time-budget-s 120 --out bench-diffusion.jsonl --summary-out bench-diffusion-summary.json \
+	  --markdown $(BENCH_ARGS)
 
 data: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bin/fetch-moses-smiles data/moses.smi
