@@ -118,7 +118,12 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
             raise records.RecordError(f"{rid}: unknown element {e!r} in the model")
 
     # refine every picked structure; those with equal atom counts share one batch
-    arrays = [records.atoms_to_arrays(atoms) for _, atoms in picked]
+    try:
+        arrays = [records.atoms_to_arrays(atoms) for _, atoms in picked]
+    except (KeyError, TypeError, ValueError) as e:
+        raise records.RecordError(f"{rid}: malformed atoms in the model ({e})") from None
+    if not all(np.isfinite(a.frac).all() for a in arrays):
+        raise records.RecordError(f"{rid}: the model has NaN or infinite coordinates")
     if not keep_aniso:
         for a in arrays:
             a.uaniso = None

@@ -31,6 +31,7 @@ BOND_TOL = 0.45        # Å added to the sum of covalent radii for a bond
 SHORT_FACTOR = 0.80    # a contact shorter than this times r_i + r_j is too short
 BO_OFFSET = 0.05       # Å added to r_i + r_j for a bond of order 1
 BO_SLOPE = 0.30        # Å, Pauling's bond-order slope
+OVERBOND_TOL = 0.75    # bond-valence sum allowed above the largest usual valence
 
 # usual valences (sum of bond orders incl. H; N 5 is a nitro group drawn with double bonds), and the most neighbours an atom may have
 VALENCES = {
@@ -80,7 +81,8 @@ def find_contacts(cell: gemmi.UnitCell, ops: SymOps, frac: np.ndarray, cutoff: f
                   min_self: float = 0.1) -> Contacts:
     """All contacts shorter than cutoff Å between sites frac (N,3) and their images.
 
-    Images of an atom within min_self Å of itself (a special position) are skipped.
+    Images of an atom within min_self Å of itself (a special position) are skipped, and
+    images that coincide (j on a special position) are kept once.
     Lattice translations -1..+1 around the nearest image are searched, so oblique
     cells are handled.
     """
@@ -92,6 +94,7 @@ def find_contacts(cell: gemmi.UnitCell, ops: SymOps, frac: np.ndarray, cutoff: f
     base = -np.round(diff)
     grid = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)], float)
     out = {k: [] for k in ("i", "j", "op", "shift", "d")}
+    seen: dict[tuple[int, int], list[np.ndarray]] = {}  # Å vectors kept per pair
     for g in grid:
         shift = base + g  # (N,N,O,3)
         cart = (diff + shift) @ orth.T
@@ -102,6 +105,11 @@ def find_contacts(cell: gemmi.UnitCell, ops: SymOps, frac: np.ndarray, cutoff: f
                 continue
             if i == j and d[i, j, o] < min_self:
                 continue
+            # an atom on a special position has fewer distinct images than operations
+            kept = seen.setdefault((i, j), [])
+            if any(np.linalg.norm(v - cart[i, j, o]) < min_self for v in kept):
+                continue
+            kept.append(cart[i, j, o])
             out["i"].append(i)
             out["j"].append(j)
             out["op"].append(o)
@@ -119,10 +127,13 @@ class Chemistry:
     """Result of `check`: a score (0 good) and the issues behind it."""
     score: float
     n_bonds: int
-    valence_sum: list[float]          # (N,) bond-valence sum of each atom (non-H bonds)
+    valence_sum: list[float]          # (N,) bond-valence sum of each atom (non-H bonds; None for H)
     implicit_h: int                   # hydrogens the valences call for
     hydrogens: int | None             # the composition's budget, if known
     issues: list[str] = field(default_factory=list)
+    bonds: list[tuple] = field(default_factory=list)  # (i, j, op, d Å, bond order), model indices
+    neighbours: list[int] = field(default_factory=list)  # (N,) non-H neighbours per atom
+    h_per_atom: list[int] = field(default_factory=list)  # (N,) hydrogens the valences call for
 
     def as_dict(self) -> dict:
         return {"score": round(self.score, 3), "n_bonds": self.n_bonds,
@@ -144,6 +155,7 @@ def check(cell: gemmi.UnitCell, ops: SymOps, elements: list[str], frac: np.ndarr
       too-short contact     1 per contact, + how far inside (Å / 0.1)
       too many neighbours   1 per extra neighbour
       over-bonded           excess of the bond-valence sum over the largest usual valence
+                            + OVERBOND_TOL (short aromatic C-N bonds overshoot Pauling's law)
       isolated atom         1 (0.3 for O, halogens and metals: water, anions, ions)
       hydrogen budget       0.25 per hydrogen of |implicit H - hydrogens| beyond 1 per 4 atoms
     """
@@ -160,7 +172,8 @@ def check(cell: gemmi.UnitCell, ops: SymOps, elements: list[str], frac: np.ndarr
     bvs = np.zeros(N)
     nbr = np.zeros(N, dtype=int)
     n_bonds = 0
-    for i, j, d in zip(contacts.i, contacts.j, contacts.d):
+    bonds = []
+    for i, j, o, d in zip(contacts.i, contacts.j, contacts.op, contacts.d):
         rsum = r[i] + r[j]
         if d >= rsum + BOND_TOL:
             continue
@@ -170,6 +183,7 @@ def check(cell: gemmi.UnitCell, ops: SymOps, elements: list[str], frac: np.ndarr
         bo = float(bond_order(d, r[i], r[j]))
         bo = min(bo, 3.0)
         n_bonds += 1
+        bonds.append((heavy[i], heavy[j], int(o), round(float(d), 3), round(bo, 2)))
         # a contact i < j is a bond of i and of (an image of) j; a contact of an atom
         # with its own image under op is one bond of it (op^-1 gives the other end)
         bvs[i] += bo
@@ -178,6 +192,7 @@ def check(cell: gemmi.UnitCell, ops: SymOps, elements: list[str], frac: np.ndarr
             bvs[j] += bo
             nbr[j] += 1
     implicit = 0.0
+    h_atom = np.zeros(N)
     for k, e in enumerate(els):
         vals = VALENCES.get(e)
         maxn = MAX_NEIGHBOURS.get(e)
@@ -191,19 +206,24 @@ def check(cell: gemmi.UnitCell, ops: SymOps, elements: list[str], frac: np.ndarr
             continue
         if vals is None:
             continue
-        if bvs[k] > max(vals) + 0.5:
-            score += bvs[k] - max(vals) - 0.5
+        if bvs[k] > max(vals) + OVERBOND_TOL:
+            score += bvs[k] - max(vals) - OVERBOND_TOL
             issues.append(f"{lab[k]} over-bonded: valence {bvs[k]:.1f} > {max(vals)} for {e}")
-        target = next((v for v in vals if v >= bvs[k] - 0.5), max(vals))
-        implicit += max(0.0, target - bvs[k])
+        target = min(vals, key=lambda v: abs(v - bvs[k]))  # the nearest usual valence
+        h_atom[k] = max(0.0, target - bvs[k])
+        implicit += h_atom[k]
     implicit_h = int(round(implicit))
     if hydrogens is not None and N:
         excess = abs(implicit_h - hydrogens) - max(1, N // 4)
         if excess > 0:
             score += 0.25 * excess
             issues.append(f"valences call for {implicit_h} H, composition has {hydrogens}")
-    return Chemistry(float(score), n_bonds, [round(float(v), 2) for v in bvs], implicit_h,
-                     hydrogens, issues)
+    n_all = len(elements)
+    full = lambda v, fill: [fill] * n_all if not heavy else \
+        [v[heavy.index(m)] if m in heavy else fill for m in range(n_all)]
+    return Chemistry(float(score), n_bonds, full([round(float(v), 2) for v in bvs], None),
+                     implicit_h, hydrogens, issues, bonds, full([int(v) for v in nbr], None),
+                     full([int(round(v)) for v in h_atom], None))
 
 
 def chemistry_score(cell, ops, elements, frac, hydrogens=None) -> float:
