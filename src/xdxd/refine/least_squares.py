@@ -25,7 +25,7 @@ its own parameters only, so the position columns of all atoms come from six disp
 copies of the structure, by central differences; the Uiso and scale columns are analytic), the normal matrix J^T J is
 solved with Marquardt damping, and a step is kept only if S goes down.
 
-Anti-bump restraint: every contact between non-H atoms (symmetry images included,
+Anti-bump restraint: every contact between occupied non-H atoms (symmetry images included,
 found by `chemistry.find_contacts`) shorter than d0 = BUMP_FACTOR (r_i + r_j) (gemmi
 covalent radii; C...C 1.17 Å, C...O 1.11 Å, O...O 1.06 Å: shorter than any bond
 between them) adds ((d0 - d)/0.02 Å)² to S, as SHELXL's BUMP does with sigma 0.02 Å.
@@ -160,13 +160,14 @@ def _site_constraints(frac: np.ndarray, ops: SymOps, cell: gemmi.UnitCell, snap:
 class _Bumps:
     """Anti-bump restraint rows for a batch, on a contact list fixed within one cycle."""
 
-    def __init__(self, data: _Data, elements: list[list[str]], frac: np.ndarray, enabled: bool):
+    def __init__(self, data: _Data, elements: list[list[str]], frac: np.ndarray, occ: np.ndarray,
+                 enabled: bool):
         B, N, _ = frac.shape
         rows = []  # (b, i, j, op, shift, d0)
         for b in range(B):
             if not enabled:
                 break
-            heavy = [n for n, e in enumerate(elements[b]) if not is_hydrogen(e)]
+            heavy = [n for n, e in enumerate(elements[b]) if not is_hydrogen(e) and occ[b, n] > 0]
             if not heavy:
                 continue
             r = np.array([covalent_radius(elements[b][n]) for n in heavy])
@@ -291,6 +292,7 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
     # constraints per site
     hydro = np.array([[is_hydrogen(e) for e in row] for row in els]).reshape(B, N)
     fixed = hydro if not refine_hydrogens else np.zeros_like(hydro)
+    fixed = fixed | (occ <= 0)  # an empty site (e.g. a missing peak) does not move
     x0 = np.zeros((B, N, 3))
     basis = np.zeros((B, N, 3, 3))
     order = np.ones((B, N))
@@ -353,7 +355,7 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
     for cycle in range(cycles):
         n_cycles = cycle + 1
         with torch.no_grad():
-            bumps = _Bumps(data, els, np.mod(frac_of(p).cpu().numpy(), 1.0), restraints)
+            bumps = _Bumps(data, els, np.mod(frac_of(p).cpu().numpy(), 1.0), occ, restraints)
         # per-atom contributions and their derivatives along each basis direction
         with torch.no_grad():
             Fa, dF = atom_f_and_derivatives(p, u)
@@ -416,7 +418,7 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
         Fa = atom_f(p, u)
         fc_final = Fa.sum(1).abs()  # (B,M)
         frac_final = np.mod(frac_of(p).cpu().numpy(), 1.0)
-        bumps = _Bumps(data, els, frac_final, restraints)
+        bumps = _Bumps(data, els, frac_final, occ, restraints)
         violated = bumps.violated(frac_of(p))
     F_np = data.fo.cpu().numpy()
     sig_np = data.sigma.cpu().numpy()
