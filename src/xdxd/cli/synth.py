@@ -77,6 +77,9 @@ def run_generate(smiles: str, count: int, out: str, seed: int, jobs: int, shard_
             done += n
             el = time.perf_counter() - t0
             bar.update(task, advance=n, rate=f"{done / el:.2f}/s" if el > 0 else "")
+            if not stderr.is_terminal and done % 100 < n:  # no animation off a TTY: a line now and then
+                eta = (total - done) * el / done
+                log.info(f"synth: {done}/{total} structures, {done / el:.3f}/s, ETA {eta / 60:.0f} min")
         if jobs <= 1:
             for k, a, b in tasks:
                 _, _, items, fails = generate.make_chunk(settings, seed, k, a, b)

@@ -42,14 +42,16 @@ def _spacegroup(small: gemmi.SmallStructure) -> gemmi.SpaceGroup:
         raise Skip("no space group")
 
 
-def structure_from_small(small: gemmi.SmallStructure, name: str, max_atoms: int = 1000) -> dict:
-    """A shard structure dict from a gemmi SmallStructure (raises Skip)."""
+def structure_from_small(small: gemmi.SmallStructure, name: str, max_atoms: int = 1000,
+                         allow_partial_h: bool = False) -> dict:
+    """A shard structure dict from a gemmi SmallStructure (raises Skip). With
+    allow_partial_h, H sites with partial occupancy are kept (listed as whole atoms)."""
     sites = list(small.sites)
     if not sites:
         raise Skip("no atoms")
     if any(s.disorder_group for s in sites):
         raise Skip("disorder")
-    if any(s.occ < 0.99 for s in sites):
+    if any(s.occ < 0.99 and not (allow_partial_h and s.element.is_hydrogen) for s in sites):
         raise Skip("partial occupancy")
     if any(s.element == gemmi.Element("X") for s in sites):
         raise Skip("unknown element")

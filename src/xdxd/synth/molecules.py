@@ -37,6 +37,30 @@ SOLVENTS = {
 }
 
 
+# X-H lengths (Å) as X-ray refinements put them (riding H, SHELXL AFIX defaults at room
+# temperature; Sheldrick, Acta Cryst. C71 (2015) 3): X-ray sees the electron, shifted toward
+# X, so these are ~0.1 Å shorter than the nuclear distances a force field gives.
+XRAY_XH = {6: 0.96, 7: 0.86, 8: 0.82, 16: 1.20, 5: 1.10}
+XRAY_CH_AROMATIC = 0.93
+
+
+def xray_hydrogens(mol, xyz: np.ndarray) -> np.ndarray:
+    """Move every H along its bond to the X-ray X-H length (XRAY_XH); (n,3) Å."""
+    xyz = xyz.copy()
+    for a in mol.GetAtoms():
+        if a.GetAtomicNum() != 1 or a.GetDegree() != 1:
+            continue
+        x = a.GetNeighbors()[0]
+        target = XRAY_CH_AROMATIC if (x.GetAtomicNum() == 6 and x.GetIsAromatic()) \
+            else XRAY_XH.get(x.GetAtomicNum())
+        if target is None:
+            continue
+        i, j = a.GetIdx(), x.GetIdx()
+        v = xyz[i] - xyz[j]
+        xyz[i] = xyz[j] + v * (target / np.linalg.norm(v))
+    return xyz
+
+
 @dataclass
 class Molecule3D:
     """One conformer: atomic numbers (n,), Cartesian coordinates (n,3) in Å, bonds (m,2).
@@ -115,9 +139,11 @@ def has_fixed_stereo(mol) -> bool:
                                                         useLegacyImplementation=False))
 
 
-def conformer(smiles: str, name: str, seed: int, max_heavy: int = 60) -> Molecule3D:
-    """ETKDGv3 + MMFF94 conformer with explicit hydrogens. Raises ValueError if RDKit
-    cannot parse or embed it, or it has more than max_heavy non-H atoms."""
+def conformer(smiles: str, name: str, seed: int, max_heavy: int = 60,
+              xray_h: bool = True) -> Molecule3D:
+    """ETKDGv3 + MMFF94 conformer with explicit hydrogens, X-H bonds shortened to X-ray
+    values (xray_hydrogens) unless xray_h is False. Raises ValueError if RDKit cannot parse
+    or embed it, or it has more than max_heavy non-H atoms."""
     from rdkit import Chem
     from rdkit.Chem import AllChem
 
@@ -139,6 +165,8 @@ def conformer(smiles: str, name: str, seed: int, max_heavy: int = 60) -> Molecul
         AllChem.UFFOptimizeMolecule(mol, maxIters=500)
     z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()], dtype=np.int16)
     xyz = mol.GetConformer().GetPositions()
+    if xray_h:
+        xyz = xray_hydrogens(mol, xyz)
     bonds = np.array([(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in mol.GetBonds()],
                      dtype=np.int64).reshape(-1, 2)
     return Molecule3D(name, smiles, z, xyz, bonds, has_fixed_stereo(mol))

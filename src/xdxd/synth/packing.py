@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -86,7 +87,8 @@ SG_SOHNCKE = {
 # packing modes and their shares: Z'>1 is ~11% of CSD entries (Steed & Steed, Chem. Rev.
 # 115 (2015) 2895); molecules on special positions ~15% in centrosymmetric groups; solvates
 # ~15% (Görbitz & Hersleth 2000).
-FACTOR = 0.6
+# pyxtal cell volume = factor × Σ molecular box volumes; small gives a denser start
+PYXTAL_VOLUME_FACTOR = float(os.environ.get("XDXD_PYXTAL_FACTOR", 0.6))
 # Mean volume (Å³) an atom takes in organic crystals (Hofmann, Acta Cryst. B58 (2002) 489,
 # Table 2, rounded). V_cell / (Z · Σ v_atom) is ~1.0 ± 0.05 for real structures; a
 # generated cell far above that is a loose, unrealistic packing and is redone.
@@ -267,7 +269,7 @@ def _close_pairs(lengths, angles, cen, fr, mols, ops, limits, margin: float = 1.
 
 
 def squeeze(cell_par: np.ndarray, sg: gemmi.SpaceGroup, mols: list[_RigidMolecule],
-            rules: ContactRules, steps: int = 100, pressure: float = 5.0,
+            rules: ContactRules, steps: int = 150, pressure: float = 12.0,
             stiffness: float = 20.0, lr: float = 0.015) -> np.ndarray:
     """Rigid-body compression by gradient descent (torch autograd, Adam): energy =
     pressure·ln V + stiffness·Σ (1 - d/d_allowed)₊² over intermolecular pairs. Cell lengths
@@ -435,7 +437,7 @@ def pack(molecules: list[Molecule3D], counts: list[int], sg_number: int,
                                    random_state=int(rng.integers(2**31)))
                    for m in molecules]
         xtal = pyxtal(molecular=True)
-        xtal.from_random(3, sg_number, species, counts, factor=FACTOR,
+        xtal.from_random(3, sg_number, species, counts, factor=PYXTAL_VOLUME_FACTOR,
                          random_state=int(rng.integers(2**31)))
     if not xtal.valid:
         raise RuntimeError(f"pyxtal found no packing in space group {sg_number}")
