@@ -178,6 +178,7 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
         atoms.append(a)
     rec["solution"] = {
         "atoms": atoms, **final.stats(), "candidate_index": cand_index, "source": source,
+        "weight_a": lsq.get("weight_a", 0.1), "weight_b": lsq.get("weight_b", 0.0),
         "chemistry": chem.as_dict(), "swaps": swaps,
     }
     records.add_history(rec, "refine", cycles=cycles, source=source, swap=bool(swap))
