@@ -47,7 +47,7 @@ def refine(
     top: int = typer.Option(5, "--top", min=1, help="Candidates (best sampler R1 first) refined and ranked."),
     swap: Optional[bool] = typer.Option(None, "--swap/--no-swap",
                                         help="Greedy element swaps (C/N/O, S/Cl, ...) with re-refinement "
-                                             "[default: on, off for --from reference]."),
+                                             "(default: on; off with --from reference)."),
     restraints: bool = typer.Option(True, "--restraints/--no-restraints",
                                     help="Anti-bump restraints between non-H atoms."),
     refine_uiso: bool = typer.Option(True, "--uiso/--no-uiso", help="Refine Uiso (Å²) per atom."),
