@@ -318,6 +318,7 @@ def solve(prob: Problem, samples: int = 8, seed: int = 0, device: str = "cpu",
     state = SearchState()
     n_done = 0
     stopped = "trials"
+    cands = None
     while n_done < opts.trials:
         if time_budget_s is not None and n_done and time.perf_counter() - t0 > time_budget_s:
             stopped = "time budget"
@@ -330,12 +331,14 @@ def solve(prob: Problem, samples: int = 8, seed: int = 0, device: str = "cpu",
         if opts.stop_cc and float(cc.max()) >= opts.stop_cc:
             stopped = "CC reached"
             break
+        cands = None
         if opts.stop_r1:
             cands = _finish(prob, state, samples, opts, device)
             if cands and cands[0]["r1"] <= opts.stop_r1:
                 stopped = "R1 reached"
                 break
-    cands = _finish(prob, state, samples, opts, device)
+    if cands is None or stopped == "time budget":  # else the last check saw the same trials
+        cands = _finish(prob, state, samples, opts, device)
     info = {"trials": n_done, "stopped": stopped, "time_s": round(time.perf_counter() - t0, 3),
             "best_cc": round(float(torch.cat(state.cc).max()), 4)}
     return cands, info
@@ -407,26 +410,28 @@ def swap_elements(prob: Problem, elements: list[str], frac: np.ndarray, uiso: np
     """
     fo = prob.F
     els = list(elements)
-    cur = float(statistics.r1(fo, _fcalc(prob, [els], frac[None], uiso[None], weight[None],
-                                         device, dtype))[0])
     for _ in range(rounds):
         pairs = [(i, j) for i in range(len(els)) for j in range(i + 1, len(els)) if els[i] != els[j]]
         if not pairs:
             break
-        trial, u = [], np.repeat(uiso[None], len(pairs), 0)                 # (C,N)
+        # each swap against the same atoms unswapped, both with the pair's Uiso set to the
+        # median: the refined Uiso had absorbed the wrong element's scattering
+        trial, u = [], np.repeat(uiso[None], 2 * len(pairs), 0)             # (2C,N)
         for c, (i, j) in enumerate(pairs):
             e = list(els)
             e[i], e[j] = e[j], e[i]
             trial.append(e)
-            u[c, [i, j]] = np.median(uiso)  # refined Uiso had absorbed the wrong element
+            u[c, [i, j]] = u[len(pairs) + c, [i, j]] = np.median(uiso)
+        trial += [els] * len(pairs)
         C = len(trial)
         fc = _fcalc(prob, trial, np.repeat(frac[None], C, 0), u, np.repeat(weight[None], C, 0),
                     device, dtype)
         r = statistics.r1(fo[None].repeat(C, 0), fc).numpy()
-        k = int(np.argmin(r))
-        if r[k] >= cur - 1e-3:
+        gain = r[len(pairs):] - r[:len(pairs)]                                # (C,) > 0: swap helps
+        k = int(np.argmax(gain))
+        if gain[k] < 1e-3:
             break
-        els, cur, uiso = trial[k], float(r[k]), u[k]
+        els, uiso = trial[k], u[k]
     return els
 
 
