@@ -55,7 +55,9 @@ def formula_sum(atoms: list[dict], hydrogens: int | None) -> str:
         counts[a["element"]] = counts.get(a["element"], 0.0) + float(a.get("occ", 1.0))
     if hydrogens and "H" not in counts:  # H atoms not in the model: the composition's count
         counts["H"] = float(hydrogens)
-    order = (["C", "H"] if "C" in counts else []) + sorted(e for e in counts if e not in ("C", "H") or "C" not in counts)
+    # Hill order: C, H, then alphabetical; without carbon, all alphabetical
+    head = ["C", "H"] if "C" in counts else []
+    order = head + sorted(e for e in counts if e not in head)
     parts = []
     for e in order:
         if e not in counts:

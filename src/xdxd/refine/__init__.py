@@ -136,7 +136,8 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
                            np.stack([arrays[n].frac for n in idx]),
                            np.stack([arrays[n].uiso for n in idx]),
                            np.stack([arrays[n].occ for n in idx]),
-                           _stack_aniso([arrays[n] for n in idx]), cycles=rank_cycles, device=device, **lsq)
+                           uaniso=_stack_aniso([arrays[n] for n in idx]), cycles=rank_cycles,
+                           device=device, **lsq)
         for n, r in zip(idx, out):
             refined[n] = r
 
@@ -163,8 +164,8 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
         elements, swaps = s.elements, s.swaps
         if swaps:
             r = s.result
-    final = refine_structure(cell, sg, hkl, F, sigma, elements, r.frac, r.uiso, r.occ, r.uaniso,
-                             cycles=cycles, device=device, **lsq)
+    final = refine_structure(cell, sg, hkl, F, sigma, elements, r.frac, r.uiso, r.occ,
+                             uaniso=r.uaniso, cycles=cycles, device=device, **lsq)
     labels = element_labels(elements, arrays[best].labels)
     chem = check(cell, ops, elements, final.frac, hyd, labels)
     atoms = []

@@ -33,7 +33,8 @@ BO_OFFSET = 0.05       # Å added to r_i + r_j for a bond of order 1
 BO_SLOPE = 0.30        # Å, Pauling's bond-order slope
 OVERBOND_TOL = 0.75    # bond-valence sum allowed above the largest usual valence
 
-# usual valences (sum of bond orders incl. H; N 5 is a nitro group drawn with double bonds), and the most neighbours an atom may have
+# usual valences (sum of bond orders incl. H; N 5 is a nitro group drawn with double
+# bonds), and the most neighbours an atom may have
 VALENCES = {
     "C": (4,), "N": (3, 4, 5), "O": (2,), "S": (2, 4, 6), "P": (3, 5), "Se": (2, 4, 6),
     "F": (1,), "Cl": (1,), "Br": (1,), "I": (1, 3), "B": (3, 4), "Si": (4,), "H": (1,),
@@ -258,8 +259,8 @@ class SwapResult:
 
 def swap_elements(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
                   uiso: np.ndarray | None = None, occ: np.ndarray | None = None,
-                  uaniso: np.ndarray | None = None, hydrogens: int | None = None, max_rounds: int = 6, cycles: int = 4,
-                  batch: int = 64, device: str = "cpu", **opts) -> SwapResult:
+                  uaniso: np.ndarray | None = None, hydrogens: int | None = None,
+                  max_rounds: int = 6, cycles: int = 4, batch: int = 64, device: str = "cpu", **opts) -> SwapResult:
     """Greedy element swaps with re-refinement, keeping the element counts fixed.
 
     Each round exchanges the elements of every swappable pair of non-H atoms in turn
@@ -273,7 +274,7 @@ def swap_elements(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray
     cell_g = cell if isinstance(cell, gemmi.UnitCell) else make_cell(cell)
     ops = symops(sg if isinstance(sg, gemmi.SpaceGroup) else spacegroup_from_record(sg))
     els = list(elements)
-    res = refine_batch(cell, sg, hkl, F, sigma, els, frac, uiso, occ, uaniso, cycles=cycles,
+    res = refine_batch(cell, sg, hkl, F, sigma, els, frac, uiso, occ, uaniso=uaniso, cycles=cycles,
                        device=device, **opts)[0]
     chem = check(cell_g, ops, els, res.frac, hydrogens)
     best = res.r1 + CHEM_WEIGHT * chem.score
@@ -290,7 +291,7 @@ def swap_elements(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray
         found = None
         for s in range(0, len(variants), batch):
             chunk = variants[s:s + batch]
-            out = refine_batch(cell, sg, hkl, F, sigma, chunk, res.frac, res.uiso, occ, uaniso,
+            out = refine_batch(cell, sg, hkl, F, sigma, chunk, res.frac, res.uiso, occ, uaniso=uaniso,
                                cycles=cycles, device=device, **opts)
             for v, (i, j), r in zip(chunk, pairs[s:s + batch], out):
                 c = check(cell_g, ops, v, r.frac, hydrogens)

@@ -19,11 +19,12 @@ ride along unrefined by default (their positions and Uiso are fixed). Atoms that
 with anisotropic ADPs keep them fixed and refine their positions (anisotropic refinement
 is not implemented; drop `uaniso` to refine such atoms isotropically).
 
-Each cycle is one Levenberg-Marquardt step: the Jacobian of the residuals comes from the
-crystal core's structure factors, atom by atom (each atom's contribution to F depends on
+Each cycle is one Levenberg-Marquardt step. The Jacobian of the residuals comes from the
+crystal core's structure factors, atom by atom: each atom's contribution to F depends on
 its own parameters only, so the position columns of all atoms come from six displaced
-copies of the structure, by central differences; the Uiso and scale columns are analytic), the normal matrix J^T J is
-solved with Marquardt damping, and a step is kept only if S goes down.
+copies of the structure (central differences); the Uiso and scale columns are analytic.
+The normal matrix J^T J is solved with Marquardt damping, and a step is kept only if S
+goes down.
 
 Anti-bump restraint: every contact between occupied non-H atoms (symmetry images included,
 found by `chemistry.find_contacts`) shorter than d0 = BUMP_FACTOR (r_i + r_j) (gemmi
@@ -171,7 +172,8 @@ class _Bumps:
             if not heavy:
                 continue
             r = np.array([covalent_radius(elements[b][n]) for n in heavy])
-            c = find_contacts(data.cell, data.ops, frac[b, heavy], cutoff=BUMP_FACTOR * 2 * r.max() + 0.3)
+            c = find_contacts(data.cell, data.ops, frac[b, heavy],
+                              cutoff=BUMP_FACTOR * 2 * r.max() + 0.3)
             for i, j, o, s, d in zip(c.i, c.j, c.op, c.shift, c.d):
                 d0 = BUMP_FACTOR * (r[i] + r[j])
                 if d < d0 + 0.3:
@@ -237,9 +239,10 @@ class _Bumps:
 def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | None,
                  elements: list[str] | list[list[str]], frac: np.ndarray,
                  uiso: np.ndarray | None = None, occ: np.ndarray | None = None,
-                 uaniso: np.ndarray | None = None, cycles: int = 10, refine_uiso: bool = True,
-                 refine_hydrogens: bool = False, restraints: bool = True, weight_a: float = WEIGHT_A, weight_b: float = WEIGHT_B,
-                 device: str = "cpu", dtype: torch.dtype = torch.float64,
+                 cycles: int = 10, refine_uiso: bool = True, device: str = "cpu",
+                 restraints: bool = True, uaniso: np.ndarray | None = None,
+                 refine_hydrogens: bool = False, weight_a: float = WEIGHT_A,
+                 weight_b: float = WEIGHT_B, dtype: torch.dtype = torch.float64,
                  esd: bool = False) -> list[RefinementResult]:
     """Refine B candidate structures of N atoms each against one data set, all at once.
 
@@ -263,7 +266,8 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
     B, N, _ = frac.shape
     els = [list(elements)] * B if shared else [list(e) for e in elements]
     assert len(els) == B and all(len(e) == N for e in els), "elements must match frac (B,N,3)"
-    uiso = np.full((B, N), UISO_START) if uiso is None else np.broadcast_to(np.asarray(uiso, float), (B, N)).copy()
+    uiso = np.full((B, N), UISO_START) if uiso is None else \
+        np.broadcast_to(np.asarray(uiso, float), (B, N)).copy()
     uiso = np.where(np.isfinite(uiso), uiso, UISO_START)
     occ = np.ones((B, N)) if occ is None else np.broadcast_to(np.asarray(occ, float), (B, N)).copy()
     if uaniso is not None:
@@ -277,7 +281,7 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
         for s in range(0, B, per):
             sl = slice(s, s + per)
             out += refine_batch(cell, sg, hkl, F, sigma, els[sl], frac[sl], uiso[sl], occ[sl],
-                                None if uaniso is None else uaniso[sl], **kw)
+                                uaniso=None if uaniso is None else uaniso[sl], **kw)
         return out
     aniso = None
     if uaniso is not None:
@@ -309,7 +313,8 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
     basis_t = t(basis, dtype=dtype)
     weight_t = t(occ / order, dtype=dtype)  # (B,N)
     tidx = torch.tensor([[types.index(e) for e in row] for row in els], device=device)  # (B,N)
-    free = torch.cat([t(pos_free.reshape(B, -1)), t(u_free), torch.ones(B, 1, dtype=torch.bool, device=device)], 1)
+    free = torch.cat([t(pos_free.reshape(B, -1)), t(u_free),
+                      torch.ones(B, 1, dtype=torch.bool, device=device)], 1)  # (B,P)
     P = 4 * N + 1
     s2 = data.sf.s2  # (M,) Å⁻²
 
@@ -458,8 +463,9 @@ def _esds(A: torch.Tensor, free: torch.Tensor, basis: np.ndarray, N: int, goof: 
 
 def refine_structure(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | None,
                      elements: list[str], frac: np.ndarray, uiso: np.ndarray | None = None,
-                     occ: np.ndarray | None = None, uaniso: np.ndarray | None = None, cycles: int = 20, refine_uiso: bool = True,
-                     device: str = "cpu", restraints: bool = True, **opts) -> RefinementResult:
+                     occ: np.ndarray | None = None, cycles: int = 20, refine_uiso: bool = True,
+                     device: str = "cpu", restraints: bool = True,
+                     uaniso: np.ndarray | None = None, **opts) -> RefinementResult:
     """Refine one structure: positions, Uiso and scale against |Fo|; see the module doc.
 
     frac (N,3) fractional, uiso (N,) Å², occ (N,) chemical occupancy, uaniso (N,6) fixed
@@ -472,5 +478,6 @@ def refine_structure(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray
     occ = None if occ is None else np.asarray(occ, float)[None]
     uaniso = None if uaniso is None else np.asarray(uaniso, float)[None]
     opts.setdefault("esd", True)
-    return refine_batch(cell, sg, hkl, F, sigma, list(elements), frac, uiso, occ, uaniso, cycles=cycles,
-                        refine_uiso=refine_uiso, restraints=restraints, device=device, **opts)[0]
+    return refine_batch(cell, sg, hkl, F, sigma, list(elements), frac, uiso, occ, cycles=cycles,
+                        refine_uiso=refine_uiso, device=device, restraints=restraints,
+                        uaniso=uaniso, **opts)[0]
