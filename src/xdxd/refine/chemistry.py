@@ -88,34 +88,30 @@ def find_contacts(cell: gemmi.UnitCell, ops: SymOps, frac: np.ndarray, cutoff: f
     cells are handled.
     """
     frac = np.asarray(frac, dtype=float).reshape(-1, 3)
-    N = len(frac)
     orth = np.array(cell.orth.mat)
     img = np.einsum("oab,jb->joa", ops.rot, frac) + ops.tran[None]  # (N,O,3)
-    diff = img[None, :, :, :] - frac[:, None, None, :]  # (N_i,N_j,O,3)
-    base = -np.round(diff)
+    raw = img[None, :, :, :] - frac[:, None, None, :]  # (N_i,N_j,O,3)
+    base = -np.round(raw)  # lattice translation to the nearest image
+    diff = raw + base
     grid = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)], float)
+    cart = (diff[..., None, :] + grid) @ orth.T  # (N,N,O,27,3) Å
+    d = np.linalg.norm(cart, axis=-1)  # (N,N,O,27)
     out = {k: [] for k in ("i", "j", "op", "shift", "d")}
     seen: dict[tuple[int, int], list[np.ndarray]] = {}  # Å vectors kept per pair
-    for g in grid:
-        shift = base + g  # (N,N,O,3)
-        cart = (diff + shift) @ orth.T
-        d = np.linalg.norm(cart, axis=-1)  # (N,N,O)
-        ii, jj, oo = np.nonzero(d < cutoff)
-        for i, j, o in zip(ii, jj, oo):
-            if i > j:
-                continue
-            if i == j and d[i, j, o] < min_self:
-                continue
-            # an atom on a special position has fewer distinct images than operations
-            kept = seen.setdefault((i, j), [])
-            if any(np.linalg.norm(v - cart[i, j, o]) < min_self for v in kept):
-                continue
-            kept.append(cart[i, j, o])
-            out["i"].append(i)
-            out["j"].append(j)
-            out["op"].append(o)
-            out["shift"].append(shift[i, j, o])
-            out["d"].append(d[i, j, o])
+    for i, j, o, g in zip(*np.nonzero(d < cutoff)):
+        if i > j or (i == j and d[i, j, o, g] < min_self):
+            continue
+        # an atom on a special position has fewer distinct images than operations
+        kept = seen.setdefault((i, j), [])
+        v = cart[i, j, o, g]
+        if any(np.abs(v - w).max() < min_self for w in kept):
+            continue
+        kept.append(v)
+        out["i"].append(i)
+        out["j"].append(j)
+        out["op"].append(o)
+        out["shift"].append(base[i, j, o] + grid[g])
+        out["d"].append(d[i, j, o, g])
     return Contacts(np.array(out["i"], int), np.array(out["j"], int), np.array(out["op"], int),
                     np.array(out["shift"], float).reshape(-1, 3), np.array(out["d"], float))
 
