@@ -114,6 +114,17 @@ def test_batch_refines_many_candidates_at_once():
     assert all(r.r1 < 0.05 for r in out), [r.r1 for r in out]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu():
+    rec = simulate_record("2203315", 1.0)
+    hkl, F, sig = data(rec)
+    a = heavy_atoms(rec)
+    start = perturb(rec, a.frac, 0.2, seed=4)
+    cpu, gpu = (refine_structure(rec["cell"], rec["spacegroup"], hkl, F, sig, a.elements, start,
+                                 cycles=8, device=dev) for dev in ("cpu", "cuda"))
+    assert abs(cpu.r1 - gpu.r1) < 1e-6 and np.allclose(cpu.frac, gpu.frac, atol=1e-6)
+
+
 def test_special_positions_stay_exact():
     """P 21/m with every atom on the mirror y = 1/4: a start 0.3 Å off it is put back on it,
     and y is not a parameter."""
