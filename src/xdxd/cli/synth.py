@@ -53,7 +53,7 @@ def run_generate(smiles: str, count: int, out: str, seed: int, jobs: int, shard_
     total = sum(pending.values())
     t0 = time.perf_counter()
     done = 0
-    n_cif = 0
+    n_cif = len([n for n in os.listdir(cif_dir) if n.endswith(".cif")]) if cif_dir and os.path.isdir(cif_dir) else 0
 
     def finish(k: int, start: int, stop: int, items: list, fails: list) -> None:
         nonlocal n_cif

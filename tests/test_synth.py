@@ -1,0 +1,185 @@
+"""xdxd-synth: generated crystals are deterministic, symmetric, clash-free and keep the
+molecule's composition; shards round-trip; real CIFs load with counted skip reasons."""
+import os
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rdkit")
+pytest.importorskip("pyxtal")
+
+from xdxd.crystal.symmetry import find_spacegroup, make_cell, spglib_number, symops, unique_images
+from xdxd.synth import generate, molecules, shards
+from xdxd.synth.compare import structure_metrics
+from xdxd.synth.packing import ContactRules, make_crystal
+
+SMALL = ["CC(=O)Nc1ccc(O)cc1 paracetamol", "O=C(O)c1ccccc1 benzoic-acid",
+         "Cc1ccc(C(N)=O)cc1 toluamide"]
+COD_IDS = ["2000642", "1100688"]  # small organic COD entries (P-1, Pmn21) in tests/data/cod
+
+
+def expand(s):
+    cell = make_cell(s["cell"])
+    pos, owner = unique_images(np.asarray(s["frac"], float), symops(find_spacegroup(hall=s["hall"])),
+                               cell, tol=0.3)
+    return cell, pos, np.asarray(s["atomic_number"])[owner]
+
+
+@pytest.fixture(scope="module")
+def smiles_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("smi") / "small.smi"
+    path.write_text("\n".join(SMALL) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def settings(smiles_file):
+    return generate.Settings(smiles=smiles_file, count=3, shard_size=3, peptide_fraction=0.0,
+                             modes={"z1": 1.0})
+
+
+@pytest.fixture(scope="module")
+def generated(settings):
+    return generate.make_chunk(settings, 7, 0, 0, 3)[2]
+
+
+def test_generation_is_deterministic_and_independent_of_chunking(settings, generated):
+    again = generate.make_chunk(settings, 7, 0, 2, 3)[2]  # structure 2 alone, as another job would
+    a, b = generated[2], again[0]
+    assert a["id"] == b["id"] and a["hall"] == b["hall"]
+    np.testing.assert_array_equal(a["cell"], b["cell"])
+    np.testing.assert_array_equal(a["frac"], b["frac"])
+
+
+def test_generated_crystals_have_their_space_group(generated):
+    for s in generated:
+        cell, pos, z = expand(s)
+        assert spglib_number(cell, pos, z, symprec=1e-2) == s["sg_number"], s["id"]
+
+
+def test_generated_crystals_have_no_clashes(generated):
+    rules = ContactRules()
+    for s in generated:
+        m = structure_metrics(s, np.random.default_rng(0))
+        short = m["shortest"]
+        assert short.get("C..C", 9) >= 0.99 * rules.heavy * 3.4, (s["id"], short)
+        assert short.get("H..H", 9) >= 0.99 * rules.hh * 2.4, (s["id"], short)
+        assert short.get("C..H", 9) >= 0.99 * rules.h_heavy * 2.9, (s["id"], short)
+        assert min(short.values()) > 1.5, (s["id"], short)
+        assert 0.9 < m["density"] < 2.0 and m["volume_ratio"] < 1.35, (s["id"], m["density"])
+
+
+def test_composition_matches_smiles(generated):
+    for s in generated:
+        smi = s["smiles"]
+        formula = molecules.formula_counts(smi)
+        assert Counter(int(z) for z in s["atomic_number"]) == Counter(formula), s["id"]  # Z'=1
+        _, _, z = expand(s)
+        n_ops = len(symops(find_spacegroup(hall=s["hall"])))
+        assert Counter(int(k) for k in z) == Counter({k: v * n_ops for k, v in formula.items()})
+        assert np.all((s["frac"] >= 0) & (s["frac"] < 1))
+        assert np.array_equal(s["is_hydrogen"], s["atomic_number"] == 1)
+
+
+def test_half_molecule_on_special_position():
+    mol = molecules.conformer("c1ccc2ccccc2c1", "naphthalene", 1)
+    x = make_crystal(mol, np.random.default_rng(0), mode="special", sg_number=14)
+    s = x.as_dict()
+    assert len(s["atomic_number"]) == 9  # half of C10H8 on an inversion centre
+    cell, pos, z = expand(s)
+    assert Counter(z.tolist()) == {6: 20, 1: 16}
+    assert spglib_number(cell, pos, z, symprec=1e-2) == 14
+
+
+def test_chiral_molecules_go_to_sohncke_groups():
+    smi = molecules.peptide_smiles("AF")
+    mol = molecules.conformer(smi, "AF", 3)
+    assert mol.chiral
+    rng = np.random.default_rng(1)
+    from xdxd.synth.packing import SG_SOHNCKE, draw_spacegroup
+    assert all(draw_spacegroup(rng, True) in SG_SOHNCKE for _ in range(50))
+    for n in SG_SOHNCKE:
+        assert find_spacegroup(number=n).is_sohncke()
+
+
+def test_peptides_are_zwitterionic_l_peptides():
+    from rdkit import Chem
+    mol = Chem.MolFromSmiles(molecules.peptide_smiles("AGP"))
+    assert Chem.GetFormalCharge(mol) == 0
+    assert {a.GetFormalCharge() for a in mol.GetAtoms()} == {-1, 0, 1}
+    cip = dict(Chem.FindMolChiralCenters(mol))
+    assert sorted(cip.values()) == ["S", "S"]  # L-Ala, L-Pro
+
+
+def test_shards_round_trip(tmp_path, generated):
+    shards.write_shard(str(tmp_path / shards.shard_name(0)), generated[:2])
+    shards.write_shard(str(tmp_path / shards.shard_name(1)), generated[2:])
+    back = list(shards.iter_structures(str(tmp_path)))
+    assert [b["id"] for b in back] == [g["id"] for g in generated]
+    for b, g in zip(back, generated):
+        np.testing.assert_allclose(b["frac"], g["frac"], atol=1e-6)
+        assert b["hall"] == g["hall"] and b["sg_number"] == g["sg_number"]
+    allin = shards.load_folder(str(tmp_path))
+    assert allin["atom_offset"][-1] == len(allin["frac"]) == sum(len(g["frac"]) for g in generated)
+    k = 2
+    a, b = allin["atom_offset"][k], allin["atom_offset"][k + 1]
+    np.testing.assert_array_equal(allin["atomic_number"][a:b], generated[k]["atomic_number"])
+    assert allin["halls"][allin["hall_index"][k]] == generated[k]["hall"]
+
+
+def test_cif_written_for_people_reads_back(tmp_path, generated):
+    import gemmi
+    from xdxd.synth.from_cif import structure_to_cif
+    path = tmp_path / "x.cif"
+    path.write_text(structure_to_cif(generated[0]))
+    small = gemmi.read_small_structure(str(path))
+    assert len(small.sites) == len(generated[0]["frac"])
+    assert small.spacegroup.number == generated[0]["sg_number"]
+
+
+def test_cli_from_cif_reads_shipped_cifs_and_counts_skips(tmp_path, data_dir):
+    from typer.testing import CliRunner
+    from xdxd.cli.synth import app
+    src = tmp_path / "cifs"
+    src.mkdir()
+    for cid in COD_IDS:
+        shutil.copy(data_dir / "cod" / f"{cid}.cif", src)
+    # a partly occupied copy must be skipped with its reason
+    text = (data_dir / "cod" / "2000642.cif").read_text().splitlines()
+    (src / "partial.cif").write_text("\n".join(text).replace("data_", "data_partial", 1))
+    import gemmi
+    small = gemmi.read_small_structure(str(src / "partial.cif"))
+    small.sites[0].occ = 0.5
+    doc = gemmi.cif.Document()
+    doc.add_copied_block(small.make_cif_block())
+    doc.write_file(str(src / "partial.cif"))
+    out = tmp_path / "shards"
+    res = CliRunner().invoke(app, ["--from-cif", str(src), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    got = list(shards.iter_structures(str(out)))
+    assert sorted(g["id"] for g in got) == sorted(COD_IDS)
+    assert "partial occupancy" in res.output
+    for g in got:
+        cell, pos, z = expand(g)
+        assert spglib_number(cell, pos, z, symprec=1e-2) == g["sg_number"]
+
+
+def test_cli_generation_resumes(tmp_path, smiles_file):
+    from typer.testing import CliRunner
+    from xdxd.cli.synth import app
+    out = tmp_path / "gen"
+    args = ["--smiles", smiles_file, "--count", "2", "--shard-size", "1", "--out", str(out),
+            "--seed", "3", "--peptide-fraction", "0", "--cif", str(tmp_path / "cif"), "--cif-count", "1"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    first = shards.read_shard(str(out / shards.shard_name(1)))
+    os.remove(out / shards.shard_name(1))
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0 and "1 of 2 shards already there" in res.output
+    again = shards.read_shard(str(out / shards.shard_name(1)))  # same seed, same shard
+    assert again[1] == first[1]  # (safetensors orders metadata keys at random: compare decoded)
+    for k in first[0]:
+        np.testing.assert_array_equal(again[0][k], first[0][k])
+    assert len(os.listdir(tmp_path / "cif")) == 1
