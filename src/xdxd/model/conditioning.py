@@ -210,7 +210,9 @@ class Graph:
 
     z (K,) atomic numbers; op (K,) operation index of each image (atom-major order);
     vec (B,K,k,3) Cartesian Å from image i to neighbour j (minimum image);
-    dist (B,K,k) Å; nbr (B,K,k) neighbour index; patterson (B,K,k,C) at the edge vectors.
+    dist (B,K,k) Å; nbr (B,K,k) neighbour index; patterson (B,K,k,C) at the edge vectors;
+    cutoff (B,K) Å the distance of the (k+1)-th nearest image, where edge weights reach
+    zero (so which of two equidistant images is the k-th never matters).
     """
     z: torch.Tensor
     op: torch.Tensor
@@ -218,28 +220,58 @@ class Graph:
     dist: torch.Tensor
     nbr: torch.Tensor
     patterson: torch.Tensor
+    cutoff: torch.Tensor
+
+
+NEIGHBOUR_CELLS = torch.tensor([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1)
+                                for k in (-1, 0, 1)], dtype=torch.float32)  # (27,3), (0,0,0) at 13
 
 
 def build_graph(problem: Problem, frac: torch.Tensor, knn: int) -> Graph:
-    """Graph over all images of frac (B,N,3); edges to the knn nearest images (periodic)."""
+    """Graph over all images of frac (B,N,3); edges to the knn nearest images (periodic).
+
+    Candidates per pair of images: the fractional minimum image plus its 26 neighbouring
+    lattice translations, so skewed cells, short axes and exact ties (dy = ±1/2 across a
+    2_1 axis) are all seen; the nearest knn of them become edges.
+    """
     B, N, _ = frac.shape
     O = problem.n_ops
-    img = expand(problem, frac).reshape(B, N * O, 3)  # (B,K,3)
     K = N * O
-    d = img[:, None, :, :] - img[:, :, None, :]  # (B,K,K,3) frac, j - i
-    d = d - torch.round(d)
-    cart = d @ problem.orth.T  # (B,K,K,3) Å
-    dist = cart.norm(dim=-1)
-    dist = dist + torch.eye(K, device=frac.device) * 1e6  # no self edges
-    k = min(knn, K - 1)
-    dist_k, nbr = torch.topk(dist, k, dim=-1, largest=False)  # (B,K,k)
-    idx = nbr.unsqueeze(-1).expand(B, K, k, 3)
-    vec = torch.gather(cart, 2, idx)  # (B,K,k,3)
-    dfrac = torch.gather(d, 2, idx)  # (B,K,k,3)
+    img = expand(problem, frac).reshape(B, K, 3)  # (B,K,3)
+    cells = NEIGHBOUR_CELLS.to(frac.device)
+    C = len(cells)
+    k = min(knn, C * K - 2)
+    self_edge = torch.zeros(K, K, C, device=frac.device)
+    self_edge[torch.arange(K), torch.arange(K), C // 2] = 1e6  # no edge from an image to itself
+    self_edge = self_edge.reshape(K, C * K)
+    chunk = max(1, 8_000_000 // (K * K * C))  # bound memory: b*K*K*27 floats
+    vecs, dists, nbrs, dfracs, cutoffs = [], [], [], [], []
+    lat = cells @ problem.orth.T  # (27,3) Å lattice translations
+    lat2 = (lat ** 2).sum(-1)  # (27,)
+    for b0 in range(0, B, chunk):
+        x = img[b0:b0 + chunk]
+        d = x[:, None, :, :] - x[:, :, None, :]  # (b,K,K,3) frac, j - i
+        d = d - torch.round(d)
+        c = d @ problem.orth.T  # (b,K,K,3) Å, minimum image in fractional terms
+        # |c + L n|² for the 27 translations n: (b,K,K,27), no (…,27,3) tensor needed
+        dist2 = (c ** 2).sum(-1, keepdim=True) + 2 * c @ lat.T + lat2
+        dist = dist2.clamp_min(0).sqrt().reshape(len(x), K, K * C) + self_edge
+        dist_k, cand = torch.topk(dist, k + 1, dim=-1, largest=False)  # (b,K,k+1)
+        cutoffs.append(dist_k[..., k])  # the (k+1)-th distance: edges fade out there
+        dist_k, cand = dist_k[..., :k], cand[..., :k]
+        j = torch.div(cand, C, rounding_mode="floor")  # (b,K,k) neighbour image
+        n = cand % C  # (b,K,k) lattice translation
+        idx = j.unsqueeze(-1).expand(-1, -1, -1, 3)
+        vecs.append(torch.gather(c, 2, idx) + lat[n])
+        dfracs.append(torch.gather(d, 2, idx) + cells[n])
+        dists.append(dist_k)
+        nbrs.append(j)
+    dfrac = torch.cat(dfracs)  # (B,K,k,3)
     patt = interpolate_periodic(problem.patterson, dfrac)  # (B,K,k,C)
     z = problem.z.repeat_interleave(O)  # (K,)
     op = torch.arange(O, device=frac.device).repeat(N)  # (K,)
-    return Graph(z=z, op=op, vec=vec, dist=dist_k, nbr=nbr, patterson=patt)
+    return Graph(z=z, op=op, vec=torch.cat(vecs), dist=torch.cat(dists), nbr=torch.cat(nbrs),
+                 patterson=patt, cutoff=torch.cat(cutoffs))
 
 
 def blur_for_sigma(sigma_A: torch.Tensor, b_max: float = 30.0) -> torch.Tensor:
@@ -274,9 +306,19 @@ def misfit_gradient(problem: Problem, frac: torch.Tensor, b_extra: torch.Tensor
 
 def r1_of(problem: Problem, frac: torch.Tensor) -> torch.Tensor:
     """R1 (B,) of frac (B,N,3) against F_obs, least-squares scale, Wilson Uiso."""
+    return agreement_of(problem, frac)[0]
+
+
+def agreement_of(problem: Problem, frac: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R1 (B,), CC (B,)) of frac (B,N,3): R1 on |F| with the least-squares scale, CC the
+    Pearson correlation of |Fo|² and |Fc|² (Wilson Uiso for |Fc|)."""
     with torch.no_grad():
         uiso = torch.full(frac.shape[:2], problem.uiso, device=frac.device)
         fc = problem.sf.calc(frac.float(), problem.type_idx, uiso).abs()
         fo = problem.F_obs[None]
         k = (fo * fc).sum(-1, keepdim=True) / (fc * fc).sum(-1, keepdim=True).clamp_min(1e-12)
-        return (fo - k * fc).abs().sum(-1) / fo.sum(-1)
+        r1 = (fo - k * fc).abs().sum(-1) / fo.sum(-1)
+        a = fo ** 2 - (fo ** 2).mean(-1, keepdim=True)
+        b = fc ** 2 - (fc ** 2).mean(-1, keepdim=True)
+        cc = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
+        return r1, cc

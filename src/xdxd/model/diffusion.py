@@ -89,7 +89,7 @@ def denoiser_eps(model: Denoiser, problem: Problem, frac: torch.Tensor, sigma: t
 
 
 @torch.no_grad()
-def sample(model: Denoiser, schedule: NoiseSchedule, problem: Problem, n_samples: int,
+def sample(model: Denoiser | None, schedule: NoiseSchedule, problem: Problem, n_samples: int,
            steps: int = 100, guidance: float = 1.0, b_max: float = 30.0, seed: int = 0,
            chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Guided ancestral sampling: n_samples ASU structures for one problem.
@@ -98,13 +98,15 @@ def sample(model: Denoiser, schedule: NoiseSchedule, problem: Problem, n_samples
     misfit gradient g at blur B(sigma), then the VE ancestral update
         x <- x + (sigma_i² - sigma_{i+1}²) * score + sqrt((sigma_i² - sigma_{i+1}²)) * sigma_{i+1}/sigma_i * z.
     Noise is drawn on the CPU from torch.Generator(seed) and moved, so CPU and CUDA give
-    the same draws. Returns (frac (n_samples,N,3) in [0,1), R1 (n_samples,)).
+    the same draws. model=None drops the learned prior (eps = 0): annealed, blurred
+    Langevin descent on the data alone, the baseline the prior is measured against.
+    Returns (frac (n_samples,N,3) in [0,1), R1 (n_samples,)).
     """
     gen = torch.Generator().manual_seed(seed)
     dev = problem.device
     N = problem.n_atoms
     sigmas = schedule.sampling_sigmas(steps).to(dev)
-    context = model.context(problem)
+    context = model.context(problem) if model is not None else None
     x = torch.rand(n_samples, N, 3, generator=gen).to(dev)
     for i in range(steps):
         s_now, s_next = sigmas[i], sigmas[i + 1]
@@ -113,7 +115,11 @@ def sample(model: Denoiser, schedule: NoiseSchedule, problem: Problem, n_samples
         for c0 in range(0, n_samples, chunk):
             xc = x[c0:c0 + chunk]
             sig = s_now.expand(len(xc))
-            eps, _, grad = denoiser_eps(model, problem, xc, sig, context, b_max)
+            if model is None:
+                _, grad = misfit_gradient(problem, xc, blur_for_sigma(sig, b_max))
+                eps = torch.zeros_like(xc)
+            else:
+                eps, _, grad = denoiser_eps(model, problem, xc, sig, context, b_max)
             g = grad / grad.pow(2).sum(-1).mean(-1).sqrt().clamp_min(1e-12)[:, None, None]
             parts.append(-(eps + guidance * g) / s_now)  # score, Cartesian Å⁻¹
         score = torch.cat(parts)

@@ -27,9 +27,10 @@ from xdxd.model.conditioning import PATTERSON_BLURS, Graph, Problem
 
 @dataclass
 class ModelConfig:
-    hidden: int = 64          # scalar width and number of vector channels per image
+    hidden: int = 64          # scalar channels per image
+    vectors: int = 16         # vector channels per image (the costly part on a CPU)
     layers: int = 4           # message-passing rounds
-    knn: int = 16             # neighbours per image (nearest images, minimum image)
+    knn: int = 12             # neighbours per image (nearest images, periodic)
     n_rbf: int = 24           # radial basis functions on edge length
     r_max_A: float = 8.0      # radial basis range in Å (a smooth envelope ends here)
     n_elements: int = 100     # atomic numbers embedded (0..n_elements-1)
@@ -92,22 +93,24 @@ class MessageBlock(nn.Module):
 
     def __init__(self, cfg: ModelConfig, edge_dim: int):
         super().__init__()
-        H = cfg.hidden
-        self.phi = mlp(H, H, 3 * H)
-        self.filt = nn.Linear(edge_dim, 3 * H)
+        H, V = cfg.hidden, cfg.vectors
+        self.sizes = (H, V, V)
+        self.phi = mlp(H, H, H + 2 * V)
+        self.filt = nn.Linear(edge_dim, H + 2 * V)
 
-    def forward(self, h, v, edge, unit, nbr):
-        # h (B,K,H), v (B,K,H,3), edge (B,K,k,E), unit (B,K,k,3), nbr (B,K,k)
+    def forward(self, h, v, edge, env, unit, nbr):
+        # h (B,K,H), v (B,K,V,3), edge (B,K,k,E), env (B,K,k,1), unit (B,K,k,3), nbr (B,K,k)
         B, K, k = nbr.shape
-        H = h.shape[-1]
+        V = v.shape[2]
         flat = nbr.reshape(B, K * k)
-        phi_j = torch.gather(self.phi(h), 1, flat[..., None].expand(-1, -1, 3 * H))
-        x = phi_j.reshape(B, K, k, 3 * H) * self.filt(edge)  # (B,K,k,3H)
-        a, b, c = x.split(H, dim=-1)  # (B,K,k,H) each
-        v_j = torch.gather(v.reshape(B, K, H * 3), 1, flat[..., None].expand(-1, -1, 3 * H))
-        v_j = v_j.reshape(B, K, k, H, 3)
-        dv = (b[..., None] * v_j + c[..., None] * unit[:, :, :, None, :]).sum(2)  # (B,K,H,3)
-        return h + a.sum(2), v + dv
+        phi = self.phi(h)
+        phi_j = torch.gather(phi, 1, flat[..., None].expand(-1, -1, phi.shape[-1]))
+        x = phi_j.reshape(B, K, k, -1) * self.filt(edge) * env  # (B,K,k,H+2V)
+        a, b, c = x.split(self.sizes, dim=-1)  # (B,K,k,H), (B,K,k,V), (B,K,k,V)
+        v_j = torch.gather(v.reshape(B, K, V * 3), 1, flat[..., None].expand(-1, -1, 3 * V))
+        v_j = v_j.reshape(B, K, k, V, 3)
+        dv = torch.einsum("bnkv,bnkvc->bnvc", b, v_j) + torch.einsum("bnkv,bnkc->bnvc", c, unit)
+        return h + a.sum(2), v + dv  # (B,K,H), (B,K,V,3)
 
 
 class UpdateBlock(nn.Module):
@@ -115,19 +118,20 @@ class UpdateBlock(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        H = cfg.hidden
-        self.U = nn.Linear(H, H, bias=False)
-        self.V = nn.Linear(H, H, bias=False)
-        self.mix = mlp(2 * H, H, 3 * H)
+        H, V = cfg.hidden, cfg.vectors
+        self.sizes = (V, V, H)
+        self.U = nn.Linear(V, V, bias=False)
+        self.V = nn.Linear(V, V, bias=False)
+        self.mix = mlp(H + V, H, 2 * V + H)
+        self.dot = nn.Linear(V, H, bias=False)
         self.norm = nn.LayerNorm(H)
 
     def forward(self, h, v):
-        Uv = self.U(v.transpose(-1, -2)).transpose(-1, -2)  # (B,K,H,3)
+        Uv = self.U(v.transpose(-1, -2)).transpose(-1, -2)  # (B,K,V,3)
         Vv = self.V(v.transpose(-1, -2)).transpose(-1, -2)
-        vnorm = torch.sqrt((Vv ** 2).sum(-1) + 1e-8)  # (B,K,H)
-        a = self.mix(torch.cat([self.norm(h), vnorm], dim=-1))
-        a_vv, a_sv, a_ss = a.split(h.shape[-1], dim=-1)
-        h = h + a_sv * (Uv * Vv).sum(-1) + a_ss
+        vnorm = torch.sqrt((Vv ** 2).sum(-1) + 1e-8)  # (B,K,V)
+        a_vv, a_sv, a_ss = self.mix(torch.cat([self.norm(h), vnorm], dim=-1)).split(self.sizes, -1)
+        h = h + self.dot(a_sv * (Uv * Vv).sum(-1)) + a_ss
         v = v + a_vv[..., None] * Uv
         return h, v
 
@@ -143,11 +147,11 @@ class Denoiser(nn.Module):
         self.time = mlp(32, H, H)
         self.reflections = ReflectionEncoder(cfg)
         self.global_in = mlp(H + 2, H, H)
-        self.grad_in = nn.Linear(1, H, bias=False)  # input vector (the misfit gradient) -> channels
+        self.grad_in = nn.Linear(1, cfg.vectors, bias=False)  # input vector (the misfit gradient) -> channels
         edge_dim = cfg.n_rbf + len(PATTERSON_BLURS)
         self.messages = nn.ModuleList(MessageBlock(cfg, edge_dim) for _ in range(cfg.layers))
         self.updates = nn.ModuleList(UpdateBlock(cfg) for _ in range(cfg.layers))
-        self.gate = mlp(H, H, H)
+        self.gate = mlp(H, H, cfg.vectors)
         self.register_buffer("rbf_centres", torch.linspace(0.0, cfg.r_max_A, cfg.n_rbf))
 
     def context(self, problem: Problem) -> torch.Tensor:
@@ -169,16 +173,18 @@ class Denoiser(nn.Module):
         # the misfit gradient, normalised per sample, rotated onto every image: (B,K,3)
         g = grad / grad.pow(2).sum(-1).mean(-1).sqrt().clamp_min(1e-12)[:, None, None]
         g_img = torch.einsum("oij,bnj->bnoi", problem.rot_cart, g).reshape(B, K, 3)
-        v = self.grad_in(g_img[..., None]).transpose(-1, -2)  # (B,K,H,3)
+        v = self.grad_in(g_img[..., None]).transpose(-1, -2)  # (B,K,V,3)
         # edges: radial basis with a smooth envelope, Patterson at the edge vector
         dist = graph.dist[..., None]  # (B,K,k,1)
         width = cfg.r_max_A / cfg.n_rbf
         rbf = torch.exp(-((dist - self.rbf_centres) / width) ** 2)  # (B,K,k,n_rbf)
-        env = 0.5 * (torch.cos(math.pi * (dist / cfg.r_max_A).clamp(max=1.0)) + 1.0)
-        edge = torch.cat([rbf * env, graph.patterson], dim=-1)  # (B,K,k,E)
+        # smooth envelope, zero at r_max_A or at the (k+1)-th neighbour, whichever is nearer
+        r_cut = graph.cutoff.clamp(max=cfg.r_max_A)[..., None, None]  # (B,K,1,1)
+        env = 0.5 * (torch.cos(math.pi * (dist / r_cut).clamp(max=1.0)) + 1.0)  # (B,K,k,1)
+        edge = torch.cat([rbf, graph.patterson], dim=-1)  # (B,K,k,E)
         unit = graph.vec / graph.dist[..., None].clamp_min(1e-6)  # (B,K,k,3)
         for msg, upd in zip(self.messages, self.updates):
-            h, v = msg(h, v, edge, unit, graph.nbr)
+            h, v = msg(h, v, edge, env, unit, graph.nbr)
             h, v = upd(h, v)
         out = (self.gate(h)[..., None] * v).sum(2)  # (B,K,3) Cartesian, per image
         # back to the ASU: image o of atom n moved by R_o d, so d = R_o^T (out) (R orthogonal)

@@ -1,0 +1,177 @@
+"""The diffusion model: symmetry of samples, origin invariance, weights I/O, training, sampling.
+
+A tiny network (a few thousand parameters) keeps the whole file fast on 2 CPU cores.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gemmi
+import numpy as np
+import pytest
+import torch
+
+from xdxd.crystal.structure_factors import structure_factors_of_atoms
+from xdxd.crystal.symmetry import (apply_ops, find_spacegroup, origin_shifts, spglib_number,
+                                   symops)
+from xdxd.model import diffusion
+from xdxd.model.conditioning import build_graph, make_problem, misfit_gradient
+from xdxd.model.network import Denoiser, ModelConfig
+from xdxd.model.train import Structure, TrainConfig, diffusion_loss, simulate, site_match, train
+from xdxd.model.weights import WeightsError, load_model, save_model
+
+DATA = Path(__file__).parent / "data"
+TINY = ModelConfig(hidden=16, vectors=4, layers=2, knn=8, n_rbf=8, token_dim=16, token_layers=1,
+                   token_heads=2, max_tokens=64, n_sigmas=100)
+
+GROUPS = {"P 1 21/c 1": (7.1, 8.3, 9.6, 90, 101.0, 90), "P 21 21 21": (6.2, 7.7, 9.1, 90, 90, 90),
+          "C 1 2/c 1": (12.5, 6.4, 10.2, 90, 112.0, 90), "P 1 21 1": (6.3, 7.2, 8.1, 90, 97.0, 90)}
+
+
+def toy_problem(hm: str, n: int = 5, seed: int = 0, d_min: float = 1.5):
+    """A random n-atom C/O asymmetric unit in space group hm, its |F| and Problem."""
+    rng = np.random.default_rng(seed)
+    sg = find_spacegroup(hm)
+    cell = gemmi.UnitCell(*GROUPS[hm])
+    ops = symops(sg)
+    els = ["O"] + ["C"] * (n - 1)
+    frac = rng.random((n, 3))
+    hkl = gemmi.make_miller_array(cell, sg, d_min).astype(np.int64)
+    F = np.abs(structure_factors_of_atoms(cell, ops, hkl, els, frac, np.full(n, 0.04), np.ones(n)))
+    prob = make_problem(cell, sg.hall, els, hkl, F, 0.01 * F, max_tokens=TINY.max_tokens,
+                        generator=torch.Generator().manual_seed(0))
+    return prob, frac, sg
+
+
+def tiny_model(seed: int = 0) -> Denoiser:
+    torch.manual_seed(seed)
+    return Denoiser(TINY).eval()
+
+
+@pytest.mark.parametrize("hm", ["P 1 21/c 1", "P 21 21 21", "C 1 2/c 1"])
+def test_every_sample_has_the_requested_space_group(hm):
+    prob, _, sg = toy_problem(hm)
+    model = tiny_model()
+    frac, r1 = diffusion.sample(model, diffusion.NoiseSchedule(TINY), prob, 4, steps=4, seed=1)
+    assert frac.shape == (4, 5, 3) and torch.all((frac >= 0) & (frac < 1))
+    assert torch.all(torch.isfinite(r1))
+    z = np.array([8, 6, 6, 6, 6])
+    for f in frac.numpy().astype(float):
+        images = apply_ops(f, prob.ops).reshape(-1, 3)  # (N*O,3) P1 cell
+        assert spglib_number(prob.cell, images, np.repeat(z, len(prob.ops))) == sg.number
+
+
+@pytest.mark.parametrize("hm", ["P 1 21/c 1", "P 21 21 21", "C 1 2/c 1", "P 1 21 1"])
+def test_conditioning_and_model_are_origin_invariant(hm):
+    prob, frac, _ = toy_problem(hm)
+    shifts, polar = origin_shifts(prob.ops)
+    moves = [s for s in shifts if np.any(s)][:4] + [0.37 * p for p in polar]
+    assert moves, "every test group has a non-trivial allowed origin shift"
+    model = tiny_model()
+    x = torch.tensor(frac, dtype=torch.float32)[None]
+    sigma = torch.tensor([0.3])
+    ctx = model.context(prob)
+    eps0, m0, g0 = diffusion.denoiser_eps(model, prob, x, sigma, ctx)
+    graph0 = build_graph(prob, x, TINY.knn)
+    for s in moves:
+        xs = torch.remainder(x + torch.tensor(s, dtype=torch.float32), 1.0)
+        graph = build_graph(prob, xs, TINY.knn)
+        torch.testing.assert_close(graph.patterson, graph0.patterson, atol=1e-4, rtol=1e-4)
+        eps, m, g = diffusion.denoiser_eps(model, prob, xs, sigma, ctx)
+        torch.testing.assert_close(m, m0, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(g, g0, atol=1e-4, rtol=1e-3)
+        torch.testing.assert_close(eps, eps0, atol=1e-4, rtol=1e-3)
+
+
+def test_guidance_gradient_is_equivariant_under_symmetry_operations():
+    """Replacing an ASU atom by its image R x + t rotates its gradient by R (Cartesian)."""
+    prob, frac, _ = toy_problem("P 1 21/c 1")
+    x = torch.tensor(frac, dtype=torch.float32)[None]
+    b = torch.tensor([5.0])
+    m0, g0 = misfit_gradient(prob, x, b)
+    for o in range(1, prob.n_ops):
+        x2 = x.clone()
+        x2[0, 2] = torch.remainder(prob.rot[o] @ x[0, 2] + prob.tran[o], 1.0)
+        m, g = misfit_gradient(prob, x2, b)
+        torch.testing.assert_close(m, m0, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(g[0, 2], prob.rot_cart[o] @ g0[0, 2], atol=1e-4, rtol=1e-3)
+        torch.testing.assert_close(g[0, :2], g0[0, :2], atol=1e-4, rtol=1e-3)
+
+
+def test_wrapped_normal_target_is_the_noise_when_small():
+    prob, frac, _ = toy_problem("P 1 21/c 1")
+    x0 = torch.tensor(frac, dtype=torch.float32)[None].repeat(2, 1, 1)
+    noise = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([0.02, 0.2])
+    xt = diffusion.add_noise(x0, sigma, prob.deorth, noise)
+    torch.testing.assert_close(diffusion.wrapped_normal_eps(xt, x0, sigma, prob.orth), noise,
+                               atol=1e-3, rtol=1e-3)
+
+
+def test_weights_round_trip(tmp_path):
+    model = tiny_model(3)
+    path = save_model(model, tmp_path / "w.safetensors", {"total_steps": 7})
+    assert path.with_suffix(".json").exists()
+    loaded, meta = load_model(path)
+    assert meta["config"] == TINY.to_dict() and meta["training"]["total_steps"] == 7
+    prob, frac, _ = toy_problem("P 21 21 21")
+    x = torch.tensor(frac, dtype=torch.float32)[None]
+    a = diffusion.denoiser_eps(model, prob, x, torch.tensor([0.5]), model.context(prob))[0]
+    b = diffusion.denoiser_eps(loaded, prob, x, torch.tensor([0.5]), loaded.context(prob))[0]
+    torch.testing.assert_close(a, b)
+    with pytest.raises(WeightsError):
+        load_model(tmp_path / "missing.safetensors")
+
+
+def _structure(hm: str, seed: int) -> Structure:
+    prob, frac, sg = toy_problem(hm, n=4, seed=seed)
+    z = np.array([8, 6, 6, 6, 1])
+    frac = np.concatenate([frac, frac[1:2] + 0.05])  # one H, in the data only
+    return Structure(f"toy{seed}", np.array(GROUPS[hm]), sg.hall, z, frac % 1.0,
+                     np.array([False] * 4 + [True]))
+
+
+def test_tiny_training_run_reduces_the_loss(tmp_path):
+    structures = [_structure("P 1 21/c 1", 0), _structure("P 21 21 21", 1)]
+    cfg = TrainConfig(steps=30, batch=2, draws=8, lr=3e-3, log_every=1000, val_every=0,
+                      save_every=1000, val_structures=0, d_min_range_A=(1.8, 3.0))
+
+    def eval_loss(model):
+        rng, gen = np.random.default_rng(7), torch.Generator().manual_seed(7)
+        sched = diffusion.NoiseSchedule(model.cfg)
+        total = 0.0
+        with torch.no_grad():
+            for s in structures:
+                ex = simulate(s, rng, gen, cfg, "cpu", model.cfg.max_tokens, d_min_A=2.0, clean=True)
+                total += diffusion_loss(model, sched, ex, 32, gen)[0].item()
+        return total
+
+    save_model(tiny_model(), tmp_path / "xdxd-diffusion.safetensors")
+    before = eval_loss(load_model(tmp_path / "xdxd-diffusion.safetensors")[0])
+    run = train([], tmp_path, cfg, structures=structures)
+    after_model, meta = load_model(tmp_path / "xdxd-diffusion.safetensors")
+    assert meta["training"]["total_steps"] == 30 and run["steps"] == 30
+    assert (tmp_path / "xdxd-diffusion-train.pt").exists()
+    assert eval_loss(after_model) < 0.9 * before
+
+
+def test_site_match_sees_through_origin_shifts():
+    prob, frac, _ = toy_problem("P 1 21/c 1")
+    hall = prob.ops.hall
+    assert site_match(prob.cell, hall, (frac + [0.5, 0.0, 0.5]) % 1.0, frac) == 1.0
+    assert site_match(prob.cell, hall, (frac + 0.23) % 1.0, frac) < 1.0
+
+
+def test_cpu_sampling_on_a_shipped_structure(tmp_path, monkeypatch):
+    from xdxd.prep import prepare_from_model_cif
+    from xdxd.solve import diffusion as solver
+    rec = prepare_from_model_cif(str(DATA / "cod" / "2205750.cif"), d_min=2.0)[0]
+    shipped = Path(__file__).parents[1] / "weights" / "xdxd-diffusion.safetensors"
+    weights = shipped if shipped.exists() else save_model(tiny_model(), tmp_path / "w.safetensors")
+    cands, info = solver.sample(rec, samples=3, steps=4, polish_steps=2, seed=0, weights=str(weights))
+    n_heavy = sum(rec["composition"].values())
+    assert len(cands) == 3 and info["samples"] == 3
+    assert all(c["method"] == "diffusion" and len(c["atoms"]) == n_heavy for c in cands)
+    assert [c["r1"] for c in cands] == sorted(c["r1"] for c in cands)
+    again, _ = solver.sample(rec, samples=3, steps=4, polish_steps=2, seed=0, weights=str(weights))
+    assert [c["atoms"] for c in again] == [c["atoms"] for c in cands]
