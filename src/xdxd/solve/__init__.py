@@ -14,9 +14,17 @@ from typing import Callable
 from xdxd import records
 from xdxd.solve import dualspace
 
+
+def _diffusion(rec: dict, **kw) -> tuple[list[dict], dict]:
+    """The diffusion model (xdxd.solve.diffusion), imported only when asked for."""
+    from xdxd.solve import diffusion
+    return diffusion.sample(rec, **kw)
+
+
 # name -> sampler; the diffusion model registers here too
 METHODS: dict[str, Callable[..., tuple[list[dict], dict]]] = {
     "dualspace": dualspace.sample,
+    "diffusion": _diffusion,
 }
 
 
