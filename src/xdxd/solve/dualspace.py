@@ -85,6 +85,9 @@ class Problem:
             raise records.RecordError(f"{rid}: too few reflections ({len(F)}) to solve")
         comp = {e: float(n) for e, n in comp.items() if e not in ("H", "D") and float(n) > 0}
         E = statistics.normalized_e(F, hkl, cell, sg, comp, float(rec.get("hydrogens") or 0))
+        if not np.all(np.isfinite(E)):
+            raise records.RecordError(f"{rid}: |E| values are not finite (|F| up to {F.max():.3g}: "
+                                      "check the data's scale)")
         eps = statistics.epsilon_factors(sg, hkl)
         elements = records.composition_elements({e: int(round(n)) for e, n in comp.items()})
         elements.sort(key=lambda e: -gemmi.Element(e).atomic_number)
@@ -324,17 +327,22 @@ def solve(prob: Problem, samples: int = 8, seed: int = 0, device: str = "cpu",
             stopped = "time budget"
             break
         B = min(opts.batch, opts.trials - n_done)
+        if time_budget_s is not None:  # a first small batch times a trial; then fill the budget
+            left = time_budget_s - (time.perf_counter() - t0)
+            B = min(B, max(8, int(left / per_trial)) if n_done else 16)
+        t_batch = time.perf_counter()
         frac, height, weight, cc, ccw = ds.run_batch(B, gen)
         state.frac.append(frac.cpu()); state.height.append(height.cpu())
         state.weight.append(weight.cpu()); state.cc.append(cc.cpu()); state.cc_weak.append(ccw.cpu())
         n_done += B
+        per_trial = (time.perf_counter() - t_batch) / B
         if opts.stop_cc and float(cc.max()) >= opts.stop_cc:
             stopped = "CC reached"
             break
         cands = None
         if opts.stop_r1:
             cands = _finish(prob, state, samples, opts, device)
-            if cands and cands[0]["r1"] <= opts.stop_r1:
+            if cands and cands[0]["r1"] is not None and cands[0]["r1"] <= opts.stop_r1:
                 stopped = "R1 reached"
                 break
     if cands is None or stopped == "time budget":  # else the last check saw the same trials
@@ -352,7 +360,7 @@ def _finish(prob: Problem, state: SearchState, samples: int, opts: DualSpaceOpti
     frac = torch.cat(state.frac).numpy()                                      # (T,N,3)
     height = torch.cat(state.height).numpy()
     weight = torch.cat(state.weight).numpy()
-    n_try = min(len(cc), max(3 * samples, 16))
+    n_try = min(len(cc), max(2 * samples, 8))
     top = np.argsort(-cc, kind="stable")[:n_try]
     N = len(prob.elements)
     elements, fr, wt = [], [], []
@@ -383,8 +391,8 @@ def _finish(prob: Problem, state: SearchState, samples: int, opts: DualSpaceOpti
         atoms = [{"element": e, "xyz": [round(float(v), 6) for v in fr[i][j]],
                   "uiso": round(float(uiso[i][j]), 5), "occ": 1.0}
                  for j, e in enumerate(elements[i]) if wt[i][j] > 0]
-        out.append({"atoms": _label(atoms), "r1": round(float(r1[i]), 5),
-                    "cc": round(float(cc[top[i]]), 5), "cc_weak": round(float(ccw[top[i]]), 5),
+        out.append({"atoms": _label(atoms), "r1": _finite(r1[i]),
+                    "cc": _finite(cc[top[i]]), "cc_weak": _finite(ccw[top[i]]),
                     "method": "dualspace", "trial": int(top[i])})
     return out
 
@@ -433,6 +441,12 @@ def swap_elements(prob: Problem, elements: list[str], frac: np.ndarray, uiso: np
             break
         els, uiso = trial[k], u[k]
     return els
+
+
+def _finite(x, digits: int = 5) -> float | None:
+    """A number for the record: rounded, or None where NaN/inf (JSON has neither)."""
+    x = float(x)
+    return round(x, digits) if math.isfinite(x) else None
 
 
 def _label(atoms: list[dict]) -> list[dict]:
