@@ -52,6 +52,7 @@ def run_generate(smiles: str, count: int, out: str, seed: int, jobs: int, shard_
     failures: Counter = Counter()
     total = sum(pending.values())
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     done = 0
     n_cif = len([n for n in os.listdir(cif_dir) if n.endswith(".cif")]) if cif_dir and os.path.isdir(cif_dir) else 0
 
@@ -95,6 +96,9 @@ def run_generate(smiles: str, count: int, out: str, seed: int, jobs: int, shard_
                     finish(k, a, b, items, fails)
                     advance(b - a)
     elapsed = time.perf_counter() - t0
+    import resource
+    child = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = time.process_time() - cpu0 + child.ru_utime + child.ru_stime
     index = []
     for k in range(n_sh):
         path = os.path.join(out, shards.shard_name(k))
@@ -104,7 +108,8 @@ def run_generate(smiles: str, count: int, out: str, seed: int, jobs: int, shard_
     shards.write_index(out, index, generate.settings_dict(settings), seed)
     if total:
         log.info(f"{total} structures in {elapsed:.0f} s: {total / elapsed:.3f} structures/s "
-                 f"with {jobs} job(s), {total / elapsed / max(jobs, 1):.3f} /s/core")
+                 f"with {jobs} job(s); {cpu / total:.2f} CPU-s per structure "
+                 f"({total / cpu:.3f} structures/s per fully used core)")
     if failures:
         log.info("failed tries (a new molecule was drawn each time): "
                  + ", ".join(f"{k} {v}" for k, v in failures.most_common()))

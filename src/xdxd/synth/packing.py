@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -88,7 +87,7 @@ SG_SOHNCKE = {
 # 115 (2015) 2895); molecules on special positions ~15% in centrosymmetric groups; solvates
 # ~15% (Görbitz & Hersleth 2000).
 # pyxtal cell volume = factor × Σ molecular box volumes; small gives a denser start
-PYXTAL_VOLUME_FACTOR = float(os.environ.get("XDXD_PYXTAL_FACTOR", 0.6))
+PYXTAL_VOLUME_FACTOR = 0.6
 # Mean volume (Å³) an atom takes in organic crystals (Hofmann, Acta Cryst. B58 (2002) 489,
 # Table 2, rounded). V_cell / (Z · Σ v_atom) is ~1.0 ± 0.05 for real structures; a
 # generated cell far above that is a loose, unrealistic packing and is redone.
@@ -268,6 +267,21 @@ def _close_pairs(lengths, angles, cen, fr, mols, ops, limits, margin: float = 1.
     return out
 
 
+def _orth_matrix(lengths, angles_deg):
+    """torch (3,3) orthogonalisation matrix, columns a, b, c in Å, gemmi's convention
+    (a along x, b in the xy plane)."""
+    import torch
+    a, b, c = lengths
+    al, be, ga = torch.deg2rad(angles_deg)
+    cas = (torch.cos(be) * torch.cos(ga) - torch.cos(al)) / (torch.sin(be) * torch.sin(ga))
+    sas = torch.sqrt(torch.clamp(1 - cas * cas, min=1e-9))
+    zero = torch.zeros((), dtype=lengths.dtype)
+    return torch.stack([
+        torch.stack([a, b * torch.cos(ga), c * torch.cos(be)]),
+        torch.stack([zero, b * torch.sin(ga), -c * torch.sin(be) * cas]),
+        torch.stack([zero, zero, c * torch.sin(be) * sas])])
+
+
 def squeeze(cell_par: np.ndarray, sg: gemmi.SpaceGroup, mols: list[_RigidMolecule],
             rules: ContactRules, steps: int = 150, pressure: float = 12.0,
             stiffness: float = 20.0, lr: float = 0.015) -> np.ndarray:
@@ -284,8 +298,15 @@ def squeeze(cell_par: np.ndarray, sg: gemmi.SpaceGroup, mols: list[_RigidMolecul
     gidx = np.zeros(3, dtype=int)
     for g, axes in enumerate(groups):
         gidx[axes] = g
-    unit = torch.tensor(np.array(make_cell([1, 1, 1, *cell_par[3:]]).orth.mat), dtype=dt)
     loglen = torch.tensor(np.log([cell_par[a[0]] for a in groups]), dtype=dt, requires_grad=True)
+    # angles that may move without breaking symmetry: all three in triclinic, β in
+    # monoclinic (unique axis b stays along y in gemmi's frame, so the 2-fold's Cartesian
+    # form does not change); in degrees, kept within 60-130°
+    system = sg.crystal_system_str()
+    angle_free = torch.tensor([system == "triclinic", system in ("triclinic", "monoclinic"),
+                               system == "triclinic"], dtype=dt)
+    dangle = torch.zeros(3, dtype=dt, requires_grad=True)
+    angle0 = torch.tensor(cell_par[3:], dtype=dt)
     dcen = torch.zeros(len(mols), 3, dtype=dt, requires_grad=True)   # fractional
     rotv = torch.zeros(len(mols), 3, dtype=dt, requires_grad=True)   # rotation vectors, rad
     free = torch.tensor([[0.0 if m.fixed else 1.0] for m in mols], dtype=dt)
@@ -299,7 +320,8 @@ def squeeze(cell_par: np.ndarray, sg: gemmi.SpaceGroup, mols: list[_RigidMolecul
 
     def geometry():
         lengths = torch.exp(loglen)[gi]
-        orth = unit * lengths[None, :]                                   # columns a, b, c
+        angles = torch.clamp(angle0 + dangle * angle_free, 60.0, 130.0)
+        orth = _orth_matrix(lengths, angles)                             # columns a, b, c
         frac_m = torch.linalg.inv(orth)
         cen, fr = [], []
         for k in range(len(mols)):
@@ -312,16 +334,17 @@ def squeeze(cell_par: np.ndarray, sg: gemmi.SpaceGroup, mols: list[_RigidMolecul
                    + axis * (p @ axis)[:, None] * (1 - torch.cos(theta)))
             cen.append(centre[k] + dcen[k] * free[k])
             fr.append(cen[-1] + off @ frac_m.T)                          # (n,3) frac
-        return lengths, orth, cen, fr
+        return lengths, angles, orth, cen, fr
 
-    opt = torch.optim.Adam([{"params": [loglen], "lr": lr},
+    opt = torch.optim.Adam([{"params": [loglen], "lr": lr}, {"params": [dangle], "lr": 50 * lr},
                             {"params": [dcen], "lr": lr * 0.2},
                             {"params": [rotv], "lr": lr * 2}])
     pairs = []
     for step in range(steps):
-        lengths, orth, cen, fr = geometry()
+        lengths, angles, orth, cen, fr = geometry()
         if step % 10 == 0:  # atom pairs within reach of a contact, from the current geometry
-            pairs = _close_pairs(lengths.detach().numpy(), cell_par[3:], cen, fr, mols, ops, limits)
+            pairs = _close_pairs(lengths.detach().numpy(), angles.detach().numpy(), cen, fr, mols,
+                                 ops, limits)
         relax = step >= 0.6 * steps  # last 40%: little pressure, stiff walls, overlaps go
         energy = (0.05 if relax else 1.0) * pressure * torch.log(torch.linalg.det(orth))
         k_wall = 4 * stiffness if relax else stiffness
@@ -333,8 +356,8 @@ def squeeze(cell_par: np.ndarray, sg: gemmi.SpaceGroup, mols: list[_RigidMolecul
         energy.backward()
         opt.step()
     with torch.no_grad():
-        lengths, orth, cen, fr = geometry()
-        par = np.concatenate([lengths.numpy(), cell_par[3:]])
+        lengths, angles, orth, cen, fr = geometry()
+        par = np.concatenate([lengths.numpy(), angles.numpy()])
         frac_m = np.array(make_cell(par).frac.mat)
         for k, m in enumerate(mols):
             m.centre = cen[k].numpy().copy()
