@@ -6,11 +6,15 @@ Steps for one crystal (see `make_crystal`):
    packing mode: Z'=1, half a molecule on a special position, Z'=2, molecule + solvent;
 2. pyxtal (Fredericks et al., Comput. Phys. Commun. 261 (2021) 107810) places rigid
    molecules on Wyckoff positions in a loose random cell;
-3. `compress`: each independent cell axis (a, b, c; tied where the metric demands it) is
-   shrunk by bisection while molecules stay rigid with fixed fractional centres, until
-   the closest intermolecular contact reaches `contact_limits` (a fraction of the Bondi
-   van der Waals sum; shorter for H-bond donors and acceptors). This lifts pyxtal's loose
-   cells (packing coefficient ~0.35) to real ones (~0.65-0.75, Kitaigorodskii 1973);
+3. `squeeze`: rigid-body compression by gradient descent (torch autograd): pressure on
+   ln V against soft walls at the contact limits (`ContactRules`: a fraction of the Bondi
+   van der Waals sum, shorter for N/O-H···N/O). Cell lengths, free angles (triclinic;
+   β in monoclinic), molecule centres and orientations move; molecules on special
+   positions keep centre and orientation. Then `compress` opens the cell just enough to
+   clear the last overlaps and shrinks each free axis by bisection until a contact
+   touches. A cell still above MAX_VOLUME_RATIO × the Hofmann (2002) volume is redone.
+   pyxtal's cells start at density ~0.4-0.9 g/cm³; this lifts them to ~1.1-1.3 (real
+   organic crystals: ~1.2-1.5, packing coefficient 0.65-0.75, Kitaigorodskii 1973);
 4. keep the asymmetric unit: atoms of a molecule on a special position that a symmetry
    operation maps onto another atom of the same molecule are listed once.
 
