@@ -45,6 +45,7 @@ class DualSpaceOptions:
     e_min: float = 1.2          # reflections with |E| above this are phased ...
     strong_per_atom: float = 8  # ... but at least this many per atom, strongest first
     weak_fraction: float = 0.3  # the weakest reflections, for CC_weak
+    atom_types: str = "composition"  # E_calc atoms: elements by peak rank, or "equal" point atoms
     weighting: str = "plain"    # E-map coefficients: plain |E_obs| e^{i phi_c}, or "sim" (|E_obs| tanh(|E_obs E_c|))
     merge_A: float = 0.6        # peaks closer than this (Å) to a higher peak or its image are one
     refine_cycles: int = 3      # least-squares cycles for each of the best trials
@@ -127,11 +128,18 @@ class DualSpace:
         n_strong = max(int((prob.E > opts.e_min).sum()), int(opts.strong_per_atom * N))
         self.strong = np.sort(order[:min(n_strong, len(order))])
         self.weak = np.sort(order[len(order) - max(1, int(opts.weak_fraction * len(order))):])
-        # equal point atoms: the form factor of C divided out, no temperature factor
-        self.sf_strong = StructureFactors(prob.cell, prob.ops, prob.hkl[self.strong], ["C"], **kw)
-        self.sf_all = StructureFactors(prob.cell, prob.ops, prob.hkl, ["C"], **kw)
-        self.f_strong = self.sf_strong.f0[0]                                  # (Ms,)
-        self.f_all = self.sf_all.f0[0]                                        # (M,)
+        # point atoms without temperature factor, the k-th highest peak carrying the k-th
+        # heaviest element of the composition ("composition"), or all alike ("equal");
+        # E_calc = F_calc / sqrt(sum of f² over the asymmetric unit) per reflection
+        types = sorted(set(prob.elements)) if opts.atom_types == "composition" else ["C"]
+        ranked = [e if opts.atom_types == "composition" else "C" for e in prob.elements]
+        ranked += [ranked[-1]] * max(0, self.n_pick - N)
+        self.type_rank = torch.tensor([types.index(e) for e in ranked[:self.n_pick]],
+                                      device=self.device)                     # (K,)
+        self.sf_strong = StructureFactors(prob.cell, prob.ops, prob.hkl[self.strong], types, **kw)
+        self.sf_all = StructureFactors(prob.cell, prob.ops, prob.hkl, types, **kw)
+        f2 = lambda sf: (sf.f0[self.type_rank] ** 2).sum(0).sqrt()           # (M,)
+        self.f_strong, self.f_all = f2(self.sf_strong), f2(self.sf_all)
         self.e_strong = torch.tensor(prob.E[self.strong], **kw)               # (Ms,)
         self.e2_all = torch.tensor(prob.E ** 2, **kw)                         # (M,)
         self.eps_all = torch.tensor(prob.eps, **kw)                           # (M,)
@@ -139,18 +147,15 @@ class DualSpace:
         self.grid = fourier.FourierGrid(prob.cell, prob.ops, prob.hkl[self.strong],
                                         d_min_A=_d_min(prob), device=self.device, dtype=opts.dtype)
         self.orth = torch.tensor(np.array(prob.cell.orth.mat), **kw)
-        self.type0 = torch.zeros(N if self.n_pick == N else self.n_pick, dtype=torch.long,
-                                 device=self.device)
 
     # -- one cycle -----------------------------------------------------------------
     def e_calc(self, frac: torch.Tensor, weight: torch.Tensor, strong: bool) -> torch.Tensor:
-        """Complex E of equal point atoms (B,Ms) or (B,M), up to an overall scale."""
+        """Complex E (B,Ms) or (B,M) of point atoms at frac (B,K,3), peaks highest first."""
         sf = self.sf_strong if strong else self.sf_all
         f = self.f_strong if strong else self.f_all
         B, K, _ = frac.shape
-        type0 = torch.zeros(K, dtype=torch.long, device=self.device)
         u0 = torch.zeros(B, K, dtype=frac.dtype, device=self.device)
-        return sf.calc(frac, type0, u0, weight) / f
+        return sf.calc(frac, self.type_rank[:K], u0, weight) / f
 
     def coefficients(self, ec: torch.Tensor) -> torch.Tensor:
         """E-map coefficients (B,Ms) from the current E_calc (B,Ms): |E_obs| w exp(i phi_c)."""
