@@ -29,12 +29,17 @@ def cif_files(folder: str) -> list[str]:
 
 
 def _spacegroup(small: gemmi.SmallStructure) -> gemmi.SpaceGroup:
-    """The structure's own setting: from its symmetry operators, else Hall / H-M / number."""
+    """The structure's own setting: from its symmetry operators, else gemmi's reading of
+    Hall / H-M (with the cell deciding rhombohedral or hexagonal axes), else the number."""
     if small.symops:
         try:
-            return gemmi.find_spacegroup_by_ops(gemmi.GroupOps([gemmi.Op(o) for o in small.symops]))
+            sg = gemmi.find_spacegroup_by_ops(gemmi.GroupOps([gemmi.Op(o) for o in small.symops]))
+            if sg is not None:
+                return sg
         except (RuntimeError, ValueError):
             pass
+    if small.spacegroup is not None:  # gemmi's choice from Hall / H-M and the cell (R :H/:R)
+        return small.spacegroup
     try:
         return find_spacegroup(small.spacegroup_hm, hall=small.spacegroup_hall,
                                number=small.spacegroup_number or None)
