@@ -23,7 +23,10 @@ def _blind(structure):
                                   if a["element"] not in ("H", "D")])
 
 
-@pytest.mark.parametrize("cod_id", ["2000724", "4021477"])  # P 21/c (Z'=1/2, S); P 1 (12 atoms)
+@pytest.mark.parametrize("cod_id", [
+    "2000724",                                        # P 21/c, Z' = 1/2, one S
+    pytest.param("4021477", marks=pytest.mark.slow),  # P 1, 12 atoms
+])
 def test_solves_small_structures_at_1A(data_dir, cod_id):
     rec = _problem(data_dir, cod_id)
     out = sample_record(rec, samples=3, seed=0, trials=32, batch=32)
