@@ -183,3 +183,22 @@ def test_cli_generation_resumes(tmp_path, smiles_file):
     for k in first[0]:
         np.testing.assert_array_equal(again[0][k], first[0][k])
     assert len(os.listdir(tmp_path / "cif")) == 1
+
+
+def test_compare_on_real_structures(tmp_path, data_dir):
+    from xdxd.synth.compare import compare, format_table
+    from xdxd.synth.from_cif import read_cif_folder
+    src = tmp_path / "cifs"
+    src.mkdir()
+    for cid in COD_IDS:
+        shutil.copy(data_dir / "cod" / f"{cid}.cif", src)
+    shards.write_shard(str(tmp_path / shards.shard_name(0)),
+                       [s for _, s, _ in read_cif_folder(str(src))])
+    rows = compare(str(tmp_path), str(src), plot=str(tmp_path / "p.png"))
+    table = {r["metric"]: r for r in rows}
+    assert table["structures"]["synthetic"] == table["structures"]["reference"] == "2"
+    pc = float(table["packing_coefficient"]["reference"].split()[0])
+    assert 0.6 < pc < 0.8  # real organic crystals: 0.65-0.75
+    assert abs(float(table["bond C-C (Å)"]["reference"].split()[0]) - 1.45) < 0.1
+    assert "shortest H..H" in format_table(rows)
+    assert (tmp_path / "p.png").stat().st_size > 10_000

@@ -20,6 +20,13 @@ CONTACT_PAIRS = ["C..C", "C..H", "H..H", "H..O", "H..N", "C..O", "O..O", "N..O"]
 BOND_PAIRS = ["C-C", "C-N", "C-O", "C-H", "H-N", "H-O", "C-S", "C-Cl"]
 
 
+def sg_name(number: int) -> str:
+    """Short H-M name of a standard setting, e.g. P21/c, R-3 (gemmi writes H for hexagonal
+    axes of R groups)."""
+    name = gemmi.find_spacegroup_by_number(number).short_name()
+    return "R" + name[1:] if name.startswith("H") else name
+
+
 def _pair(a: str, b: str, sep: str) -> str:
     return sep.join(sorted((a, b)))
 
@@ -173,7 +180,7 @@ def table_rows(syn: dict, ref: dict) -> list[dict]:
         rows.append({"metric": f"bond {p} (Å)", "synthetic": _stat(a), "reference": _stat(b)})
     top = [n for n, _ in (syn["sg"] + ref["sg"]).most_common(12)]
     for n in top:
-        name = gemmi.find_spacegroup_by_number(n).short_name()
+        name = sg_name(n)
         rows.append({"metric": f"sg {n} {name} (%)",
                      "synthetic": f"{100 * syn['sg'][n] / max(syn['n'], 1):.1f}",
                      "reference": f"{100 * ref['sg'][n] / max(ref['n'], 1):.1f}"})
@@ -226,7 +233,7 @@ def plot_comparison(syn: dict, ref: dict, path: str, labels=("synthetic", "cod-d
     x = np.arange(len(top))
     a.bar(x - 0.2, [100 * syn["sg"][n] / syn["n"] for n in top], 0.4, label=labels[0])
     a.bar(x + 0.2, [100 * ref["sg"][n] / ref["n"] for n in top], 0.4, label=labels[1])
-    a.set_xticks(x, [gemmi.find_spacegroup_by_number(n).short_name() for n in top], rotation=60, fontsize=8)
+    a.set_xticks(x, [sg_name(n) for n in top], rotation=60, fontsize=8)
     a.set_title("space groups (%)")
     a.legend()
     fig.tight_layout()
