@@ -1,7 +1,7 @@
 """xdxd-synth: training shards from SMILES (generated crystals) or from real CIFs, and a
 realism check of a shard folder against real structures.
 
-    xdxd-synth --smiles data/moses_train.smi --count 100000 --out data/synth --seed 1 --jobs 16
+    xdxd-synth --smiles data/moses.smi --count 100000 --out data/synth --seed 1 --jobs 16
     xdxd-synth --from-cif ~/cod/cif --out data/cod-shards
     xdxd-synth --compare data/synth --reference ../shared/benchmarks/cod-dev --plot synth.png
 """
