@@ -100,7 +100,7 @@ def make_problem(cell: gemmi.UnitCell, hall: str, elements: list[str], hkl: np.n
     # overall isotropic U from the Wilson plot, used for |Fc| while sampling
     sum_f2 = expected_intensity(cell, ops, hkl, composition, hydrogens)
     _, B = wilson_scale(F, s2, sum_f2, epsilon_factors(sg, hkl))
-    uiso = float(np.clip(B / EIGHT_PI2, 0.025, 0.12))
+    uiso = float(np.clip(B / EIGHT_PI2, 0.02, 0.08))
 
     kw = dict(device=device, dtype=torch.float32)
     orth = np.array(cell.orth.mat, dtype=float)

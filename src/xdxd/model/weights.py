@@ -50,6 +50,7 @@ def save_model(model: Denoiser, path: str | os.PathLike, training: dict | None =
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"xdxd": json.dumps(meta)})
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     return path
