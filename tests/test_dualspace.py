@@ -10,7 +10,7 @@ from xdxd.prep import prepare_from_model_cif
 from xdxd.score import reference_cell, score_structure
 from xdxd.solve import METHODS, sample_record
 
-FAST = dict(trials=16, batch=16, cycles=10, final_cycles=2)
+FAST = dict(trials=16, batch=16, cycles=10, final_cycles=2, refine_cycles=1, stop_r1=0)
 
 
 def _problem(data_dir, cod_id, d_min=1.0):
