@@ -4,17 +4,19 @@ The classic route of SHELXD (Sheldrick & Schneider, Methods Enzymol. 1997; Usón
 Sheldrick, Curr. Opin. Struct. Biol. 1999) for small molecules, vectorised over a batch
 of B independent trials:
 
-    random atoms (B, N, 3) ──▶ E_calc of the strong reflections (equal point atoms)
-        ▲                             │ phases φ_c
+    random atoms (B, N, 3) ──▶ E_calc of the strong reflections: point atoms, the
+        ▲                      composition's elements on the peaks by height
+        │                             │ phases φ_c
         │                             ▼
-    keep ~70% of the peaks ◀── peaks of the E-map  sum |E_obs| w exp(i φ_c)   (FFT)
+    keep ~70% of the peaks ◀── peaks of the E-map  sum |E_obs| exp(i φ_c)   (FFT)
         (random omit)              (N unique peaks, symmetry images merged)
 
 After `cycles` cycles the last few, without omission, are scored by CC_all, the
 correlation of E_obs² and E_calc² over all reflections (SHELXD's figure of merit), and
 CC_weak over the weak reflections not used in phasing. The best trials get elements
-by peak height (heaviest elements on the highest peaks), a short refinement against
-|F|, R1, and are returned as candidates, distinct by their |F_calc| pattern.
+by peak height (heaviest elements on the highest peaks), three cycles of xdxd.refine's
+least squares, greedy element swaps, R1, and are returned as candidates, distinct by
+their |F_calc| pattern.
 
     cands, info = solve(problem, samples=8, seed=0)      # problem = Problem.from_record(rec)
 """
@@ -31,6 +33,7 @@ import torch
 from xdxd import records
 from xdxd.crystal import fourier, statistics, symmetry
 from xdxd.crystal.structure_factors import StructureFactors, inverse_d2
+from xdxd.refine.least_squares import refine_batch
 
 
 @dataclass
@@ -49,7 +52,6 @@ class DualSpaceOptions:
     weighting: str = "plain"    # E-map coefficients: plain |E_obs| e^{i phi_c}, or "sim" (|E_obs| tanh(|E_obs E_c|))
     merge_A: float = 0.6        # peaks closer than this (Å) to a higher peak or its image are one
     refine_cycles: int = 3      # least-squares cycles for each of the best trials
-    refine_steps: int = 60      # steps of the fallback Adam refinement (without xdxd.refine)
     stop_cc: float = 0.0        # stop launching batches once a trial reaches this CC_all (0: never)
     stop_r1: float = 0.12       # ... or once a refined candidate reaches this R1 (0: never)
     dtype: torch.dtype = torch.float32
@@ -230,67 +232,13 @@ def assign_elements(height: np.ndarray, elements: list[str]) -> list[str]:
     return out
 
 
-def refine_positions(prob: Problem, elements: list[list[str]], frac: np.ndarray,
-                     weight: np.ndarray, steps: int, device: str = "cpu",
-                     dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fallback where xdxd.refine is missing: Adam on positions and Uiso against |F|.
-
-    elements: C lists of N symbols; frac (C,N,3); weight (C,N) occupancy/stabilizer order.
-    Minimises sum (|Fo| - k|Fc|)² / sum |Fo|² with the least-squares scale k, all C
-    candidates in one batch. Returns frac (C,N,3), uiso (C,N) Å², R1 (C,).
-    """
-    types = sorted({e for els in elements for e in els})
-    kw = dict(device=device, dtype=dtype)
-    sf = StructureFactors(prob.cell, prob.ops, prob.hkl, types, **kw)
-    tidx = torch.tensor([[types.index(e) for e in els] for els in elements], device=device)  # (C,N)
-    fo = torch.tensor(prob.F, **kw)                                                          # (M,)
-    x = torch.tensor(frac, **kw).requires_grad_(True)                                        # (C,N,3)
-    u = torch.full(tidx.shape, math.log(0.04), **kw).requires_grad_(True)                    # log Uiso
-    w = torch.tensor(weight, **kw)
-    adam = _Adam([x, u], [2e-3, 5e-2])
-    for _ in range(steps):
-        fc = sf.calc(x, tidx, u.exp(), w).abs()                                              # (C,M)
-        k = statistics.scale_factor(fo, fc).detach()
-        loss = (((fo - k[:, None] * fc) ** 2).sum(-1) / (fo ** 2).sum()).sum()
-        adam.step(torch.autograd.grad(loss, [x, u]))
-        with torch.no_grad():
-            u.clamp_(math.log(0.005), math.log(0.3))
-    with torch.no_grad():
-        fc = sf.calc(x, tidx, u.exp(), w).abs()
-        r1 = statistics.r1(fo, fc)
-    return (torch.remainder(x.detach(), 1.0).cpu().numpy(), u.detach().exp().cpu().numpy(),
-            r1.cpu().numpy())
-
-
-class _Adam:
-    """Plain Adam (Kingma & Ba 2015) on a few tensors; torch.optim would import torch._dynamo."""
-
-    def __init__(self, params, lrs, betas=(0.9, 0.999), eps=1e-8):
-        self.params, self.lrs, self.betas, self.eps, self.t = params, lrs, betas, eps, 0
-        self.m = [torch.zeros_like(p) for p in params]
-        self.v = [torch.zeros_like(p) for p in params]
-
-    @torch.no_grad()
-    def step(self, grads):
-        self.t += 1
-        b1, b2 = self.betas
-        for p, g, m, v, lr in zip(self.params, grads, self.m, self.v, self.lrs):
-            m.mul_(b1).add_(g, alpha=1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            p -= lr * (m / (1 - b1 ** self.t)) / ((v / (1 - b2 ** self.t)).sqrt() + self.eps)
-
-
 def _refine(prob: Problem, elements, frac, weight, opts: DualSpaceOptions, device: str):
-    """Short refinement of C candidates: frac (C,N,3), weight (C,N) -> frac, uiso (C,N), R1 (C,).
+    """Short least-squares refinement of C candidates (xdxd.refine, all in one batch).
 
-    Uses xdxd.refine's batched least squares (special positions and anti-bump restraint
-    included); the Adam fallback above serves only where that module is missing.
+    elements: C lists of N symbols; frac (C,N,3); weight (C,N), 0 for missing peaks.
+    Returns frac (C,N,3), uiso (C,N) Å², R1 (C,).
     """
-    try:
-        from xdxd.refine.least_squares import refine_batch
-    except ImportError:
-        return refine_positions(prob, elements, frac, weight, opts.refine_steps, device, opts.dtype)
-    occ = (np.asarray(weight) > 0).astype(float)  # missing peaks: occupancy 0
+    occ = (np.asarray(weight) > 0).astype(float)  # chemical occupancy; special positions found there
     res = refine_batch(prob.cell, prob.sg, prob.hkl, prob.F, prob.sigma, elements, frac,
                        occ=occ, cycles=opts.refine_cycles, device=device)
     return (np.array([r.frac for r in res]), np.array([r.uiso for r in res]),
