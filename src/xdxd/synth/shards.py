@@ -63,6 +63,7 @@ def write_shard(path: str, structures: Iterable[dict]) -> int:
             "ids": json.dumps([str(s["id"]) for s in structures])}
     tmp = f"{path}.tmp{os.getpid()}"
     save_file(tensors, tmp, metadata=meta)
+    os.chmod(tmp, 0o644)  # safetensors writes 0600; shards are shared data
     os.replace(tmp, path)
     return len(structures)
 
