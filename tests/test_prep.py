@@ -1,5 +1,6 @@
 """xdxd-prep: simulation against gemmi, measured records, overrides, bad input, the CLI."""
 import json
+from pathlib import Path
 import shutil
 
 import gemmi
@@ -263,3 +264,11 @@ def test_missing_file_and_usage_error(tmp_path):
     assert res.exit_code == 2
     code, recs = run_cli(tmp_path / "nope.cif", "--spacegroup", "P2(1)/c", "-q")
     assert code == 1  # P2(1)/c is understood; the file is what is missing
+
+
+def test_implausible_adps_are_an_error(tmp_path):
+    """U_ij written in units of 1e-4 Å² (as some old CIFs do) must not simulate |F| ~ 1e179."""
+    from xdxd.prep import PrepOptions, prepare
+    cif = Path(__file__).parent / "data" / "cod" / "2000642.cif"
+    recs = list(prepare([str(cif)], PrepOptions(d_min_A=1.0, data="simulate")))
+    assert recs and "implausible displacement" in recs[0]["error"]

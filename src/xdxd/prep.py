@@ -188,6 +188,21 @@ def run_task(task: dict, opts: PrepOptions) -> dict:
 # ---------------------------------------------------------------------------
 # the two kinds of record
 
+MAX_PLAUSIBLE_U = 1.0  # Å²; displacement parameters above this are a units or file error
+
+
+def check_adps(source: str, uiso: np.ndarray, uaniso: np.ndarray | None) -> None:
+    """Refuse displacement parameters no crystal has (e.g. U_ij written in units of 1e-4 Å²)."""
+    values = [np.asarray(uiso, dtype=float)]
+    if uaniso is not None:
+        ua = np.asarray(uaniso, dtype=float)
+        values.append(np.abs(ua[np.isfinite(ua)]))
+    worst = max((float(np.max(v)) for v in values if v.size), default=0.0)
+    if worst > MAX_PLAUSIBLE_U:
+        raise RecordError(f"{source}: implausible displacement parameter U = {worst:g} Å² "
+                          f"(> {MAX_PLAUSIBLE_U} Å²; wrong units in the file?)")
+
+
 def simulate(model: CrystalModel, opts: PrepOptions) -> dict:
     """Problem record with |F| computed from the model's atoms to opts.d_min_A."""
     if model.atoms is None or len(model.atoms) == 0:
@@ -204,8 +219,11 @@ def simulate(model: CrystalModel, opts: PrepOptions) -> dict:
     uiso, uaniso = atoms.uiso, atoms.uaniso
     if opts.biso is not None:
         uiso, uaniso = np.full(len(atoms), b_to_u(opts.biso)), None
+    check_adps(model.source, uiso, uaniso)
     F = np.abs(structure_factors_of_atoms(cell, symops(sg), hkl, atoms.elements, atoms.frac,
                                           uiso, atoms.occ, uaniso))
+    if not np.all(np.isfinite(F)):
+        raise RecordError(f"{model.source}: simulated |F| are not finite")
     floor = 0.005 * float(F.mean())
     if opts.noise > 0:
         rng = np.random.default_rng([opts.seed, zlib.crc32(model.id.encode())])

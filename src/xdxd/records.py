@@ -55,11 +55,34 @@ def read_records(stream: IO[str], name: str = "-") -> Iterator[dict]:
         yield rec
 
 
-def write_record(rec: dict, out: IO[str]) -> None:
-    """Write one record as a line and flush, so a pipe sees it at once."""
-    out.write(json.dumps(rec, separators=(",", ":"), default=_json_default, allow_nan=False))
+def write_record(rec: dict, out: IO[str]) -> bool:
+    """Write one record as a line and flush, so a pipe sees it at once; True if it is an error.
+
+    JSON has no NaN: a record holding NaN or infinity goes out as an error record
+    (its fields kept, the non-finite numbers written as null) instead of breaking the stream.
+    """
+    try:
+        line = json.dumps(rec, separators=(",", ":"), default=_json_default, allow_nan=False)
+    except ValueError:
+        rec = _nonfinite_to_none(rec)
+        rec["error"] = rec.get("error") or f"{rec.get('id', '?')}: result holds NaN or infinite numbers"
+        line = json.dumps(rec, separators=(",", ":"), default=_json_default, allow_nan=False)
+    out.write(line)
     out.write("\n")
     out.flush()
+    return bool(rec.get("error"))
+
+
+def _nonfinite_to_none(obj):
+    if isinstance(obj, dict):
+        return {k: _nonfinite_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nonfinite_to_none(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _nonfinite_to_none(obj.tolist())
+    if isinstance(obj, (float, np.floating)) and not math.isfinite(float(obj)):
+        return None
+    return obj
 
 
 def _json_default(obj):

@@ -102,15 +102,15 @@ class RecordWriter:
             self.stream = open(self.tmp, "w")
 
     def write(self, rec: dict) -> None:
-        if rec.get("error"):
-            self.n_failed += 1
-        else:
-            self.n_ok += 1
         try:
-            records.write_record(rec, self.stream)
+            failed = records.write_record(rec, self.stream)
         except BrokenPipeError:  # `xdxd-sample | head` ends quietly
             _silence_stdout()
             raise SystemExit(self.exit_code())
+        if failed:
+            self.n_failed += 1
+        else:
+            self.n_ok += 1
 
     def close(self) -> None:
         if self.tmp is not None:
