@@ -16,7 +16,9 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --no-index "$(TORCH)" 2>/dev/null || $(BIN)/pip install -q $(TORCH_INDEX) "$(TORCH)"
+	$(BIN)/pip install -q --no-index --no-deps "$(TORCH)" 2>/dev/null \
+	  || $(BIN)/pip install -q --no-deps $(TORCH_INDEX) "$(TORCH)"
+	$(BIN)/pip install -q "$(TORCH)"  # torch's own dependencies; torch itself is already there
 	$(BIN)/pip install -q -e ".[dev,synth]"
 	$(BIN)/python bin/check-install
 	touch $@
