@@ -66,9 +66,10 @@ def one_structure(settings: Settings, seed: int, shard: int, index: int) -> tupl
             if mode == "solvate":
                 s = molecules.random_solvent(rng)
                 solvent = molecules.conformer(s, s, int(rng.integers(2**31)))
-            cid = f"{name}|{mode}" + (f"+{solvent.smiles}" if solvent else "")
-            xtal = make_crystal(mol, rng, solvent=solvent, second=second, mode=mode,
-                                crystal_id=cid)
+            xtal = make_crystal(mol, rng, solvent=solvent, second=second, mode=mode)
+            if mode == "special" and not xtal.info["special_position"]:
+                mode = "z1"  # the conformer had no point symmetry to sit on a special position
+            xtal.id = f"{name}|{mode}" + (f"+{solvent.smiles}" if solvent else "")
             xtal.info["smiles"] = smi + (f".{solvent.smiles}" if solvent else "")
             return xtal, failures
         except Exception as e:  # noqa: BLE001  a bad molecule or packing: try another

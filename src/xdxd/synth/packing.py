@@ -506,6 +506,7 @@ def pack(molecules: list[Molecule3D], counts: list[int], sg_number: int,
     return Crystal(crystal_id, par.astype(np.float32), hall, sg.number, z.astype(np.int16),
                    frac.astype(np.float32), z == 1,
                    info={"n_mol_sites": len(mols), "volume_ratio": ratio,
+                         "special_position": any(m.fixed for m in mols),
                          "wyckoff": [s.wp.get_label() for s in xtal.mol_sites]})
 
 
