@@ -12,7 +12,7 @@ DMIN   ?= 1.0 1.5 2.0
 # BENCH_ARGS= (empty) runs all 78 organic structures
 BENCH_ARGS ?= --max-atoms 15 --time-budget-s 60 --threads 1 --jobs 2
 
-.PHONY: install test test-all demo bench bench-diffusion clean data
+.PHONY: install test test-all demo bench bench-diffusion clean data train-gpu train-cpu
 
 install: $(VENV)/.installed
 
@@ -50,3 +50,10 @@ data: install
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+
+# continue training the shipped weights: on a GPU machine (bin/train-gpu), or on the CPU
+train-gpu: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" bin/train-gpu
+
+train-cpu: install
+	$(BIN)/xdxd-train --data data/synth-2k --out weights --steps 2000 --threads 1

@@ -26,6 +26,11 @@ def sample(
     cycles: Optional[int] = typer.Option(None, "--cycles", min=1, help="Recycling cycles per trial (dualspace; default 40)."),
     time_budget: Optional[float] = typer.Option(None, "--time-budget", min=0.0,
                                                 help="Seconds per record after which no new batch starts."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Denoising steps (diffusion; default 100)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", min=0.0,
+                                             help="Weight of the |F| misfit gradient (diffusion; default 1)."),
+    weights: Optional[str] = typer.Option(None, "--weights",
+                                          help="Model weights .safetensors (diffusion; default weights/ or $XDXD_WEIGHTS)."),
     output: str = common.OutputOpt,
     seed: int = common.SeedOpt,
     device: str = common.DeviceOpt,
@@ -36,7 +41,8 @@ def sample(
     log = common.Log(quiet)
     common.set_threads(threads)
     dev = common.resolve_device(device)
-    opts = {k: v for k, v in (("trials", trials), ("cycles", cycles)) if v is not None}
+    opts = {k: v for k, v in (("trials", trials), ("cycles", cycles), ("steps", steps),
+                              ("guidance", guidance), ("weights", weights)) if v is not None}
 
     def work(rec: dict) -> dict:
         out = sample_record(rec, method=method.value, samples=samples, seed=seed, device=dev,
