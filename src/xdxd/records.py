@@ -189,14 +189,8 @@ def atoms_to_arrays(atoms: list[dict], default_uiso: float = 0.05) -> AtomArrays
     occ = np.array([a.get("occ", 1.0) for a in atoms], dtype=float)
     labels = [a.get("label") or f"{e}{i + 1}" for i, (a, e) in enumerate(zip(atoms, elements))]
     uaniso = None
-    if atoms and any("uaniso" in a for a in atoms):
-        uaniso = np.array([a.get("uaniso") or [a.get("uiso", default_uiso)] * 3 + [0.0] * 3
-                           for a in atoms], dtype=float)
-        # an isotropic atom inside an aniso list: U11=U22=U33=Uiso only in orthogonal cells;
-        # callers that mix the two should pass uiso for those atoms, see structure_factors.
-        for i, a in enumerate(atoms):
-            if not a.get("uaniso"):
-                uaniso[i] = np.nan
+    if any(a.get("uaniso") for a in atoms):  # NaN rows mark the isotropic atoms
+        uaniso = np.array([a.get("uaniso") or [np.nan] * 6 for a in atoms], dtype=float)
     return AtomArrays(elements, frac, uiso, occ, labels, uaniso)
 
 

@@ -76,11 +76,17 @@ def _formula(rec: dict, atoms: list[dict]) -> str:
     return formula_sum(atoms, rec.get("hydrogens"))
 
 
-def cif_text(rec: dict, solution: dict | None = None) -> str:
-    """One CIF data block for a record's refined solution (default rec['solution'])."""
+def solution_to_write(rec: dict, solution: dict | None = None) -> dict:
+    """The solution a writer writes (default rec['solution']); ValueError if it has no atoms."""
     sol = solution if solution is not None else rec.get("solution")
     if not sol or not sol.get("atoms"):
         raise ValueError(f"{rec.get('id', '?')}: no solution to write")
+    return sol
+
+
+def cif_text(rec: dict, solution: dict | None = None) -> str:
+    """One CIF data block for a record's refined solution (default rec['solution'])."""
+    sol = solution_to_write(rec, solution)
     cell = make_cell(rec["cell"])
     sg = spacegroup_from_record(rec["spacegroup"])
     atoms = sol["atoms"]

@@ -29,6 +29,7 @@ import numpy as np
 
 from xdxd import __version__
 from xdxd.crystal.symmetry import make_cell, spacegroup_from_record, stabilizer, symops
+from xdxd.formats.write_cif import solution_to_write
 
 LATT_NUMBER = {"P": 1, "I": 2, "R": 3, "F": 4, "A": 5, "B": 6, "C": 7}
 
@@ -71,9 +72,7 @@ def latt_and_symm(sg: gemmi.SpaceGroup) -> tuple[int, list[str]]:
 
 def res_text(rec: dict, solution: dict | None = None) -> str:
     """A SHELX .res for a record's refined solution (default rec['solution'])."""
-    sol = solution if solution is not None else rec.get("solution")
-    if not sol or not sol.get("atoms"):
-        raise ValueError(f"{rec.get('id', '?')}: no solution to write")
+    sol = solution_to_write(rec, solution)
     cell = make_cell(rec["cell"])
     sg = spacegroup_from_record(rec["spacegroup"])
     ops = symops(sg)
