@@ -249,123 +249,165 @@ def closest_contact_ratio(cell: gemmi.UnitCell, mols: list[_RigidMolecule], ops:
     return best
 
 
-def _close_pairs(lengths, angles, cen, fr, mols, ops, limits, margin: float = 1.0) -> list:
-    """Intermolecular atom pairs closer than their limit + margin Å, as torch index
-    tensors per molecule pair: (i, j, op (P,), shift (P,3), atom in i (P,), atom in j (P,),
-    limit (P,)). Inputs are squeeze()'s torch geometry (detached here)."""
-    import torch
-    cell = make_cell(np.concatenate([lengths, angles]))
+def _contact_pairs(cell_par: np.ndarray, mols: list[_RigidMolecule], ops: SymOps,
+                   limits: dict, margin: float = 1.0) -> dict:
+    """Intermolecular atom pairs closer than their limit + margin Å, flattened over all
+    molecule pairs: molecule i, atom of i (global index), molecule j, atom of j, operation,
+    lattice shift (P,3) and limit (P,) in Å."""
+    cell = make_cell(cell_par)
     orth = np.array(cell.orth.mat)
-    snap = [_RigidMolecule(c.detach().numpy(), m.offsets, m.z, m.polar_h, m.asu, m.radius)
-            for c, m in zip(cen, mols)]
-    frn = [f.detach().numpy() for f in fr]
-    out = []
-    for (i, j), (o_idx, shift) in _near_images(cell, snap, ops).items():
-        img = np.einsum("oij,nj->oni", ops.rot[o_idx], frn[j]) + (ops.tran[o_idx] + shift)[:, None]
-        d = np.linalg.norm((img[:, None, :, :] - frn[i][None, :, None, :]) @ orth.T, axis=-1)
-        lim = limits[i, j].numpy()
-        k, a, b = np.nonzero(d < lim[None] + margin)                     # (P,) each
-        if len(k):
-            out.append((i, j, torch.from_numpy(o_idx[k]), torch.from_numpy(shift[k]),
-                        torch.from_numpy(a), torch.from_numpy(b), limits[i, j][a, b]))
-    return out
+    frac_m = np.array(cell.frac.mat)
+    start = np.cumsum([0] + [len(m.z) for m in mols])
+    fr = [m.centre + m.offsets @ frac_m.T for m in mols]
+    cols = {k: [] for k in ("i", "a", "j", "b", "op", "shift", "limit")}
+    for (i, j), (o_idx, shift) in _near_images(cell, mols, ops).items():
+        img = np.einsum("oij,nj->oni", ops.rot[o_idx], fr[j]) + (ops.tran[o_idx] + shift)[:, None]
+        d = np.linalg.norm((img[:, None, :, :] - fr[i][None, :, None, :]) @ orth.T, axis=-1)
+        k, a, b = np.nonzero(d < limits[i, j][None] + margin)
+        cols["i"].append(np.full(len(k), i))
+        cols["j"].append(np.full(len(k), j))
+        cols["a"].append(a + start[i])
+        cols["b"].append(b + start[j])
+        cols["op"].append(o_idx[k])
+        cols["shift"].append(shift[k].reshape(-1, 3))
+        cols["limit"].append(limits[i, j][a, b])
+    if not cols["i"]:
+        return {"i": np.zeros(0, int), "a": np.zeros(0, int), "j": np.zeros(0, int),
+                "b": np.zeros(0, int), "op": np.zeros(0, int), "shift": np.zeros((0, 3)),
+                "limit": np.zeros(0)}
+    return {k: np.concatenate(v) for k, v in cols.items()}
 
 
-def _orth_matrix(lengths, angles_deg):
-    """torch (3,3) orthogonalisation matrix, columns a, b, c in Å, gemmi's convention
-    (a along x, b in the xy plane)."""
-    import torch
-    a, b, c = lengths
-    al, be, ga = torch.deg2rad(angles_deg)
-    cas = (torch.cos(be) * torch.cos(ga) - torch.cos(al)) / (torch.sin(be) * torch.sin(ga))
-    sas = torch.sqrt(torch.clamp(1 - cas * cas, min=1e-9))
-    zero = torch.zeros((), dtype=lengths.dtype)
-    return torch.stack([
-        torch.stack([a, b * torch.cos(ga), c * torch.cos(be)]),
-        torch.stack([zero, b * torch.sin(ga), -c * torch.sin(be) * cas]),
-        torch.stack([zero, zero, c * torch.sin(be) * sas])])
+def _rotate(q: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Rotate the rows of q (n,3) by the rotation vector w (3,) in rad (Rodrigues)."""
+    theta = float(np.linalg.norm(w))
+    if theta < 1e-12:
+        return q
+    k = w / theta
+    return (q * np.cos(theta) + np.cross(k, q) * np.sin(theta)
+            + np.outer(q @ k, k) * (1 - np.cos(theta)))
+
+
+class _Adam:
+    """Adam on a flat parameter vector with one learning rate per entry."""
+
+    def __init__(self, lr: np.ndarray, beta1: float = 0.9, beta2: float = 0.999):
+        self.lr, self.b1, self.b2 = lr, beta1, beta2
+        self.m = np.zeros_like(lr)
+        self.v = np.zeros_like(lr)
+        self.t = 0
+
+    def step(self, grad: np.ndarray) -> np.ndarray:
+        """The parameter change for this gradient."""
+        self.t += 1
+        self.m = self.b1 * self.m + (1 - self.b1) * grad
+        self.v = self.b2 * self.v + (1 - self.b2) * grad * grad
+        m_hat = self.m / (1 - self.b1 ** self.t)
+        v_hat = self.v / (1 - self.b2 ** self.t)
+        return -self.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
 
 
 def squeeze(cell_par: np.ndarray, sg: gemmi.SpaceGroup, mols: list[_RigidMolecule],
-            rules: ContactRules, steps: int = 150, pressure: float = 12.0,
-            stiffness: float = 20.0, lr: float = 0.015) -> np.ndarray:
-    """Rigid-body compression by gradient descent (torch autograd, Adam): energy =
-    pressure·ln V + stiffness·Σ (1 - d/d_allowed)₊² over intermolecular pairs. Cell lengths
-    (angles fixed), molecule centres and orientations move; molecules on special positions
-    keep centre and orientation. Updates `mols` in place; returns the cell (6,) Å/°.
-    Leaves small overlaps: `compress` then opens the cell just enough."""
-    import torch
+            rules: ContactRules, steps: int = 400, pressure: float = 12.0,
+            stiffness: float = 20.0, lr: float = 0.015, relax: float = 0.4) -> np.ndarray:
+    """Rigid-body compression by gradient descent (Adam, analytic gradients): energy =
+    pressure·ln V + stiffness·Σ (1 - d/d_allowed)₊² over intermolecular atom pairs.
 
+    Cell lengths (per axis group), free angles, molecule centres (fractional) and
+    orientations move; molecules on special positions keep centre and orientation. The
+    last `relax` share of the steps has little pressure and stiff walls. Updates `mols`
+    in place; returns the cell (6,) in Å/°. Leaves small overlaps: `compress` then opens
+    the cell just enough.
+
+    With d = M u + C_o q_j - q_i (M: orthogonalisation matrix, u: fractional centre
+    difference of the image, C_o = M R_o M⁻¹ the Cartesian operation, q: Cartesian atom
+    offsets from the molecule centre), C_o does not change under the cell changes allowed,
+    so ∂E/∂M = Σ f uᵀ with f = ∂E/∂d.
+    """
     ops = symops(sg)
-    dt = torch.float64
     groups = _axis_groups(sg)
-    gidx = np.zeros(3, dtype=int)
+    axis_group = np.zeros(3, dtype=int)
     for g, axes in enumerate(groups):
-        gidx[axes] = g
-    loglen = torch.tensor(np.log([cell_par[a[0]] for a in groups]), dtype=dt, requires_grad=True)
-    # angles that may move without breaking symmetry: all three in triclinic, β in
-    # monoclinic (unique axis b stays along y in gemmi's frame, so the 2-fold's Cartesian
-    # form does not change); in degrees, kept within 60-130°
+        axis_group[axes] = g
     system = sg.crystal_system_str()
-    angle_free = torch.tensor([system == "triclinic", system in ("triclinic", "monoclinic"),
-                               system == "triclinic"], dtype=dt)
-    dangle = torch.zeros(3, dtype=dt, requires_grad=True)
-    angle0 = torch.tensor(cell_par[3:], dtype=dt)
-    dcen = torch.zeros(len(mols), 3, dtype=dt, requires_grad=True)   # fractional
-    rotv = torch.zeros(len(mols), 3, dtype=dt, requires_grad=True)   # rotation vectors, rad
-    free = torch.tensor([[0.0 if m.fixed else 1.0] for m in mols], dtype=dt)
-    centre = [torch.tensor(m.centre, dtype=dt) for m in mols]
-    offsets = [torch.tensor(m.offsets, dtype=dt) for m in mols]
-    rot = torch.tensor(ops.rot, dtype=dt)
-    tran = torch.tensor(ops.tran, dtype=dt)
-    limits = {(i, j): torch.tensor(_limit_matrix(a.z, a.polar_h, b.z, b.polar_h, rules), dtype=dt)
+    angle_free = np.array([system == "triclinic", system in ("triclinic", "monoclinic"),
+                           system == "triclinic"])
+    n_mol = len(mols)
+    free = np.array([not m.fixed for m in mols])
+    loglen = np.log(cell_par[:3][[a[0] for a in groups]])
+    angles = np.array(cell_par[3:], dtype=float)
+    centre = np.array([m.centre for m in mols], dtype=float)       # (K,3) fractional
+    q = np.concatenate([m.offsets for m in mols])                  # (N,3) Å
+    owner = np.concatenate([np.full(len(m.z), k) for k, m in enumerate(mols)])
+    limits = {(i, j): _limit_matrix(a.z, a.polar_h, b.z, b.polar_h, rules)
               for i, a in enumerate(mols) for j, b in enumerate(mols)}
-    gi = torch.tensor(gidx)
+    n_len = len(groups)
+    lr_vec = np.concatenate([np.full(n_len, lr), np.full(3, 50 * lr),
+                             np.full(3 * n_mol, 0.2 * lr), np.full(3 * n_mol, 2 * lr)])
+    adam = _Adam(lr_vec)
 
-    def geometry():
-        lengths = torch.exp(loglen)[gi]
-        angles = torch.clamp(angle0 + dangle * angle_free, 60.0, 130.0)
-        orth = _orth_matrix(lengths, angles)                             # columns a, b, c
-        frac_m = torch.linalg.inv(orth)
-        cen, fr = [], []
-        for k in range(len(mols)):
-            w = rotv[k] * free[k]
-            theta = torch.sqrt((w * w).sum() + 1e-12)
-            axis = w / theta
-            p = offsets[k]                                               # (n,3) Å
-            # Rodrigues: p cosθ + (k×p) sinθ + k (k·p)(1 - cosθ)
-            off = (p * torch.cos(theta) + torch.cross(axis.expand_as(p), p, dim=-1) * torch.sin(theta)
-                   + axis * (p @ axis)[:, None] * (1 - torch.cos(theta)))
-            cen.append(centre[k] + dcen[k] * free[k])
-            fr.append(cen[-1] + off @ frac_m.T)                          # (n,3) frac
-        return lengths, angles, orth, cen, fr
+    def par_now():
+        return np.concatenate([np.exp(loglen)[axis_group], angles])
 
-    opt = torch.optim.Adam([{"params": [loglen], "lr": lr}, {"params": [dangle], "lr": 50 * lr},
-                            {"params": [dcen], "lr": lr * 0.2},
-                            {"params": [rotv], "lr": lr * 2}])
-    pairs = []
+    def orth_of(par):
+        return np.array(make_cell(par).orth.mat)
+
+    def snapshot():
+        start = np.cumsum([0] + [len(m.z) for m in mols])
+        return [_RigidMolecule(centre[k], q[start[k]:start[k + 1]], m.z, m.polar_h, m.asu,
+                               m.radius) for k, m in enumerate(mols)]
+
+    pairs = None
     for step in range(steps):
-        lengths, angles, orth, cen, fr = geometry()
-        if step % 10 == 0:  # atom pairs within reach of a contact, from the current geometry
-            pairs = _close_pairs(lengths.detach().numpy(), angles.detach().numpy(), cen, fr, mols,
-                                 ops, limits)
-        relax = step >= 0.6 * steps  # last 40%: little pressure, stiff walls, overlaps go
-        energy = (0.05 if relax else 1.0) * pressure * torch.log(torch.linalg.det(orth))
-        k_wall = 4 * stiffness if relax else stiffness
-        for i, j, o, shift, a, b, lim in pairs:
-            img = torch.einsum("pij,pj->pi", rot[o], fr[j][b]) + tran[o] + shift   # (P,3)
-            d = ((img - fr[i][a]) @ orth.T).norm(dim=-1)
-            energy = energy + k_wall * (torch.relu(1.0 - d / lim) ** 2).sum()
-        opt.zero_grad()
-        energy.backward()
-        opt.step()
-    with torch.no_grad():
-        lengths, angles, orth, cen, fr = geometry()
-        par = np.concatenate([lengths.numpy(), angles.numpy()])
-        frac_m = np.array(make_cell(par).frac.mat)
-        for k, m in enumerate(mols):
-            m.centre = cen[k].numpy().copy()
-            m.offsets = (fr[k].numpy() - m.centre) @ np.array(make_cell(par).orth.mat).T
+        par = par_now()
+        M = orth_of(par)
+        if step % 10 == 0:
+            pairs = _contact_pairs(par, snapshot(), ops, limits)
+            cart_op = np.einsum("ij,ojk,kl->oil", M, ops.rot, np.linalg.inv(M))  # (O,3,3)
+        relaxing = step >= (1 - relax) * steps
+        k_wall = (4 if relaxing else 1) * stiffness
+        p = pressure * (0.05 if relaxing else 1.0)
+        i, a, j, b, o = pairs["i"], pairs["a"], pairs["j"], pairs["b"], pairs["op"]
+        u = (np.einsum("pij,pj->pi", ops.rot[o], centre[j]) + ops.tran[o] + pairs["shift"]
+             - centre[i])                                                     # (P,3) frac
+        cq = np.einsum("pij,pj->pi", cart_op[o], q[b])
+        d = u @ M.T + cq - q[a]                                               # (P,3) Å
+        dist = np.sqrt((d * d).sum(-1)) + 1e-12
+        over = np.maximum(1.0 - dist / pairs["limit"], 0.0)
+        f = (-2 * k_wall * over / pairs["limit"] / dist)[:, None] * d        # ∂E/∂d
+        # cell: ∂E/∂M, then per log length and per angle (finite difference of M)
+        dM = f.T @ u
+        g_len = np.zeros(n_len)
+        np.add.at(g_len, axis_group, (dM * M).sum(0) + p)
+        g_ang = np.zeros(3)
+        for m_ in np.nonzero(angle_free)[0]:
+            h = np.zeros(6)
+            h[3 + m_] = 1e-3
+            dMa = (orth_of(par + h) - orth_of(par - h)) / 2e-3
+            dlnV = (np.log(np.linalg.det(orth_of(par + h)))
+                    - np.log(np.linalg.det(orth_of(par - h)))) / 2e-3
+            g_ang[m_] = (dM * dMa).sum() + p * dlnV
+        # centres (fractional) and orientations (torque on the offsets)
+        g_cen = np.zeros((n_mol, 3))
+        np.add.at(g_cen, i, -(f @ M))
+        np.add.at(g_cen, j, np.einsum("pji,pj->pi", ops.rot[o], f @ M))
+        g_q = np.zeros_like(q)
+        np.add.at(g_q, a, -f)
+        np.add.at(g_q, b, np.einsum("pji,pj->pi", cart_op[o], f))
+        g_rot = np.zeros((n_mol, 3))
+        np.add.at(g_rot, owner, np.cross(q, g_q))
+        g_cen[~free] = 0.0
+        g_rot[~free] = 0.0
+        delta = adam.step(np.concatenate([g_len, g_ang, g_cen.ravel(), g_rot.ravel()]))
+        loglen += delta[:n_len]
+        angles = np.clip(angles + delta[n_len:n_len + 3] * angle_free, 60.0, 130.0)
+        centre += delta[n_len + 3:n_len + 3 + 3 * n_mol].reshape(n_mol, 3) * free[:, None]
+        w = delta[n_len + 3 + 3 * n_mol:].reshape(n_mol, 3)
+        for k in np.nonzero(free)[0]:
+            q[owner == k] = _rotate(q[owner == k], w[k])
+    par = par_now()
+    for k, m in enumerate(snapshot()):
+        mols[k].centre, mols[k].offsets = m.centre.copy(), m.offsets.copy()
     return par
 
 
