@@ -202,3 +202,63 @@ def test_compare_on_real_structures(tmp_path, data_dir):
     assert abs(float(table["bond C-C (Å)"]["reference"].split()[0]) - 1.45) < 0.1
     assert "shortest H..H" in format_table(rows)
     assert (tmp_path / "p.png").stat().st_size > 10_000
+
+
+def _symmetric_about(xyz, z, op) -> bool:
+    """True if op (3x3, about the centroid) maps the atoms onto atoms of the same element
+    within 1e-6 Å."""
+    c = xyz.mean(axis=0)
+    image = (xyz - c) @ op.T + c
+    d = np.linalg.norm(image[:, None] - xyz[None], axis=-1)
+    j = d.argmin(axis=1)
+    return bool(np.all(d[np.arange(len(z)), j] < 1e-6) and np.all(z[j] == z))
+
+
+def test_symmetric_dimers_are_exactly_symmetric():
+    # benzonitrile has one cuttable bond: R is always phenyl
+    stilbene = molecules.symmetric_dimer("N#Cc1ccccc1", "bn", 5, np.random.default_rng(0),
+                                         op="ci", linker="ethene")
+    assert _symmetric_about(stilbene.xyz, stilbene.atomic_number, -np.eye(3))
+    from rdkit import Chem
+    assert Chem.CanonSmiles(stilbene.smiles) == Chem.CanonSmiles("c1ccccc1/C=C/c1ccccc1")
+    assert not stilbene.chiral
+    assert Counter(stilbene.atomic_number.tolist()) == {6: 2 * 6 + 2, 1: 2 * 5 + 2}
+    biphenyl = molecules.symmetric_dimer("N#Cc1ccccc1", "bn", 5, np.random.default_rng(0),
+                                         op="c2", linker="bond")
+    xyz, z = biphenyl.xyz, biphenyl.atomic_number
+    axes = np.linalg.eigh(np.cov((xyz - xyz.mean(0)).T))[1].T
+    assert any(_symmetric_about(xyz, z, 2 * np.outer(n, n) - np.eye(3)) for n in axes)
+    assert not _symmetric_about(xyz, z, -np.eye(3))  # twisted, not planar
+
+
+def test_random_dimers_keep_composition_and_bonds():
+    rng = np.random.default_rng(3)
+    src = molecules.read_smiles_file(molecules.sample_smiles_path())
+    made = 0
+    for smi, name in src[:6]:
+        try:
+            m = molecules.symmetric_dimer(smi, name, 1, rng, max_heavy=60)
+        except ValueError:
+            continue
+        made += 1
+        counts = Counter(m.atomic_number.tolist())
+        assert counts == Counter(molecules.formula_counts(m.smiles)), m.name
+        assert all(v % 2 == 0 for v in counts.values())  # two halves, symmetric linker
+        assert sum(v for k, v in counts.items() if k > 1) <= 60
+        d = np.linalg.norm(m.xyz[m.bonds[:, 0]] - m.xyz[m.bonds[:, 1]], axis=1)
+        assert 0.8 < d.min() and d.max() < 1.9, m.name
+        ops = [-np.eye(3)] + [2 * np.outer(n, n) - np.eye(3) for n in
+                              np.linalg.eigh(np.cov((m.xyz - m.xyz.mean(0)).T))[1].T]
+        assert any(_symmetric_about(m.xyz, m.atomic_number, op) for op in ops), m.name
+    assert made >= 4
+
+
+def test_centrosymmetric_dimer_sits_on_inversion_centre():
+    mol = molecules.symmetric_dimer("N#Cc1ccccc1", "bn", 5, np.random.default_rng(0),
+                                    op="ci", linker="ethene")  # trans-stilbene
+    x = make_crystal(mol, np.random.default_rng(0), mode="special", sg_number=14)
+    s = x.as_dict()
+    assert x.info["special_position"] and len(s["atomic_number"]) == 13  # C7H6 in the ASU
+    cell, pos, z = expand(s)
+    assert Counter(z.tolist()) == {6: 28, 1: 24}  # two molecules in the cell
+    assert spglib_number(cell, pos, z, symprec=1e-2) == 14
