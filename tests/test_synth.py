@@ -262,3 +262,52 @@ def test_centrosymmetric_dimer_sits_on_inversion_centre():
     cell, pos, z = expand(s)
     assert Counter(z.tolist()) == {6: 28, 1: 24}  # two molecules in the cell
     assert spglib_number(cell, pos, z, symprec=1e-2) == 14
+
+
+@pytest.mark.parametrize("cod_id", ["2205750", "4021477", "2016470"])
+def test_lattice_energy_keeps_real_crystals_near_their_volume(cod_id, data_dir):
+    import gemmi
+    from xdxd.synth.from_cif import structure_from_small
+    from xdxd.synth.packing import energy_per_asu, rigid_from_structure, squeeze
+    s = structure_from_small(gemmi.read_small_structure(str(data_dir / "cod" / f"{cod_id}.cif")), cod_id)
+    sg = find_spacegroup(hall=s["hall"])
+    mols = rigid_from_structure(s)
+    assert len(mols) == 1
+    par0 = np.array(s["cell"], float)
+    e0 = energy_per_asu(par0, sg, mols, ContactRules())
+    par = squeeze(par0, sg, mols, ContactRules(), pressure_gpa=0.0, steps=200)
+    e1 = energy_per_asu(par, sg, mols, ContactRules())
+    assert -40 < e1 <= e0 + 0.1 < 0  # bound, and the published structure is near a minimum
+    assert abs(make_cell(par).volume / make_cell(par0).volume - 1) < 0.08
+
+
+def test_site_freedom_follows_the_site_symmetry():
+    from xdxd.synth.packing import _site_freedom
+    cell = make_cell([10, 12, 14, 90, 100, 90])
+    orth = np.array(cell.orth.mat)
+    ops = symops(find_spacegroup("C 1 2/c 1"))
+    t, r = _site_freedom(np.array([0.25, 0.25, 0.0]), ops, orth)   # inversion centre
+    np.testing.assert_allclose(t, 0, atol=1e-12)
+    np.testing.assert_allclose(r, np.eye(3), atol=1e-12)          # turns freely
+    t, r = _site_freedom(np.array([0.0, 0.3, 0.25]), ops, orth)    # on the 2-fold axis // b
+    np.testing.assert_allclose(t, np.diag([0, 1, 0]), atol=1e-12)  # slides along b
+    np.testing.assert_allclose(r, np.diag([0, 1, 0]), atol=1e-12)  # turns about b (y)
+    t, r = _site_freedom(np.array([0.1, 0.2, 0.3]), ops, orth)     # general position
+    np.testing.assert_allclose(t, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(r, np.eye(3), atol=1e-12)
+
+
+def test_special_mode_puts_symmetric_dimers_on_special_positions():
+    settings = generate.Settings(count=3, shard_size=3, peptide_fraction=0.0,
+                                 modes={"special": 1.0})
+    made = generate.make_chunk(settings, 3, 0, 0, 3)[2]
+    special = [s for s in made if s["id"].endswith("|special")]
+    assert len(special) >= 2
+    for s in special:
+        cell, pos, z = expand(s)
+        counts = Counter(z.tolist())
+        formula = molecules.formula_counts(s["smiles"])
+        assert 2 * len(s["atomic_number"]) <= sum(formula.values())  # at most half a molecule
+        n_mol = counts[6] / formula[6]
+        assert n_mol == int(n_mol) and counts == {k: v * n_mol for k, v in formula.items()}
+        assert spglib_number(cell, pos, z, symprec=1e-2) == s["sg_number"]

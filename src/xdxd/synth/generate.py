@@ -26,6 +26,9 @@ class Settings:
     max_tries: int = 12              # molecules tried per structure before giving up
 
 
+# molecules on special positions are mostly small (a dimer of two <= 20-atom fragments)
+MAX_HEAVY_DIMER = 40
+
 _SMILES_CACHE: dict[str, list] = {}
 
 
@@ -59,7 +62,12 @@ def one_structure(settings: Settings, seed: int, shard: int, index: int) -> tupl
             smi, name = source[int(rng.integers(len(source)))]
         mode = str(rng.choice(modes, p=p / p.sum()))
         try:
-            mol = molecules.conformer(smi, name, int(rng.integers(2**31)), settings.max_heavy)
+            if mode == "special":  # an exactly symmetric dimer of a fragment of the molecule
+                mol = molecules.symmetric_dimer(smi, name, int(rng.integers(2**31)), rng,
+                                                min(settings.max_heavy, MAX_HEAVY_DIMER))
+                smi, name = mol.smiles, mol.name
+            else:
+                mol = molecules.conformer(smi, name, int(rng.integers(2**31)), settings.max_heavy)
             second = solvent = None
             if mode == "z2":
                 second = molecules.conformer(smi, name, int(rng.integers(2**31)), settings.max_heavy)
@@ -68,7 +76,7 @@ def one_structure(settings: Settings, seed: int, shard: int, index: int) -> tupl
                 solvent = molecules.conformer(s, s, int(rng.integers(2**31)))
             xtal = make_crystal(mol, rng, solvent=solvent, second=second, mode=mode)
             if mode == "special" and not xtal.info["special_position"]:
-                mode = "z1"  # the conformer had no point symmetry to sit on a special position
+                mode = "z1"  # packed on a general position after all (make_crystal's last try)
             xtal.id = f"{name}|{mode}" + (f"+{solvent.smiles}" if solvent else "")
             xtal.info["smiles"] = smi + (f".{solvent.smiles}" if solvent else "")
             return xtal, failures

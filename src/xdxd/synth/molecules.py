@@ -74,6 +74,7 @@ class Molecule3D:
     xyz: np.ndarray
     bonds: np.ndarray
     chiral: bool
+    point_symmetry: str = ""   # "ci" or "c2" for an exactly symmetric molecule (dimers)
 
     @property
     def symbols(self) -> list[str]:
@@ -351,7 +352,7 @@ def symmetric_dimer(smiles: str, name: str, seed: int, rng: np.random.Generator,
         new[b_idx] = image
         if not _clash(new, z, a_idx, b_idx, topo):
             smi = _smiles_from_3d(mol, new, keep_chirality=chiral)
-            return Molecule3D(f"{name}|{lname}-{op}", smi, z, new, bonds, chiral)
+            return Molecule3D(f"{name}|{lname}-{op}", smi, z, new, bonds, chiral, op)
     raise ValueError(f"{name}: the two halves of the {lname} dimer clash ({op})")
 
 

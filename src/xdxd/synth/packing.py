@@ -6,15 +6,20 @@ Steps for one crystal (see `make_crystal`):
    packing mode: Z'=1, half a molecule on a special position, Z'=2, molecule + solvent;
 2. pyxtal (Fredericks et al., Comput. Phys. Commun. 261 (2021) 107810) places rigid
    molecules on Wyckoff positions in a loose random cell;
-3. `squeeze`: rigid-body compression by gradient descent (torch autograd): pressure on
-   ln V against soft walls at the contact limits (`ContactRules`: a fraction of the Bondi
-   van der Waals sum, shorter for N/O-H···N/O). Cell lengths, free angles (triclinic;
-   β in monoclinic), molecule centres and orientations move; molecules on special
-   positions keep centre and orientation. Then `compress` opens the cell just enough to
-   clear the last overlaps and shrinks each free axis by bisection until a contact
-   touches. A cell still above MAX_VOLUME_RATIO × the Hofmann (2002) volume is redone.
-   pyxtal's cells start at density ~0.4-0.9 g/cm³; this lifts them to ~1.1-1.3 (real
-   organic crystals: ~1.2-1.5, packing coefficient 0.65-0.75, Kitaigorodskii 1973);
+3. `squeeze`: rigid-body lattice-energy minimisation (Adam, analytic gradients) with the
+   DREIDING exp-6 potential plus a hydrogen-bond well: first under pressure (1 GPa) to
+   bring pyxtal's loose molecules into contact, then at zero pressure, where the contacts
+   settle at realistic distances (C···C ≈ 3.5 Å, H···H ≈ 2.3 Å, as in real crystals). Cell
+   lengths, free angles (triclinic; β in monoclinic), molecule centres and orientations
+   move; a molecule on a special position moves only as its site symmetry allows (turns
+   freely on an inversion centre; turns about and slides along a 2-fold axis). A stiff
+   wall at the `ContactRules` limits (a fraction of the Bondi van der Waals sum, shorter
+   for N/O-H···N/O) is a backstop, and `compress` opens the cell if any contact is left
+   below it. A cell still above MAX_VOLUME_RATIO × the Hofmann (2002) volume is redone.
+   The potential keeps real crystals near their volume (relaxing five cod-dev structures
+   from their published geometry changed the volume by -6 to +2 %), but one minimisation
+   from a random start jams ~10 % looser than a real crystal (the same with the real
+   crystal's own conformer): a search limit, not the potential's;
 4. keep the asymmetric unit: atoms of a molecule on a special position that a symmetry
    operation maps onto another atom of the same molecule are listed once.
 
@@ -31,7 +36,8 @@ from functools import lru_cache
 import gemmi
 import numpy as np
 
-from xdxd.crystal.symmetry import SymOps, apply_ops, find_spacegroup, make_cell, symops
+from xdxd.crystal.symmetry import (SymOps, apply_ops, find_spacegroup, make_cell, symops,
+                                   unique_images)
 from xdxd.synth.molecules import Molecule3D
 
 # Space-group frequencies (%) of organic crystal structures, rounded. Sources: CSD space-group
@@ -87,11 +93,24 @@ SG_SOHNCKE = {
     146: 0.3,  # R3
 }
 
+# Space groups for a molecule on a special position, by the molecule's own symmetry. A
+# centrosymmetric molecule sits on an inversion centre mostly in P21/c, P-1, C2/c and Pbca;
+# a C2-symmetric one on a 2-fold axis mostly in C2/c, Pbcn, P21212, C2, P2/c and Pccn
+# (Pidcock, Motherwell & Cole, Acta Cryst. B59 (2003) 634, "A database survey of molecular
+# and crystallographic symmetry"; shares rounded from their CSD counts).
+SG_SPECIAL = {
+    "ci": {14: 55.0, 2: 25.0, 15: 10.0, 61: 10.0},
+    "c2": {15: 50.0, 60: 15.0, 18: 10.0, 5: 10.0, 13: 8.0, 56: 7.0},
+    "c2-chiral": {5: 40.0, 18: 35.0, 20: 15.0, 92: 5.0, 96: 5.0},
+}
+
 # packing modes and their shares: Z'>1 is ~11% of CSD entries (Steed & Steed, Chem. Rev.
 # 115 (2015) 2895); molecules on special positions ~15% in centrosymmetric groups; solvates
 # ~15% (Görbitz & Hersleth 2000).
-# pyxtal cell volume = factor × Σ molecular box volumes; small gives a denser start
-PYXTAL_VOLUME_FACTOR = 0.6
+# pyxtal cell volume = factor × Σ molecular box volumes. The squeeze's pressure phase
+# compresses any start; a denser start (0.6) only makes pyxtal slower (to 30 s for a large
+# dimer) without a denser result.
+PYXTAL_VOLUME_FACTOR = 1.0
 # Mean volume (Å³) an atom takes in organic crystals (Hofmann, Acta Cryst. B58 (2002) 489,
 # Table 2, rounded). V_cell / (Z · Σ v_atom) is ~1.0 ± 0.05 for real structures; a
 # generated cell far above that is a loose, unrealistic packing and is redone.
@@ -105,7 +124,9 @@ def hofmann_volume(z: np.ndarray) -> float:
     return float(sum(HOFMANN_VOLUME.get(int(k), 20.0) for k in z))
 
 
-MODES = {"z1": 0.70, "special": 0.08, "z2": 0.08, "solvate": 0.14}
+STARTS = 1  # random placements minimised per crystal (the lowest lattice energy is kept)
+
+MODES = {"z1": 0.66, "special": 0.12, "z2": 0.08, "solvate": 0.14}
 
 
 class LoosePacking(RuntimeError):
@@ -155,11 +176,17 @@ class _RigidMolecule:
     polar_h: np.ndarray        # (n,) bool: H bonded to N or O
     asu: np.ndarray            # (n,) bool
     radius: float = 0.0        # Å, farthest atom from the centre + 2 Å vdW margin
-    fixed: bool = False        # on a special position: centre and orientation stay put
+    fixed: bool = False        # on a special position (squeeze moves it only as its site allows)
 
 
-def draw_spacegroup(rng: np.random.Generator, chiral: bool) -> int:
-    table = SG_SOHNCKE if chiral else SG_ORGANIC
+def draw_spacegroup(rng: np.random.Generator, chiral: bool, point_symmetry: str = "") -> int:
+    """A space-group number: for a molecule on a special position of its own symmetry
+    (point_symmetry 'ci' or 'c2') from SG_SPECIAL, otherwise from SG_SOHNCKE (chiral) or
+    SG_ORGANIC."""
+    if point_symmetry:
+        table = SG_SPECIAL[point_symmetry + ("-chiral" if chiral else "")]
+    else:
+        table = SG_SOHNCKE if chiral else SG_ORGANIC
     numbers = list(table)
     w = np.array([table[n] for n in numbers])
     return int(rng.choice(numbers, p=w / w.sum()))
@@ -201,25 +228,93 @@ def _limit_matrix(z1, pol1, z2, pol2, rules: ContactRules) -> np.ndarray:
     return f * (r1[:, None] + r2[None, :])
 
 
+# DREIDING exp-6 van der Waals parameters per element (Mayo, Olafson & Goddard, J. Phys. Chem.
+# 94 (1990) 8897, Table II): R0 (Å, minimum of the pair curve), D0 (kcal/mol), zeta.
+# Pairs: R0 arithmetic mean, D0 geometric mean, zeta arithmetic mean. Other elements: Br-like.
+EXP6 = {1: (3.195, 0.0152, 12.382), 5: (4.02, 0.095, 14.23), 6: (3.8983, 0.0951, 14.034),
+        7: (3.6621, 0.0774, 13.843), 8: (3.4046, 0.0957, 13.483), 9: (3.472, 0.0725, 13.144),
+        14: (4.27, 0.31, 12.175), 15: (4.15, 0.32, 12.0), 16: (4.03, 0.344, 12.0),
+        17: (3.9503, 0.2833, 13.861), 35: (3.95, 0.37, 12.0), 53: (4.15, 0.51, 12.0)}
+# hydrogen bond between an H on N/O and an acceptor N/O: D [5 (r0/r)^12 - 6 (r0/r)^10], the
+# DREIDING form without its angle factor, with r0 the H···A distance of X-ray structures
+# (H at riding positions: O-H···O ≈ 1.8-2.0 Å) and D the DREIDING well depth
+HBOND_R0 = 1.90     # Å
+HBOND_D0 = 4.0      # kcal/mol
+CUTOFF = 7.0        # Å, pair cutoff of the lattice energy (smoothly switched off from 6 Å)
+GPA = 0.1439        # 1 GPa in kcal/mol per Å³
+
+
+@dataclass
+class PairTable:
+    """(n1,n2) parameters for the atom pairs between two molecules: contact limit (Å), exp-6
+    R0 (Å), D0 (kcal/mol), zeta, and whether the pair is a hydrogen bond (polar H, N/O)."""
+    limit: np.ndarray
+    r0: np.ndarray
+    d0: np.ndarray
+    zeta: np.ndarray
+    hbond: np.ndarray
+
+
+def _exp6(z: np.ndarray) -> np.ndarray:
+    return np.array([EXP6.get(int(k), EXP6[35]) for k in z])
+
+
+def pair_table(z1, pol1, z2, pol2, rules: ContactRules) -> PairTable:
+    """Pair parameters between the atoms of two molecules (z: atomic numbers, pol: H on N/O)."""
+    p1, p2 = _exp6(z1), _exp6(z2)
+    da1, da2 = np.isin(z1, (7, 8))[:, None], np.isin(z2, (7, 8))[None, :]
+    hb = (pol1[:, None] & da2) | (da1 & pol2[None, :])
+    r0 = 0.5 * (p1[:, None, 0] + p2[None, :, 0])
+    r0 = np.where(da1 & da2, 0.85 * r0, r0)  # donor/acceptor pairs come closer
+    return PairTable(_limit_matrix(z1, pol1, z2, pol2, rules), r0,
+                     np.sqrt(p1[:, None, 1] * p2[None, :, 1]), 0.5 * (p1[:, None, 2] + p2[None, :, 2]),
+                     hb)
+
+
+def lattice_energy(dist: np.ndarray, r0, d0, zeta, hbond) -> tuple[np.ndarray, np.ndarray]:
+    """Pair energies (kcal/mol) and their derivatives d E / d r (kcal/mol/Å) at distances dist
+    (Å): exp-6 D0 [6/(ζ-6) exp(ζ(1 - r/R0)) - ζ/(ζ-6) (R0/r)^6] for ordinary pairs, the 10-12
+    hydrogen-bond well for hbond pairs; both switched smoothly to zero between 6 Å and CUTOFF."""
+    r = np.maximum(dist, 0.5)
+    a = 6.0 / (zeta - 6.0)
+    b = zeta / (zeta - 6.0)
+    ex = np.exp(zeta * (1.0 - r / r0))
+    q6 = (r0 / r) ** 6
+    e = d0 * (a * ex - b * q6)
+    de = d0 * (-a * zeta / r0 * ex + 6.0 * b * q6 / r)
+    h = HBOND_R0 / r
+    h10, h12 = h ** 10, h ** 12
+    eh = HBOND_D0 * (5 * h12 - 6 * h10)
+    deh = HBOND_D0 * (-60 * h12 + 60 * h10) / r
+    e = np.where(hbond, eh, e)
+    de = np.where(hbond, deh, de)
+    # switch: s = 1 below 6 Å, 0 at CUTOFF, smooth (cubic) in between
+    t = np.clip((r - 6.0) / (CUTOFF - 6.0), 0.0, 1.0)
+    sw = 1 - t * t * (3 - 2 * t)
+    dsw = -6 * t * (1 - t) / (CUTOFF - 6.0)
+    return e * sw, de * sw + e * dsw
+
+
 def _near_images(cell: gemmi.UnitCell, mols: list[_RigidMolecule], ops: SymOps,
-                 frac: list[np.ndarray] | None = None) -> dict:
-    """For each pair (i, j) of ASU molecules, the images of j that can touch i:
-    (operation indices (K,), lattice shifts (K,3)). The image of i that is i itself is left
-    out (same centre: identity, or a stabilizer operation of a special position)."""
+                 reach: float = 4.0) -> dict:
+    """For each pair (i, j) of ASU molecules, the images of j with an atom that can come
+    within `reach` Å of an atom of i: (operation indices (K,), lattice shifts (K,3)). The
+    image of i that is i itself is left out (same centre: identity, or a stabilizer
+    operation of a special position)."""
     orth = np.array(cell.orth.mat)
     spacing = 1.0 / np.linalg.norm(np.array(cell.frac.mat), axis=1)  # interplanar, Å
     out = {}
     for i, mi in enumerate(mols):
         for j, mj in enumerate(mols):
-            reach = mi.radius + mj.radius  # radii carry a 2 Å vdW margin each
-            n = np.ceil(reach / spacing).astype(int)
+            centres = mi.radius + mj.radius - 4.0 + reach  # radii carry a 2 Å margin each
+            n = np.ceil(centres / spacing).astype(int)
             grid = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in n], indexing="ij"),
                             -1).reshape(-1, 3)                          # (T,3)
             c_img = np.einsum("oij,j->oi", ops.rot, mj.centre) + ops.tran  # (O,3)
             shift = np.round(mi.centre - c_img)[:, None, :] + grid[None]  # (O,T,3)
             dc = c_img[:, None, :] + shift - mi.centre                   # (O,T,3) frac
             dist_c = np.linalg.norm(dc @ orth.T, axis=-1)                 # (O,T) Å
-            near = dist_c < reach
+            near = dist_c < centres
             if i == j:
                 near &= dist_c > 1e-3
             o_idx, t_idx = np.nonzero(near)
@@ -250,31 +345,36 @@ def closest_contact_ratio(cell: gemmi.UnitCell, mols: list[_RigidMolecule], ops:
 
 
 def _contact_pairs(cell_par: np.ndarray, mols: list[_RigidMolecule], ops: SymOps,
-                   limits: dict, margin: float = 1.0) -> dict:
-    """Intermolecular atom pairs closer than their limit + margin Å, flattened over all
-    molecule pairs: molecule i, atom of i (global index), molecule j, atom of j, operation,
-    lattice shift (P,3) and limit (P,) in Å."""
+                   tables: dict, cutoff: float = CUTOFF + 1.0) -> dict:
+    """Intermolecular atom pairs closer than cutoff Å, flattened over all molecule pairs:
+    molecule i, atom of i (global index), molecule j, atom of j, operation, lattice shift
+    (P,3), and the pair's parameters (limit, r0, d0, zeta, hbond; see PairTable)."""
     cell = make_cell(cell_par)
     orth = np.array(cell.orth.mat)
     frac_m = np.array(cell.frac.mat)
     start = np.cumsum([0] + [len(m.z) for m in mols])
     fr = [m.centre + m.offsets @ frac_m.T for m in mols]
-    cols = {k: [] for k in ("i", "a", "j", "b", "op", "shift", "limit")}
-    for (i, j), (o_idx, shift) in _near_images(cell, mols, ops).items():
+    keys = ("i", "a", "j", "b", "op", "shift", "limit", "r0", "d0", "zeta", "hbond")
+    cols = {k: [] for k in keys}
+    cart = [f @ orth.T for f in fr]
+    for (i, j), (o_idx, shift) in _near_images(cell, mols, ops, reach=cutoff).items():
         img = np.einsum("oij,nj->oni", ops.rot[o_idx], fr[j]) + (ops.tran[o_idx] + shift)[:, None]
-        d = np.linalg.norm((img[:, None, :, :] - fr[i][None, :, None, :]) @ orth.T, axis=-1)
-        k, a, b = np.nonzero(d < limits[i, j][None] + margin)
+        img = img @ orth.T                                                # (K,nj,3) Å
+        d2 = ((cart[i] ** 2).sum(-1)[None, :, None] + (img ** 2).sum(-1)[:, None, :]
+              - 2 * (img @ cart[i].T).transpose(0, 2, 1))                  # (K,ni,nj) Å²
+        k, a, b = np.nonzero(d2 < cutoff * cutoff)
+        t = tables[i, j]
         cols["i"].append(np.full(len(k), i))
         cols["j"].append(np.full(len(k), j))
         cols["a"].append(a + start[i])
         cols["b"].append(b + start[j])
         cols["op"].append(o_idx[k])
         cols["shift"].append(shift[k].reshape(-1, 3))
-        cols["limit"].append(limits[i, j][a, b])
+        for name in ("limit", "r0", "d0", "zeta", "hbond"):
+            cols[name].append(getattr(t, name)[a, b])
     if not cols["i"]:
-        return {"i": np.zeros(0, int), "a": np.zeros(0, int), "j": np.zeros(0, int),
-                "b": np.zeros(0, int), "op": np.zeros(0, int), "shift": np.zeros((0, 3)),
-                "limit": np.zeros(0)}
+        return {k: (np.zeros((0, 3)) if k == "shift" else np.zeros(0, bool if k == "hbond" else
+                    float if k in ("limit", "r0", "d0", "zeta") else int)) for k in keys}
     return {k: np.concatenate(v) for k, v in cols.items()}
 
 
@@ -307,17 +407,50 @@ class _Adam:
         return -self.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
 
 
+def _site_freedom(centre: np.ndarray, ops: SymOps, orth: np.ndarray, tol: float = 1e-3
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """How a rigid molecule centred at `centre` (fractional) may move and keep its site
+    symmetry: (projector (3,3) onto the allowed fractional translations, projector (3,3)
+    onto the allowed Cartesian rotation vectors). With the site operations R_s (those
+    mapping the centre onto itself), translations must be fixed by every R_s (projector:
+    the mean of R_s) and rotation vectors, axial, by every det(R_s)·R_s (Cartesian): on an
+    inversion centre the molecule turns freely and stays put, on a 2-fold axis it turns
+    about and slides along the axis, on a mirror it turns about the normal and slides in
+    the plane; on a general position it moves freely."""
+    d = np.einsum("oij,j->oi", ops.rot, centre) + ops.tran - centre
+    rot = ops.rot[np.abs(d - np.round(d)).max(axis=1) < tol]
+    cart = np.einsum("ij,ojk,kl->oil", orth, rot, np.linalg.inv(orth))
+    det = np.linalg.det(rot)
+    return rot.mean(axis=0), (det[:, None, None] * cart).mean(axis=0)
+
+
+def _site_order(centre: np.ndarray, ops: SymOps, tol: float = 1e-3) -> int:
+    """Number of operations that map the fractional point `centre` onto itself."""
+    d = np.einsum("oij,j->oi", ops.rot, centre) + ops.tran - centre
+    return int((np.abs(d - np.round(d)).max(axis=1) < tol).sum())
+
+
+def _sum_by(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """(n,3): the rows of values (P,3) summed by index (P,) (np.add.at, but fast)."""
+    return np.stack([np.bincount(index, values[:, c], minlength=n) for c in range(3)], axis=1)
+
+
 def squeeze(cell_par: np.ndarray, sg: gemmi.SpaceGroup, mols: list[_RigidMolecule],
-            rules: ContactRules, steps: int = 400, pressure: float = 12.0,
-            stiffness: float = 20.0, lr: float = 0.015, relax: float = 0.4) -> np.ndarray:
-    """Rigid-body compression by gradient descent (Adam, analytic gradients): energy =
-    pressure·ln V + stiffness·Σ (1 - d/d_allowed)₊² over intermolecular atom pairs.
+            rules: ContactRules, steps: int = 400, pressure_gpa: float = 1.0,
+            relax_gpa: float = 0.0, stiffness: float = 200.0, lr: float = 0.015,
+            relax: float = 0.5) -> np.ndarray:
+    """Rigid-body lattice-energy minimisation (Adam, analytic gradients).
+
+    Energy per asymmetric unit (kcal/mol): exp-6 dispersion-repulsion and hydrogen bonds
+    (`lattice_energy`) over intermolecular pairs within CUTOFF, a stiff wall
+    stiffness·(1 - d/d_allowed)₊² at the `ContactRules` limits, and P·V. The first
+    (1 - relax) of the steps run at pressure_gpa to bring pyxtal's loose molecules into
+    contact; the rest at zero pressure, where the attraction alone holds the crystal and
+    the contacts settle near their exp-6 minima (as in crystal structure prediction).
 
     Cell lengths (per axis group), free angles, molecule centres (fractional) and
-    orientations move; molecules on special positions keep centre and orientation. The
-    last `relax` share of the steps has little pressure and stiff walls. Updates `mols`
-    in place; returns the cell (6,) in Å/°. Leaves small overlaps: `compress` then opens
-    the cell just enough.
+    orientations move; molecules on special positions keep centre and orientation.
+    Updates `mols` in place; returns the cell (6,) in Å/°.
 
     With d = M u + C_o q_j - q_i (M: orthogonalisation matrix, u: fractional centre
     difference of the image, C_o = M R_o M⁻¹ the Cartesian operation, q: Cartesian atom
@@ -325,6 +458,7 @@ def squeeze(cell_par: np.ndarray, sg: gemmi.SpaceGroup, mols: list[_RigidMolecul
     so ∂E/∂M = Σ f uᵀ with f = ∂E/∂d.
     """
     ops = symops(sg)
+    n_ops = len(ops)
     groups = _axis_groups(sg)
     axis_group = np.zeros(3, dtype=int)
     for g, axes in enumerate(groups):
@@ -333,13 +467,16 @@ def squeeze(cell_par: np.ndarray, sg: gemmi.SpaceGroup, mols: list[_RigidMolecul
     angle_free = np.array([system == "triclinic", system in ("triclinic", "monoclinic"),
                            system == "triclinic"])
     n_mol = len(mols)
-    free = np.array([not m.fixed for m in mols])
+    M0 = np.array(make_cell(cell_par).orth.mat)
+    site = [_site_freedom(m.centre, ops, M0) for m in mols]
+    move_t = np.stack([t for t, _ in site])     # (K,3,3) fractional translation projectors
+    move_r = np.stack([r for _, r in site])     # (K,3,3) Cartesian rotation projectors
     loglen = np.log(cell_par[:3][[a[0] for a in groups]])
     angles = np.array(cell_par[3:], dtype=float)
     centre = np.array([m.centre for m in mols], dtype=float)       # (K,3) fractional
     q = np.concatenate([m.offsets for m in mols])                  # (N,3) Å
     owner = np.concatenate([np.full(len(m.z), k) for k, m in enumerate(mols)])
-    limits = {(i, j): _limit_matrix(a.z, a.polar_h, b.z, b.polar_h, rules)
+    tables = {(i, j): pair_table(a.z, a.polar_h, b.z, b.polar_h, rules)
               for i, a in enumerate(mols) for j, b in enumerate(mols)}
     n_len = len(groups)
     lr_vec = np.concatenate([np.full(n_len, lr), np.full(3, 50 * lr),
@@ -362,53 +499,73 @@ def squeeze(cell_par: np.ndarray, sg: gemmi.SpaceGroup, mols: list[_RigidMolecul
         par = par_now()
         M = orth_of(par)
         if step % 10 == 0:
-            pairs = _contact_pairs(par, snapshot(), ops, limits)
+            pairs = _contact_pairs(par, snapshot(), ops, tables)
             cart_op = np.einsum("ij,ojk,kl->oil", M, ops.rot, np.linalg.inv(M))  # (O,3,3)
-        relaxing = step >= (1 - relax) * steps
-        k_wall = (4 if relaxing else 1) * stiffness
-        p = pressure * (0.05 if relaxing else 1.0)
+        p = GPA * (relax_gpa if step >= (1 - relax) * steps else pressure_gpa)
         i, a, j, b, o = pairs["i"], pairs["a"], pairs["j"], pairs["b"], pairs["op"]
-        u = (np.einsum("pij,pj->pi", ops.rot[o], centre[j]) + ops.tran[o] + pairs["shift"]
-             - centre[i])                                                     # (P,3) frac
-        cq = np.einsum("pij,pj->pi", cart_op[o], q[b])
-        d = u @ M.T + cq - q[a]                                               # (P,3) Å
+        rot_centre = np.einsum("oij,kj->oki", ops.rot, centre)   # (O,K,3) every image centre
+        rot_q = np.einsum("oij,nj->oni", cart_op, q)             # (O,N,3) every image offset
+        u = rot_centre[o, j] + ops.tran[o] + pairs["shift"] - centre[i]   # (P,3) frac
+        d = u @ M.T + rot_q[o, b] - q[a]                                  # (P,3) Å
         dist = np.sqrt((d * d).sum(-1)) + 1e-12
+        _, de = lattice_energy(dist, pairs["r0"], pairs["d0"], pairs["zeta"], pairs["hbond"])
         over = np.maximum(1.0 - dist / pairs["limit"], 0.0)
-        f = (-2 * k_wall * over / pairs["limit"] / dist)[:, None] * d        # ∂E/∂d
+        de = de - 2 * stiffness * over / pairs["limit"]
+        f = (0.5 * de / dist)[:, None] * d      # ∂E/∂d; every pair is listed twice (i-j, j-i)
         # cell: ∂E/∂M, then per log length and per angle (finite difference of M)
+        volume = float(np.linalg.det(M))
         dM = f.T @ u
         g_len = np.zeros(n_len)
-        np.add.at(g_len, axis_group, (dM * M).sum(0) + p)
+        np.add.at(g_len, axis_group, (dM * M).sum(0) + p * volume / n_ops)
         g_ang = np.zeros(3)
         for m_ in np.nonzero(angle_free)[0]:
             h = np.zeros(6)
             h[3 + m_] = 1e-3
             dMa = (orth_of(par + h) - orth_of(par - h)) / 2e-3
-            dlnV = (np.log(np.linalg.det(orth_of(par + h)))
-                    - np.log(np.linalg.det(orth_of(par - h)))) / 2e-3
-            g_ang[m_] = (dM * dMa).sum() + p * dlnV
+            dV = (np.linalg.det(orth_of(par + h)) - np.linalg.det(orth_of(par - h))) / 2e-3
+            g_ang[m_] = (dM * dMa).sum() + p * dV / n_ops
         # centres (fractional) and orientations (torque on the offsets)
-        g_cen = np.zeros((n_mol, 3))
-        np.add.at(g_cen, i, -(f @ M))
-        np.add.at(g_cen, j, np.einsum("pji,pj->pi", ops.rot[o], f @ M))
-        g_q = np.zeros_like(q)
-        np.add.at(g_q, a, -f)
-        np.add.at(g_q, b, np.einsum("pji,pj->pi", cart_op[o], f))
-        g_rot = np.zeros((n_mol, 3))
-        np.add.at(g_rot, owner, np.cross(q, g_q))
-        g_cen[~free] = 0.0
-        g_rot[~free] = 0.0
+        fM = f @ M
+        g_cen = (-_sum_by(i, fM, n_mol)
+                 + np.einsum("oji,okj->ki", ops.rot, _sum_by(o * n_mol + j, fM, n_ops * n_mol)
+                             .reshape(n_ops, n_mol, 3)))
+        n_q = len(q)
+        g_q = (-_sum_by(a, f, n_q)
+               + np.einsum("oji,onj->ni", cart_op, _sum_by(o * n_q + b, f, n_ops * n_q)
+                           .reshape(n_ops, n_q, 3)))
+        g_rot = _sum_by(owner, np.cross(q, g_q), n_mol)
+        g_cen = np.einsum("kij,kj->ki", move_t, g_cen)
+        g_rot = np.einsum("kij,kj->ki", move_r, g_rot)
         delta = adam.step(np.concatenate([g_len, g_ang, g_cen.ravel(), g_rot.ravel()]))
         loglen += delta[:n_len]
         angles = np.clip(angles + delta[n_len:n_len + 3] * angle_free, 60.0, 130.0)
-        centre += delta[n_len + 3:n_len + 3 + 3 * n_mol].reshape(n_mol, 3) * free[:, None]
-        w = delta[n_len + 3 + 3 * n_mol:].reshape(n_mol, 3)
-        for k in np.nonzero(free)[0]:
+        centre += np.einsum("kij,kj->ki", move_t, delta[n_len + 3:n_len + 3 + 3 * n_mol]
+                            .reshape(n_mol, 3))
+        w = np.einsum("kij,kj->ki", move_r, delta[n_len + 3 + 3 * n_mol:].reshape(n_mol, 3))
+        for k in range(n_mol):
             q[owner == k] = _rotate(q[owner == k], w[k])
     par = par_now()
     for k, m in enumerate(snapshot()):
         mols[k].centre, mols[k].offsets = m.centre.copy(), m.offsets.copy()
     return par
+
+
+def energy_per_asu(cell_par: np.ndarray, sg: gemmi.SpaceGroup, mols: list[_RigidMolecule],
+                   rules: ContactRules) -> float:
+    """Lattice energy (kcal/mol) per asymmetric unit at zero pressure (see `squeeze`)."""
+    ops = symops(sg)
+    tables = {(i, j): pair_table(a.z, a.polar_h, b.z, b.polar_h, rules)
+              for i, a in enumerate(mols) for j, b in enumerate(mols)}
+    pairs = _contact_pairs(cell_par, mols, ops, tables)
+    cell = make_cell(cell_par)
+    orth, frac_m = np.array(cell.orth.mat), np.array(cell.frac.mat)
+    start = np.cumsum([0] + [len(m.z) for m in mols])
+    fr = np.concatenate([m.centre + m.offsets @ frac_m.T for m in mols])
+    o = pairs["op"]
+    img = np.einsum("pij,pj->pi", ops.rot[o], fr[pairs["b"]]) + ops.tran[o] + pairs["shift"]
+    dist = np.linalg.norm((img - fr[pairs["a"]]) @ orth.T, axis=-1)
+    e, _ = lattice_energy(dist, pairs["r0"], pairs["d0"], pairs["zeta"], pairs["hbond"])
+    return 0.5 * float(e.sum())
 
 
 def compress(cell_par: np.ndarray, sg: gemmi.SpaceGroup, mols: list[_RigidMolecule],
@@ -486,38 +643,20 @@ def _quiet():
     return contextlib.redirect_stdout(io.StringIO())
 
 
-def pack(molecules: list[Molecule3D], counts: list[int], sg_number: int,
-         rng: np.random.Generator, symmetrize: bool = False, rules: ContactRules | None = None,
-         crystal_id: str = "", max_volume_ratio: float = MAX_VOLUME_RATIO) -> Crystal:
-    """Pack molecules into one crystal of space group sg_number (pyxtal's standard setting).
-
-    counts: molecules of each kind in the conventional cell (e.g. [4] for Z'=1 in P21/c,
-    [2] for half a molecule on an inversion centre, [4, 4] for Z'=2 or a 1:1 solvate).
-    Raises RuntimeError (or pyxtal's errors) when no packing is found, LoosePacking when
-    the cell ends up more than max_volume_ratio × the Hofmann volume.
-    """
-    from pymatgen.core import Molecule
+def _random_start(species: list, counts: list[int], sg_number: int, ops: SymOps,
+                  rng: np.random.Generator) -> tuple[np.ndarray, list[_RigidMolecule], list[str]]:
+    """pyxtal's random placement of the molecules: (cell (6,) Å/°, rigid molecules in
+    gemmi's Cartesian frame, Wyckoff labels). Raises RuntimeError when pyxtal fails."""
     from pyxtal import pyxtal
-    from pyxtal.molecule import pyxtal_molecule
 
-    rules = rules or ContactRules()
     with _quiet():
-        species = [pyxtal_molecule(Molecule(m.symbols, m.xyz), symmetrize=symmetrize,
-                                   random_state=int(rng.integers(2**31)))
-                   for m in molecules]
         xtal = pyxtal(molecular=True)
         xtal.from_random(3, sg_number, species, counts, factor=PYXTAL_VOLUME_FACTOR,
                          random_state=int(rng.integers(2**31)))
     if not xtal.valid:
         raise RuntimeError(f"pyxtal found no packing in space group {sg_number}")
-
-    hall = _pyxtal_hall(sg_number)
-    sg = find_spacegroup(hall=hall)
-    ops = symops(sg)
-    lat = xtal.lattice.matrix  # rows a, b, c in pyxtal's Cartesian frame
     par = np.array(xtal.lattice.get_para(degree=True), dtype=float)
-    cell = make_cell(par)
-    orth = np.array(cell.orth.mat)
+    orth = np.array(make_cell(par).orth.mat)
     mols = []
     for site in xtal.mol_sites:
         frac, symbols = site._get_coords_and_species(first=True)
@@ -529,8 +668,42 @@ def pack(molecules: list[Molecule3D], counts: list[int], sg_number: int,
         fixed = site.wp.multiplicity < len(ops)
         mols.append(_RigidMolecule(np.asarray(centre, float), offsets, z,
                                    _polar_h(z, offsets), np.ones(len(z), bool), rad, fixed))
-    par = squeeze(par, sg, mols, rules)
-    par = compress(par, sg, mols, rules, rng)
+    return par, mols, [s.wp.get_label() for s in xtal.mol_sites]
+
+
+def pack(molecules: list[Molecule3D], counts: list[int], sg_number: int,
+         rng: np.random.Generator, symmetrize: bool = False, rules: ContactRules | None = None,
+         crystal_id: str = "", max_volume_ratio: float = MAX_VOLUME_RATIO,
+         starts: int = STARTS) -> Crystal:
+    """Pack molecules into one crystal of space group sg_number (pyxtal's standard setting).
+
+    counts: molecules of each kind in the conventional cell (e.g. [4] for Z'=1 in P21/c,
+    [2] for half a molecule on an inversion centre, [4, 4] for Z'=2 or a 1:1 solvate).
+    `starts` random placements are each minimised (`squeeze`); the one with the lowest
+    lattice energy is kept, as crystal structure prediction keeps its lowest minima.
+    Raises RuntimeError (or pyxtal's errors) when no packing is found, LoosePacking when
+    the cell ends up more than max_volume_ratio × the Hofmann volume.
+    """
+    from pymatgen.core import Molecule
+    from pyxtal.molecule import pyxtal_molecule
+
+    rules = rules or ContactRules()
+    with _quiet():
+        species = [pyxtal_molecule(Molecule(m.symbols, m.xyz), symmetrize=symmetrize,
+                                   random_state=int(rng.integers(2**31)))
+                   for m in molecules]
+    hall = _pyxtal_hall(sg_number)
+    sg = find_spacegroup(hall=hall)
+    ops = symops(sg)
+    best = None
+    for _ in range(starts):
+        par, mols, wyckoff = _random_start(species, counts, sg_number, ops, rng)
+        par = squeeze(par, sg, mols, rules)
+        energy = energy_per_asu(par, sg, mols, rules)
+        if best is None or energy < best[0]:
+            best = (energy, par, mols, wyckoff)
+    energy, par, mols, wyckoff = best
+    par = compress(par, sg, mols, rules, rng, cycles=0)  # only clear any overlap left
     cell = make_cell(par)
     frac_m = np.array(cell.frac.mat)
     zs, fr = [], []
@@ -540,16 +713,20 @@ def pack(molecules: list[Molecule3D], counts: list[int], sg_number: int,
         zs.append(m.z[m.asu])
         fr.append(np.mod(f[m.asu], 1.0))
     z = np.concatenate(zs)
+    frac = np.mod(np.concatenate(fr), 1.0)
+    n_cell = sum(len(m.z) * len(ops) // _site_order(m.centre, ops) for m in mols)
+    if len(unique_images(frac, ops, cell, tol=0.3)[0]) != n_cell:
+        # e.g. a molecule with more symmetry than its site: the halves are not told apart
+        raise RuntimeError("asymmetric unit does not expand to the packed cell")
     ratio = cell.volume / (len(ops) * hofmann_volume(z))
     if ratio > max_volume_ratio:
         raise LoosePacking(f"cell volume {ratio:.2f} × Hofmann estimate")
-    frac = np.mod(np.concatenate(fr), 1.0)
     frac[frac >= 1.0] = 0.0
     return Crystal(crystal_id, par.astype(np.float32), hall, sg.number, z.astype(np.int16),
                    frac.astype(np.float32), z == 1,
                    info={"n_mol_sites": len(mols), "volume_ratio": ratio,
                          "special_position": any(m.fixed for m in mols),
-                         "wyckoff": [s.wp.get_label() for s in xtal.mol_sites]})
+                         "wyckoff": wyckoff, "energy_kcal_mol": energy})
 
 
 def make_crystal(main: Molecule3D, rng: np.random.Generator, solvent: Molecule3D | None = None,
@@ -557,17 +734,19 @@ def make_crystal(main: Molecule3D, rng: np.random.Generator, solvent: Molecule3D
                  rules: ContactRules | None = None, crystal_id: str = "",
                  tries: int = 3) -> Crystal:
     """One crystal of `main` in a packing mode (see MODES); the space group is drawn from
-    the statistics unless given. `second` is another conformer for Z'=2, `solvent` the
+    the statistics unless given (for mode 'special', among the groups that have a site of
+    the molecule's point_symmetry). `second` is another conformer for Z'=2, `solvent` the
     co-crystallised molecule for mode 'solvate'. Falls back to Z'=1 when a special position
     does not fit the molecule's symmetry; tries the same space group again when packing
     fails or is loose, and another one on the last try."""
     from pyxtal.symmetry import Group
 
     last_err: Exception | None = None
-    sg_n = sg_number if sg_number is not None else draw_spacegroup(rng, main.chiral)
+    site = main.point_symmetry if mode == "special" else ""
+    sg_n = sg_number if sg_number is not None else draw_spacegroup(rng, main.chiral, site)
     for attempt in range(tries):
         if attempt == tries - 1 and sg_number is None:  # last try: another space group
-            sg_n = draw_spacegroup(rng, main.chiral)
+            sg_n = draw_spacegroup(rng, main.chiral, site)
         mult = len(Group(sg_n)[0])  # general-position multiplicity
         try:
             if mode == "special" and attempt < tries - 1:
@@ -583,3 +762,40 @@ def make_crystal(main: Molecule3D, rng: np.random.Generator, solvent: Molecule3D
         except Exception as e:  # pyxtal raises its own error types for impossible combos
             last_err = e
     raise RuntimeError(f"{crystal_id}: no crystal after {tries} tries ({last_err})")
+
+
+def rigid_from_structure(s: dict, bond_A: float = 1.9) -> list[_RigidMolecule]:
+    """The asymmetric unit of a shard structure dict as rigid molecules (covalent fragments,
+    atoms joined below bond_A Å through the nearest lattice image), for relaxing a real
+    crystal with `squeeze` or scoring it with `energy_per_asu`."""
+    cell = make_cell(s["cell"])
+    orth = np.array(cell.orth.mat)
+    z = np.asarray(s["atomic_number"])
+    frac = np.asarray(s["frac"], float)
+    unplaced = set(range(len(z)))
+    mols = []
+    while unplaced:
+        start = min(unplaced)
+        unplaced.remove(start)
+        members, pos = [start], {start: frac[start]}
+        grew = True
+        while grew:
+            grew = False
+            for i in sorted(unplaced):
+                d = frac[i] - np.array([pos[k] for k in members])
+                d -= np.round(d)
+                dist = np.linalg.norm(d @ orth.T, axis=1)
+                k = int(dist.argmin())
+                if dist[k] < bond_A:
+                    pos[i] = pos[members[k]] + d[k]
+                    members.append(i)
+                    unplaced.remove(i)
+                    grew = True
+        xyz = np.array([pos[k] for k in members])
+        centre = xyz.mean(axis=0)
+        offsets = (xyz - centre) @ orth.T
+        zm = z[members]
+        mols.append(_RigidMolecule(centre, offsets, zm, _polar_h(zm, offsets),
+                                   np.ones(len(zm), bool),
+                                   float(np.linalg.norm(offsets, axis=1).max()) + 2.0))
+    return mols
