@@ -168,10 +168,43 @@ def test_cpu_sampling_on_a_shipped_structure(tmp_path, monkeypatch):
     rec = prepare_from_model_cif(str(DATA / "cod" / "2205750.cif"), d_min=2.0)[0]
     shipped = Path(__file__).parents[1] / "weights" / "xdxd-diffusion.safetensors"
     weights = shipped if shipped.exists() else save_model(tiny_model(), tmp_path / "w.safetensors")
-    cands, info = solver.sample(rec, samples=3, steps=4, polish_steps=2, seed=0, weights=str(weights))
+    cands, info = solver.sample(rec, samples=3, steps=4, rounds=1, keep=2, restart_steps=2,
+                                polish_steps=2, seed=0, weights=str(weights))
     n_heavy = sum(rec["composition"].values())
     assert len(cands) == 3 and info["samples"] == 3
     assert all(c["method"] == "diffusion" and len(c["atoms"]) == n_heavy for c in cands)
     assert [c["r1"] for c in cands] == sorted(c["r1"] for c in cands)
-    again, _ = solver.sample(rec, samples=3, steps=4, polish_steps=2, seed=0, weights=str(weights))
+    again, _ = solver.sample(rec, samples=3, steps=4, rounds=1, keep=2, restart_steps=2,
+                                polish_steps=2, seed=0, weights=str(weights))
     assert [c["atoms"] for c in again] == [c["atoms"] for c in cands]
+
+
+def test_schedule_focus_and_restart_levels():
+    sched = diffusion.NoiseSchedule(TINY)
+    gen = torch.Generator().manual_seed(0)
+    sig = sched.sample_sigma(4000, gen, focus=(0.05, 2.0), focus_share=0.6)
+    inside = ((sig >= 0.05) & (sig <= 2.0)).float().mean().item()
+    plain = sched.sample_sigma(4000, gen)
+    base = ((plain >= 0.05) & (plain <= 2.0)).float().mean().item()
+    assert abs(inside - (0.6 + 0.4 * base)) < 0.04  # the band gets its share on top
+    levels = sched.sampling_sigmas(10, sigma_start=0.8)
+    assert len(levels) == 11 and abs(levels[0].item() - 0.8) < 0.05 and levels[-1] == 0
+    assert torch.all(levels[:-1] > levels[1:])
+
+
+def test_search_keeps_the_best_and_sorts_by_r1():
+    prob, _, _ = toy_problem("P 1 21/c 1")
+    sched = diffusion.NoiseSchedule(TINY)
+    model = tiny_model()
+    x0, _ = diffusion.search(model, sched, prob, 6, steps=4, rounds=0, polish_steps=2, seed=3)
+    x, r1 = diffusion.search(model, sched, prob, 6, steps=4, rounds=2, keep=2, restart_steps=3,
+                             polish_steps=2, seed=3)
+    assert x.shape == (8, 5, 3) and torch.all(r1[:-1] <= r1[1:])
+    assert r1[0] <= diffusion.r1_of(prob, x0).min() + 1e-6  # search never loses the best
+
+
+def test_resampling_favours_low_misfit():
+    gen = torch.Generator().manual_seed(0)
+    misfit = torch.tensor([0.1, 0.5, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9])
+    idx = diffusion.resample(misfit, 0.5, gen)
+    assert len(idx) == 8 and (idx == 0).sum() >= 2 and torch.all(idx[:-1] <= idx[1:])

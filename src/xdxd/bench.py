@@ -265,7 +265,7 @@ class BenchConfig:
     limit: int | None = None
     dmins: list[float] = field(default_factory=lambda: [2.0])
     methods: list[str] = field(default_factory=lambda: ["dualspace"])
-    samples: int = 8
+    samples: int | None = None           # per structure; None: the method's default
     seed: int = 0
     time_budget_s: float | None = None
     jobs: int = 1                        # structures run at the same time
@@ -279,7 +279,9 @@ def make_tasks(cfg: BenchConfig, entries: list[Entry]) -> list[Task]:
     """Tasks in run order: per resolution, per structure, every method back to back
     (so load from other work on the machine hits the methods alike)."""
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, cfg.jobs))
-    return [Task(e, float(d), m, cfg.samples, cfg.seed, cfg.time_budget_s, threads, cfg.device)
+    from xdxd.solve import DEFAULT_SAMPLES
+    return [Task(e, float(d), m, cfg.samples or DEFAULT_SAMPLES.get(m, 8), cfg.seed,
+                 cfg.time_budget_s, threads, cfg.device)
             for d in cfg.dmins for e in entries for m in cfg.methods]
 
 

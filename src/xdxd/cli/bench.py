@@ -32,7 +32,7 @@ def bench(
     ids: Optional[List[str]] = typer.Option(None, "--ids", help="Only these ids (repeatable or comma-separated)."),
     dmins: List[float] = typer.Option([2.0], "--dmin", help="Resolution d_min in Å (repeatable)."),
     methods: List[str] = typer.Option(["dualspace"], "--method", help="Sampler method (repeatable)."),
-    samples: int = typer.Option(8, "--samples", help="Candidates the sampler emits per structure."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Candidates the sampler emits per structure (default: dualspace 8, diffusion 64)."),
     seed: int = SeedOpt,
     time_budget_s: Optional[float] = typer.Option(None, "--time-budget-s",
                                                   help="Sampler wall-time budget per structure and method, s (equal for all methods)."),

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from xdxd.cli import common
-from xdxd.solve import METHODS, sample_record
+from xdxd.solve import DEFAULT_SAMPLES, METHODS, sample_record
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -21,12 +21,15 @@ Method = Enum("Method", {name: name for name in METHODS}, type=str)
 def sample(
     inputs: list[str] = typer.Argument(None, help="Problem records (JSON lines); - or none is stdin."),
     method: Method = typer.Option("dualspace", "--method", "-m", help="Sampler."),
-    samples: int = typer.Option(8, "--samples", "-n", min=1, help="Distinct candidates to emit per record."),
+    samples: Optional[int] = typer.Option(None, "--samples", "-n", min=1,
+                                          help="Candidates per record (dualspace: distinct candidates to emit, default 8; diffusion: structures per batch, default 64)."),
     trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Random starts at most (dualspace; default 1024)."),
     cycles: Optional[int] = typer.Option(None, "--cycles", min=1, help="Recycling cycles per trial (dualspace; default 40)."),
     time_budget: Optional[float] = typer.Option(None, "--time-budget", min=0.0,
                                                 help="Seconds per record after which no new batch starts."),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Denoising steps (diffusion; default 100)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Denoising steps from noise (diffusion; default 60)."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", min=0,
+                                         help="Search rounds around the best after sampling (diffusion; default 8)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", min=0.0,
                                              help="Weight of the |F| misfit gradient (diffusion; default 1)."),
     weights: Optional[str] = typer.Option(None, "--weights",
@@ -42,7 +45,10 @@ def sample(
     common.set_threads(threads)
     dev = common.resolve_device(device)
     opts = {k: v for k, v in (("trials", trials), ("cycles", cycles), ("steps", steps),
-                              ("guidance", guidance), ("weights", weights)) if v is not None}
+                              ("rounds", rounds), ("guidance", guidance), ("weights", weights))
+            if v is not None}
+    if samples is None:
+        samples = DEFAULT_SAMPLES.get(method.value, 8)
 
     def work(rec: dict) -> dict:
         out = sample_record(rec, method=method.value, samples=samples, seed=seed, device=dev,

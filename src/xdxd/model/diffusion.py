@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 
 import torch
 import torch.nn as nn
@@ -40,14 +41,29 @@ class NoiseSchedule(nn.Module):
         t = torch.linspace(0.0, 1.0, cfg.n_sigmas)
         self.register_buffer("sigmas", cfg.sigma_min_A * (cfg.sigma_max_A / cfg.sigma_min_A) ** t)
 
-    def sample_sigma(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n noise levels (n,) drawn uniformly over the schedule's indices (CPU generator)."""
+    def sample_sigma(self, n: int, generator: torch.Generator | None = None,
+                     focus: tuple[float, float] | None = None, focus_share: float = 0.0
+                     ) -> torch.Tensor:
+        """n noise levels (n,) drawn uniformly over the schedule's indices (CPU generator);
+        with focus (lo, hi) Å, a focus_share of them only from the levels in that band."""
         idx = torch.randint(0, len(self.sigmas), (n,), generator=generator)
+        if focus is not None and focus_share > 0:
+            sig = self.sigmas.cpu()
+            lo = int(torch.searchsorted(sig, torch.tensor(float(focus[0]))))
+            hi = int(torch.searchsorted(sig, torch.tensor(float(focus[1]))))
+            band = torch.randint(lo, max(hi, lo + 1), (n,), generator=generator)
+            pick = torch.rand(n, generator=generator) < focus_share
+            idx = torch.where(pick, band, idx)
         return self.sigmas[idx.to(self.sigmas.device)]
 
-    def sampling_sigmas(self, steps: int) -> torch.Tensor:
-        """steps+1 decreasing levels (sigma_max ... sigma_min, then 0) for the sampler."""
-        idx = torch.linspace(len(self.sigmas) - 1, 0, steps).round().long()
+    def sampling_sigmas(self, steps: int, sigma_start: float | None = None) -> torch.Tensor:
+        """steps+1 decreasing levels (sigma_max, or the level nearest sigma_start Å, down to
+        sigma_min, then 0) for the sampler."""
+        top = len(self.sigmas) - 1
+        if sigma_start is not None:
+            top = int(torch.searchsorted(self.sigmas, torch.tensor(float(sigma_start),
+                                                                    device=self.sigmas.device)).clamp(max=top))
+        idx = torch.linspace(top, 0, steps).round().long()
         return torch.cat([self.sigmas[idx], self.sigmas.new_zeros(1)])
 
 
@@ -91,42 +107,117 @@ def denoiser_eps(model: Denoiser, problem: Problem, frac: torch.Tensor, sigma: t
 @torch.no_grad()
 def sample(model: Denoiser | None, schedule: NoiseSchedule, problem: Problem, n_samples: int,
            steps: int = 100, guidance: float = 1.0, b_max: float = 30.0, seed: int = 0,
-           chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+           chunk: int = 64, tweedie: bool = True, resample_every: int = 0,
+           resample_ess: float = 0.5, start: torch.Tensor | None = None,
+           sigma_start: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Guided ancestral sampling: n_samples ASU structures for one problem.
 
-    Each step: eps_hat from the network, data score -guidance * g/|g| / sigma from the
-    misfit gradient g at blur B(sigma), then the VE ancestral update
+    Each step: eps_hat from the network, the denoised estimate x0 = x - sigma eps_hat
+    (Tweedie), the data score -guidance * g/|g| / sigma with g the misfit gradient at x0
+    (tweedie=True; at x itself otherwise) and blur B(sigma), then the VE ancestral update
         x <- x + (sigma_i² - sigma_{i+1}²) * score + sqrt((sigma_i² - sigma_{i+1}²)) * sigma_{i+1}/sigma_i * z.
-    Noise is drawn on the CPU from torch.Generator(seed) and moved, so CPU and CUDA give
-    the same draws. model=None drops the learned prior (eps = 0): annealed, blurred
-    Langevin descent on the data alone, the baseline the prior is measured against.
+    resample_every > 0: every so many steps the population is resampled (systematic, as
+    a particle filter) with weights exp(-misfit(x0)/T), T set so that the effective
+    sample size is resample_ess of the population: compute moves to the trajectories
+    that fit the data. Noise is drawn on the CPU from torch.Generator(seed) and moved,
+    so CPU and CUDA give the same draws. model=None drops the learned prior (eps = 0):
+    annealed, blurred Langevin descent on the data alone, the baseline the prior is
+    measured against. start (n_samples,N,3) with sigma_start (Å): begin from these
+    structures, noised to sigma_start, instead of uniform noise at sigma_max (re-noising
+    good candidates and denoising them again: a search step around them).
     Returns (frac (n_samples,N,3) in [0,1), R1 (n_samples,)).
     """
     gen = torch.Generator().manual_seed(seed)
     dev = problem.device
     N = problem.n_atoms
-    sigmas = schedule.sampling_sigmas(steps).to(dev)
+    sigmas = schedule.sampling_sigmas(steps, sigma_start if start is not None else None).to(dev)
     context = model.context(problem) if model is not None else None
-    x = torch.rand(n_samples, N, 3, generator=gen).to(dev)
+    if start is None:
+        x = torch.rand(n_samples, N, 3, generator=gen).to(dev)
+    else:
+        x = add_noise(start.to(dev), sigmas[0].expand(n_samples),
+                      problem.deorth, torch.randn(n_samples, N, 3, generator=gen).to(dev))
     for i in range(steps):
         s_now, s_next = sigmas[i], sigmas[i + 1]
         z = torch.randn(n_samples, N, 3, generator=gen).to(dev)
-        parts = []
+        scores, misfits = [], []
         for c0 in range(0, n_samples, chunk):
             xc = x[c0:c0 + chunk]
             sig = s_now.expand(len(xc))
+            blur = blur_for_sigma(sig, b_max)
             if model is None:
-                _, grad = misfit_gradient(problem, xc, blur_for_sigma(sig, b_max))
                 eps = torch.zeros_like(xc)
+                misfit, grad = misfit_gradient(problem, xc, blur)
             else:
-                eps, _, grad = denoiser_eps(model, problem, xc, sig, context, b_max)
+                eps, misfit, grad = denoiser_eps(model, problem, xc, sig, context, b_max)
+                if tweedie:
+                    x0 = torch.remainder(xc - (s_now * eps) @ problem.deorth.T, 1.0)
+                    misfit, grad = misfit_gradient(problem, x0, blur)
             g = grad / grad.pow(2).sum(-1).mean(-1).sqrt().clamp_min(1e-12)[:, None, None]
-            parts.append(-(eps + guidance * g) / s_now)  # score, Cartesian Å⁻¹
-        score = torch.cat(parts)
+            scores.append(-(eps + guidance * g) / s_now)  # score, Cartesian Å⁻¹
+            misfits.append(misfit)
+        score = torch.cat(scores)
         dvar = s_now ** 2 - s_next ** 2
         step = dvar * score + torch.sqrt(dvar) * (s_next / s_now) * z  # (B,N,3) Å
         x = torch.remainder(x + step @ problem.deorth.T, 1.0)
+        if resample_every and (i + 1) % resample_every == 0 and i + 1 < steps:
+            x = x[resample(torch.cat(misfits).cpu(), resample_ess, gen).to(dev)]
     return x, r1_of(problem, x)
+
+
+def resample(misfit: torch.Tensor, ess: float, gen: torch.Generator) -> torch.Tensor:
+    """Systematic resampling indices (B,) with weights exp(-misfit/T), T chosen by bisection
+    so that the effective sample size is about ess × B (sorted: copies stay together)."""
+    B = len(misfit)
+    m = misfit.double() - misfit.min()
+
+    def weights(T):
+        w = torch.exp(-m / T)
+        return w / w.sum()
+
+    lo, hi = 1e-6, 1e3
+    for _ in range(40):  # ESS grows with T
+        T = (lo * hi) ** 0.5
+        if 1.0 / (weights(T) ** 2).sum() < ess * B:
+            lo = T
+        else:
+            hi = T
+    cdf = torch.cumsum(weights(hi), 0)
+    u = (torch.rand(1, generator=gen, dtype=torch.float64) + torch.arange(B)) / B
+    return torch.searchsorted(cdf, u).clamp(max=B - 1)
+
+
+def search(model: Denoiser | None, schedule: NoiseSchedule, problem: Problem, n_samples: int,
+           steps: int = 60, guidance: float = 1.0, seed: int = 0, rounds: int = 8,
+           keep: int = 8, restart_sigmas: tuple = (0.8, 1.2, 0.5), restart_steps: int = 30,
+           polish_steps: int = 60, time_budget_s: float | None = None, **opts) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample, then search around the best: a population of n_samples structures.
+
+    Round 0 is `sample` from noise. Each further round keeps the `keep` lowest-R1
+    structures (after `polish`), noises copies of them back to a restart level (cycling
+    through restart_sigmas, Å) and denoises them again with restart_steps guided steps
+    (each structure is polished with polish_steps of plain descent on the misfit), so
+    the prior proposes chemically sensible rearrangements of the parts that fit worst and
+    the data picks among them (basin hopping with a learned move). Stops after `rounds`
+    rounds or when time_budget_s is spent. Returns (frac (M,N,3), R1 (M,)), lowest R1
+    first, M = keep + n_samples (or n_samples with rounds=0).
+    """
+    t0 = time.perf_counter()
+    x, _ = sample(model, schedule, problem, n_samples, steps=steps, guidance=guidance,
+                  seed=seed, **opts)
+    x = polish(problem, x, steps=polish_steps)
+    for r in range(rounds):
+        if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
+            break
+        elite = x[torch.argsort(r1_of(problem, x))[:keep]]
+        start = elite.repeat((n_samples + keep - 1) // keep, 1, 1)[:n_samples]
+        new, _ = sample(model, schedule, problem, n_samples, steps=restart_steps,
+                        guidance=guidance, seed=seed + 1 + r, start=start,
+                        sigma_start=restart_sigmas[r % len(restart_sigmas)], **opts)
+        x = torch.cat([elite, polish(problem, new, steps=polish_steps)])
+    r1 = r1_of(problem, x)
+    order = torch.argsort(r1)
+    return x[order], r1[order]
 
 
 def polish(problem: Problem, frac: torch.Tensor, steps: int = 60, lr_A: float = 0.05

@@ -50,6 +50,8 @@ class TrainConfig:
     uiso_range_A2: tuple = (0.02, 0.08)  # overall Uiso drawn uniformly, Å²
     f_noise_max: float = 0.05    # relative noise on |F| drawn from U(0, f_noise_max)
     missing_max: float = 0.2     # fraction of reflections dropped, U(0, missing_max)
+    sigma_focus_A: tuple = (0.05, 2.0)  # noise band where structures form and the search
+    sigma_focus_share: float = 0.6       # restarts; this share of draws comes from it
     max_atoms: int = 40          # skip structures with more non-H ASU atoms
     max_images: int = 480        # skip structures with more atoms in the cell (non-H)
     log_every: int = 50          # steps between loss lines
@@ -160,14 +162,16 @@ def simulate(s: Structure, rng: np.random.Generator, gen: torch.Generator, cfg: 
 # loss
 
 def diffusion_loss(model: Denoiser, schedule: NoiseSchedule, ex: Example, draws: int,
-                   gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Score-matching loss for one example at `draws` noise levels.
+                   gen: torch.Generator, focus: tuple[float, float] | None = None,
+                   focus_share: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Score-matching loss for one example at `draws` noise levels (focus, focus_share:
+    see NoiseSchedule.sample_sigma).
 
     Returns (mean loss, per-draw loss (draws,), sigma (draws,) Å).
     """
     p = ex.problem
     dev = p.device
-    sigma = schedule.sample_sigma(draws, gen).to(dev)  # (S,)
+    sigma = schedule.sample_sigma(draws, gen, focus, focus_share).to(dev)  # (S,)
     noise = torch.randn(draws, p.n_atoms, 3, generator=gen).to(dev)  # (S,N,3) Å/sigma
     x0 = ex.frac[None].expand(draws, -1, -1)  # (S,N,3)
     xt = add_noise(x0, sigma, p.deorth, noise)
@@ -188,31 +192,42 @@ def _shifts(hall: str) -> tuple[np.ndarray, np.ndarray]:
 
 def site_match(cell: gemmi.UnitCell, hall: str, pred: np.ndarray, true: np.ndarray,
                tol_A: float = 0.5) -> float:
-    """Fraction of predicted ASU sites within tol_A of a true site, best over origin choices.
+    """Fraction of true ASU sites matched one-to-one by a predicted site within tol_A Å,
+    best over origin choices.
 
-    Origin choices: the allowed discrete shifts, continuous shifts along polar axes (tried
-    from pairs of predicted/true sites) and, if not centrosymmetric, the inverted structure.
-    Elements are not compared (element assignment is the refiner's job).
+    Sites are paired by an optimal assignment on the distance to the nearest symmetry
+    image, so two predicted atoms on one true site count once. Origin choices: the
+    allowed discrete shifts, continuous shifts along polar axes (tried from pairs of
+    predicted/true sites) and, if not centrosymmetric, the inverted structure. Elements
+    are not compared (element assignment is the refiner's job).
     """
+    from scipy.optimize import linear_sum_assignment
+
     sg, ops = _ops(hall)
     shifts, polar = _shifts(hall)
     orth = np.array(cell.orth.mat)
-    true_img = apply_ops(true, ops).reshape(-1, 3)  # (N*O,3)
+    n_true = len(true)
+    true_img = apply_ops(true, ops).reshape(-1, 3)  # (N*O,3), atom-major
     best = 0.0
+    P = polar.T @ polar if len(polar) else np.zeros((3, 3))  # projector onto the polar axes
+    if len(polar):  # discrete shifts that differ only along a polar axis are the same choice
+        shifts = np.unique(np.round(np.mod(shifts - shifts @ P.T, 1.0), 6) % 1.0, axis=0)
     for sign in ((1.0,) if ops.centrosymmetric else (1.0, -1.0)):
         p0 = sign * pred
         for s in shifts:
             cands = [np.zeros(3)]
             if len(polar):
-                P = polar.T @ polar  # projector onto the polar subspace (frac)
                 diff = true_img[None] - (p0[:3] + s)[:, None]  # (3,N*O,3)
                 cands = list((diff.reshape(-1, 3) @ P.T))
             for c in cands:
                 q = p0 + s + c  # (N,3)
                 d = q[:, None] - true_img[None]
                 d -= np.round(d)
-                dist = np.linalg.norm(d @ orth.T, axis=-1).min(1)
-                best = max(best, float((dist < tol_A).mean()))
+                dist = np.linalg.norm(d @ orth.T, axis=-1).reshape(len(q), n_true, -1).min(-1)
+                if (dist.min(0) < tol_A).mean() <= best:  # cannot beat the best so far
+                    continue
+                rows, cols = linear_sum_assignment(dist)
+                best = max(best, float((dist[rows, cols] < tol_A).sum()) / n_true)
                 if best == 1.0:
                     return best
     return best
@@ -331,7 +346,8 @@ def train(data: list[str], out: str | os.PathLike, cfg: TrainConfig, device: str
             ex = simulate(s, rng, gen, cfg, device, model.cfg.max_tokens)
             if ex is None:
                 continue
-            loss, per, sig = diffusion_loss(model, schedule, ex, cfg.draws, gen)
+            loss, per, sig = diffusion_loss(model, schedule, ex, cfg.draws, gen,
+                                            tuple(cfg.sigma_focus_A), cfg.sigma_focus_share)
             (loss / cfg.batch).backward()
             losses.append(loss.item())
             for v, sg_ in zip(per.tolist(), sig.tolist()):

@@ -27,6 +27,10 @@ METHODS: dict[str, Callable[..., tuple[list[dict], dict]]] = {
     "diffusion": _diffusion,
 }
 
+# candidates per record when none is asked for: dualspace emits distinct ones; diffusion
+# draws a population in one batch and searches around its best
+DEFAULT_SAMPLES = {"dualspace": 8, "diffusion": 64}
+
 
 def sample_record(rec: dict, method: str = "dualspace", samples: int = 8, seed: int = 0,
                   device: str = "cpu", time_budget_s: float | None = None, **opts) -> dict:

@@ -6,7 +6,9 @@ Reads the problem record (cell, space group, composition without H, reflections)
 the weights (default: the repository's weights/xdxd-diffusion.safetensors, or
 $XDXD_WEIGHTS, or weights=...), draws `samples` structures in one batch with the
 data-guided sampler (model.diffusion.sample), polishes each with a short descent on the
-amplitude misfit and returns them as candidates, lowest R1 first, for xdxd-refine:
+amplitude misfit, searches around the best for a few rounds (model.diffusion.search:
+re-noise, denoise, keep the best) and returns them as candidates, lowest R1 first, for
+xdxd-refine:
 {"atoms": [...], "r1": R1, "cc": CC(|Fo|², |Fc|²), "method": "diffusion", "sample": i}.
 """
 from __future__ import annotations
@@ -52,13 +54,17 @@ def problem_from_record(rec: dict, device: str = "cpu", seed: int = 0):
 
 
 def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
-           time_budget_s: float | None = None, steps: int = 100, guidance: float = 1.0,
-           polish_steps: int = 60, weights: str | None = None, prior: bool = True
-           ) -> tuple[list[dict], dict]:
-    """Record -> (candidates lowest R1 first, info). time_budget_s is not used (one batch).
+           time_budget_s: float | None = None, steps: int = 60, guidance: float = 1.0,
+           rounds: int = 8, weights: str | None = None, prior: bool = True,
+           **sampler) -> tuple[list[dict], dict]:
+    """Record -> (the `samples` lowest-R1 candidates, info).
 
-    prior=False samples without the network (data guidance alone, same schedule): the
-    baseline that shows what the learned prior adds.
+    `samples` structures are drawn in one batch and searched around for `rounds` rounds
+    (xdxd.model.diffusion.search), or until time_budget_s is spent. prior=False samples
+    without the network (data guidance alone, same schedule and search): the baseline
+    that shows what the learned prior adds. sampler: further settings of
+    xdxd.model.diffusion.search and sample (keep, restart_sigmas, restart_steps,
+    polish_steps, tweedie, resample_every, b_max).
     """
     from xdxd.model import diffusion
     from xdxd.model.conditioning import agreement_of
@@ -67,11 +73,11 @@ def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
     path = resolve_weights(weights)
     model, schedule, meta = _model(str(path), str(device))
     prob = problem_from_record(rec, device, seed)
-    frac, _ = diffusion.sample(model if prior else None, schedule, prob, samples, steps=steps,
-                               guidance=guidance,
-                               seed=seed)
-    if polish_steps:
-        frac = diffusion.polish(prob, frac, steps=polish_steps)
+    budget = None if time_budget_s is None else max(0.0, time_budget_s - (time.perf_counter() - t0))
+    frac, _ = diffusion.search(model if prior else None, schedule, prob, samples, steps=steps,
+                               guidance=guidance, seed=seed, rounds=rounds,
+                               time_budget_s=budget, **sampler)
+    frac = frac[:samples]
     r1, cc = (t.cpu().numpy() for t in agreement_of(prob, frac))
     frac = frac.cpu().numpy()
     out = []
@@ -86,6 +92,7 @@ def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
         out.append({"atoms": atoms, "r1": round(float(r1[i]), 5), "cc": round(float(cc[i]), 5),
                     "method": "diffusion", "sample": int(i)})
     info = {"weights": str(path), "weights_steps": meta.get("training", {}).get("total_steps"),
-            "steps": steps, "guidance": guidance, "samples": samples, "prior": prior,
+            "steps": steps, "guidance": guidance, "samples": samples, "rounds": rounds,
+            "prior": prior,
             "seconds": round(time.perf_counter() - t0, 3)}
     return out, info
