@@ -56,4 +56,4 @@ train-gpu: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bin/train-gpu
 
 train-cpu: install
-	$(BIN)/xdxd-train --data data/synth-2k --out weights --steps 2000 --threads 1
+	$(BIN)/xdxd-train --data data/synth-10k --out weights --steps 2000 --threads 1 --workers 1

@@ -208,3 +208,20 @@ def test_resampling_favours_low_misfit():
     misfit = torch.tensor([0.1, 0.5, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9])
     idx = diffusion.resample(misfit, 0.5, gen)
     assert len(idx) == 8 and (idx == 0).sum() >= 2 and torch.all(idx[:-1] <= idx[1:])
+
+
+def test_worker_stream_is_reproducible():
+    from xdxd.model.train import ExampleStream
+    structures = [_structure("P 1 21/c 1", 0), _structure("P 21 21 21", 1)]
+    cfg = TrainConfig()
+
+    def first(n):
+        loader = torch.utils.data.DataLoader(ExampleStream(structures, cfg, 64, seed=5),
+                                             batch_size=None, num_workers=2)
+        it = iter(loader)
+        return [next(it).to("cpu") for _ in range(n)]
+
+    a, b = first(4), first(4)
+    for x, y in zip(a, b):
+        assert torch.equal(x.problem.F_obs, y.problem.F_obs) and torch.equal(x.frac, y.frac)
+    assert not torch.equal(a[0].problem.F_obs, a[1].problem.F_obs) or a[0].d_min_A != a[1].d_min_A

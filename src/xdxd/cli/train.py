@@ -36,6 +36,7 @@ def train(
     val_every: int = typer.Option(500, "--val-every", help="Steps between validation samplings (0: never)."),
     save_every: int = typer.Option(500, "--save-every", help="Steps between checkpoints."),
     time_limit: float = typer.Option(0.0, "--time-limit", help="Stop and save after this many minutes (0: none)."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Processes that simulate the experiments beside training (0: none)."),
     seed: int = SeedOpt,
     device: str = DeviceOpt,
     threads: int = ThreadsOpt,
@@ -50,7 +51,7 @@ def train(
     dev = resolve_device(device)
     cfg = TrainConfig(steps=steps, batch=batch, draws=draws, lr=lr, max_atoms=max_atoms,
                       log_every=log_every, val_every=val_every, save_every=save_every,
-                      seed=seed, time_limit_s=time_limit * 60.0)
+                      seed=seed, time_limit_s=time_limit * 60.0, workers=workers)
     try:
         run_train(data, out, cfg, device=dev, init=init,
                   model_cfg=ModelConfig(hidden=hidden, layers=layers), log=log.info)

@@ -18,8 +18,9 @@ as the sampler's guidance. Every structure factor comes from crystal.structure_f
 """
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import gemmi
 import numpy as np
@@ -72,6 +73,19 @@ class Problem:
     @property
     def device(self) -> torch.device:
         return self.F_obs.device
+
+    def to(self, device: str | torch.device) -> "Problem":
+        """The same problem with every tensor (its structure-factor tables too) on device."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        sf = copy.copy(self.sf)
+        sf.device = device
+        for name in ("hkl", "s2", "f0", "hR", "ht"):
+            setattr(sf, name, getattr(sf, name).to(device))
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
+                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        return replace(self, sf=sf, **moved)
 
 
 def make_problem(cell: gemmi.UnitCell, hall: str, elements: list[str], hkl: np.ndarray,

@@ -63,6 +63,7 @@ class TrainConfig:
     val_d_min_A: float = 2.0
     seed: int = 0
     time_limit_s: float = 0.0    # stop (and save) after this wall time; 0: no limit
+    workers: int = 0             # processes simulating experiments (0: in the training loop)
 
 
 # ---------------------------------------------------------------------------
@@ -126,6 +127,33 @@ class Example:
     problem: Problem
     frac: torch.Tensor  # (N,3) true ASU non-H coordinates
     d_min_A: float
+
+    def to(self, device: str | torch.device) -> "Example":
+        return Example(self.problem.to(device), self.frac.to(device), self.d_min_A)
+
+
+class ExampleStream(torch.utils.data.IterableDataset):
+    """Endless simulated experiments on random training structures, built on the CPU.
+
+    With a torch DataLoader and num_workers > 0 each worker runs its own stream (seeded
+    with (seed, worker id)), so simulation runs beside the training step; the loader
+    hands the examples out round-robin, in the same order every time.
+    """
+
+    def __init__(self, structures: list[Structure], cfg: "TrainConfig", max_tokens: int,
+                 seed: int):
+        self.structures, self.cfg, self.max_tokens, self.seed = structures, cfg, max_tokens, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid = info.id if info is not None else 0
+        rng = np.random.default_rng([self.seed, wid])
+        gen = torch.Generator().manual_seed(self.seed * 1009 + wid)
+        while True:
+            s = self.structures[int(rng.integers(len(self.structures)))]
+            ex = simulate(s, rng, gen, self.cfg, "cpu", self.max_tokens)
+            if ex is not None:
+                yield ex
 
 
 def simulate(s: Structure, rng: np.random.Generator, gen: torch.Generator, cfg: TrainConfig,
@@ -335,6 +363,13 @@ def train(data: list[str], out: str | os.PathLike, cfg: TrainConfig, device: str
         save_model(model, weights_path, training)
         torch.save({"optimizer": opt.state_dict(), "total_steps": step0 + step}, state_path)
 
+    stream = None
+    if cfg.workers > 0:  # simulation in worker processes, beside the training step
+        loader = torch.utils.data.DataLoader(
+            ExampleStream(train_set, cfg, model.cfg.max_tokens, cfg.seed * 7919 + step0),
+            batch_size=None, num_workers=cfg.workers, prefetch_factor=4,
+            persistent_workers=True)
+        stream = iter(loader)
     for step in range(1, cfg.steps + 1):
         for g in opt.param_groups:
             g["lr"] = lr_at(step - 1, cfg.steps, cfg.lr)
@@ -342,8 +377,11 @@ def train(data: list[str], out: str | os.PathLike, cfg: TrainConfig, device: str
         losses = []
         n_ok = 0
         while n_ok < cfg.batch:
-            s = train_set[int(rng.integers(len(train_set)))]
-            ex = simulate(s, rng, gen, cfg, device, model.cfg.max_tokens)
+            if stream is not None:
+                ex = next(stream).to(device)
+            else:
+                s = train_set[int(rng.integers(len(train_set)))]
+                ex = simulate(s, rng, gen, cfg, device, model.cfg.max_tokens)
             if ex is None:
                 continue
             loss, per, sig = diffusion_loss(model, schedule, ex, cfg.draws, gen,
