@@ -50,6 +50,8 @@ def refine(
                                              "(default: on; off with --from reference)."),
     restraints: bool = typer.Option(True, "--restraints/--no-restraints",
                                     help="Anti-bump restraints between non-H atoms."),
+    bonds: bool = typer.Option(False, "--bonds/--no-bonds",
+                               help="Restrain every bond to the nearest tabulated length (sigma 0.03 Å), as DFIX does; for low-resolution data."),
     refine_uiso: bool = typer.Option(True, "--uiso/--no-uiso", help="Refine Uiso (Å²) per atom."),
     refine_hydrogens: bool = typer.Option(False, "--refine-hydrogens",
                                           help="Refine H positions and Uiso too (default: fixed)."),
@@ -68,8 +70,8 @@ def refine(
     log = common.Log(quiet)
     common.set_threads(threads)
     dev = common.resolve_device(device)
-    opts = dict(source=source.value, swap=swap, restraints=restraints, refine_uiso=refine_uiso,
-                refine_hydrogens=refine_hydrogens, weight_a=weight_a)
+    opts = dict(source=source.value, swap=swap, restraints=restraints, bonds=bonds,
+                refine_uiso=refine_uiso, refine_hydrogens=refine_hydrogens, weight_a=weight_a)
 
     def work(rec: dict) -> dict:
         out = refine_record(rec, cycles=cycles, device=dev, top=top, **opts)

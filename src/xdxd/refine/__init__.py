@@ -91,7 +91,8 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
     """Refine a record's candidates (or solution / reference) and write `solution`.
 
     opts: source ("auto" | "candidates" | "solution" | "reference"), swap (True, False
-    or None = on except for a reference), restraints (anti-bump, True), refine_uiso
+    or None = on except for a reference), restraints (anti-bump, True), bonds
+    (bond-length restraints to tabulated lengths, False), refine_uiso
     (True), refine_hydrogens (False), weight_a (0.1), rank_cycles (8), aniso (True: atoms
     given with `uaniso` keep those ADPs fixed; False: refine them isotropically).
     Returns the record (a new dict) with `solution` and updated `candidates`.
@@ -104,7 +105,7 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
     keep_aniso = opts.pop("aniso", True)
     swap = (source != "reference") if swap is None else swap
     rank_cycles = min(cycles, opts.pop("rank_cycles", RANK_CYCLES))
-    lsq = {k: opts.pop(k) for k in ("restraints", "refine_uiso", "refine_hydrogens",
+    lsq = {k: opts.pop(k) for k in ("restraints", "bonds", "refine_uiso", "refine_hydrogens",
                                     "weight_a", "weight_b") if k in opts}
     if opts:
         raise TypeError(f"refine_record: unknown options {sorted(opts)}")

@@ -3,6 +3,7 @@
 Minimises, for each candidate structure,
 
     S = sum_h w_h (Fo_h² - k² |Fc_h|²)²  +  sum_bumps ((d0 - d) / BUMP_SIGMA)²
+        [+ sum_bonds ((d0 - d) / BOND_SIGMA)²]
 
 on F² with SHELXL's weights w = 1 / (sigma²(Fo²) + (a P)² + b P), P = (Fo² + 2 k²Fc²)/3
 (a = 0.1, b = 0 as SHELXL's default WGHT), recomputed at the start of every cycle and
@@ -31,6 +32,11 @@ found by `chemistry.find_contacts`) shorter than d0 = BUMP_FACTOR (r_i + r_j) (g
 covalent radii; C...C 1.17 Å, C...O 1.11 Å, O...O 1.06 Å: shorter than any bond
 between them) adds ((d0 - d)/0.02 Å)² to S, as SHELXL's BUMP does with sigma 0.02 Å.
 
+Bond-length restraints (bonds=True, off by default): every bond the chemistry check sees
+(d < r_i + r_j + 0.45 Å) is restrained two-sidedly to the tabulated length for its element
+pair (BOND_LENGTHS) nearest its current length, sigma 0.03 Å, as a DFIX per bond would do:
+geometry regularisation for low-resolution data, which never changes a bond's type.
+
 Many candidates are refined at once (a leading batch dimension B everywhere):
 `refine_batch` ranks sampler output; `refine_structure` is the same code with B = 1,
 plus esds of the coordinates from the inverse normal matrix.
@@ -48,7 +54,8 @@ from xdxd.crystal.statistics import Agreement, agreement
 from xdxd.crystal.structure_factors import StructureFactors
 from xdxd.crystal.symmetry import (SymOps, make_cell, special_position_projector,
                                    spacegroup_from_record, stabilizer, symops)
-from xdxd.refine.chemistry import SHORT_FACTOR, covalent_radius, find_contacts, is_hydrogen
+from xdxd.refine.chemistry import (BOND_TOL, SHORT_FACTOR, covalent_radius, find_contacts,
+                                   is_hydrogen)
 
 WEIGHT_A = 0.1          # SHELXL WGHT a
 WEIGHT_B = 0.0          # SHELXL WGHT b
@@ -57,6 +64,20 @@ UISO_MAX = 0.3          # Å², upper bound of Uiso
 UISO_START = 0.04       # Å², Uiso of atoms that come without one
 BUMP_FACTOR = SHORT_FACTOR  # d0 = BUMP_FACTOR * (r_i + r_j), Å
 BUMP_SIGMA = 0.02       # Å, sigma of the anti-bump restraint
+BOND_SIGMA = 0.03       # Å, sigma of a bond-length restraint (SHELXL DFIX default 0.02)
+# typical lengths (Å) of bonds between non-H atoms, single to multiple and aromatic
+# (Allen et al., J. Chem. Soc. Perkin Trans. 2 (1987) S1; International Tables C, 9.5),
+# rounded; a restrained bond is pulled to the one nearest its current length
+BOND_LENGTHS = {
+    ("C", "C"): (1.20, 1.34, 1.39, 1.47, 1.53), ("C", "N"): (1.15, 1.28, 1.34, 1.40, 1.47),
+    ("C", "O"): (1.21, 1.31, 1.36, 1.43), ("C", "S"): (1.67, 1.74, 1.81),
+    ("C", "F"): (1.34,), ("C", "Cl"): (1.74,), ("Br", "C"): (1.90,), ("C", "I"): (2.10,),
+    ("N", "N"): (1.12, 1.24, 1.35, 1.42), ("N", "O"): (1.22, 1.36, 1.42),
+    ("O", "S"): (1.44, 1.58), ("N", "S"): (1.56, 1.63, 1.68), ("O", "P"): (1.48, 1.58),
+    ("C", "P"): (1.80,), ("S", "S"): (2.04,), ("C", "Si"): (1.86,), ("O", "Si"): (1.63,),
+    ("B", "C"): (1.57,), ("B", "F"): (1.38,), ("B", "O"): (1.37,), ("N", "P"): (1.66,),
+    ("C", "Se"): (1.94,), ("O", "O"): (1.48,),
+}
 LAMBDA_START = 1e-3     # initial Marquardt damping
 STOP_DECREASE = 1e-6    # stop when S falls by less than this fraction in a cycle
 MAX_BATCH_ELEMENTS = 4e6  # B*N*M per batch at most (larger batches are split)
@@ -158,26 +179,40 @@ def _site_constraints(frac: np.ndarray, ops: SymOps, cell: gemmi.UnitCell, snap:
     return np.mod(x0, 1.0), basis, order
 
 
+def bond_target(a: str, b: str, d: float) -> float | None:
+    """The tabulated length (Å) nearest to d of a bond between elements a and b, or None
+    when the pair has no entry (BOND_LENGTHS)."""
+    lengths = BOND_LENGTHS.get(tuple(sorted((a, b))))
+    return None if lengths is None else min(lengths, key=lambda x: abs(x - d))
+
+
 class _Bumps:
-    """Anti-bump restraint rows for a batch, on a contact list fixed within one cycle."""
+    """Distance restraint rows for a batch, on a contact list fixed within one cycle:
+    anti-bump rows (one-sided, d0 = BUMP_FACTOR (r_i + r_j), BUMP_SIGMA) and, with bonds,
+    bond-length rows (two-sided, d0 = `bond_target`, BOND_SIGMA) for every bond the
+    chemistry check sees (d < r_i + r_j + BOND_TOL)."""
 
     def __init__(self, data: _Data, elements: list[list[str]], frac: np.ndarray, occ: np.ndarray,
-                 enabled: bool):
+                 enabled: bool, bonds: bool = False):
         B, N, _ = frac.shape
-        rows = []  # (b, i, j, op, shift, d0)
+        rows = []  # (b, i, j, op, shift, d0, sigma, two-sided)
         for b in range(B):
             if not enabled:
                 break
             heavy = [n for n, e in enumerate(elements[b]) if not is_hydrogen(e) and occ[b, n] > 0]
             if not heavy:
                 continue
-            r = np.array([covalent_radius(elements[b][n]) for n in heavy])
-            c = find_contacts(data.cell, data.ops, frac[b, heavy],
-                              cutoff=BUMP_FACTOR * 2 * r.max() + 0.3)
+            els = [elements[b][n] for n in heavy]
+            r = np.array([covalent_radius(e) for e in els])
+            reach = 2 * r.max() + BOND_TOL if bonds else BUMP_FACTOR * 2 * r.max() + 0.3
+            c = find_contacts(data.cell, data.ops, frac[b, heavy], cutoff=reach)
             for i, j, o, s, d in zip(c.i, c.j, c.op, c.shift, c.d):
                 d0 = BUMP_FACTOR * (r[i] + r[j])
-                if d < d0 + 0.3:
-                    rows.append((b, heavy[i], heavy[j], o, s, d0))
+                target = bond_target(els[i], els[j], d) if bonds else None
+                if bonds and d < r[i] + r[j] + BOND_TOL and target is not None and d > d0:
+                    rows.append((b, heavy[i], heavy[j], o, s, target, BOND_SIGMA, True))
+                elif d < d0 + 0.3:
+                    rows.append((b, heavy[i], heavy[j], o, s, d0, BUMP_SIGMA, False))
         self.n = len(rows)
         kw = dict(device=data.device, dtype=data.dtype)
         self.b = torch.tensor([r[0] for r in rows], dtype=torch.long, device=data.device)
@@ -186,7 +221,12 @@ class _Bumps:
         self.op = torch.tensor([r[3] for r in rows], dtype=torch.long, device=data.device)
         self.shift = torch.tensor(np.array([r[4] for r in rows]).reshape(-1, 3), **kw)
         self.d0 = torch.tensor([r[5] for r in rows], **kw)
+        self.sigma = torch.tensor([r[6] for r in rows], **kw)
+        self.two_sided = torch.tensor([r[7] for r in rows], dtype=torch.bool, device=data.device)
         self.data = data
+
+    def _active(self, d: torch.Tensor) -> torch.Tensor:
+        return (self.two_sided | (d < self.d0)).to(d.dtype)
 
     def geometry(self, frac: torch.Tensor):
         """Distances (R,) Å and the Å-vector from atom i to the image of j (R,3)."""
@@ -203,17 +243,17 @@ class _Bumps:
         if self.n == 0:
             return cost
         d, _ = self.geometry(frac)
-        r = torch.relu(self.d0 - d) / BUMP_SIGMA
+        r = self._active(d) * (self.d0 - d) / self.sigma
         return cost.index_add(0, self.b, r ** 2)
 
     def jacobian(self, frac: torch.Tensor, basis: torch.Tensor, B: int, N: int):
         """Residuals (R,) and their derivatives wrt the position parameters (R,N,3)."""
         D = self.data
         d, v = self.geometry(frac)
-        active = (d < self.d0).to(frac.dtype)
-        r = active * (self.d0 - d) / BUMP_SIGMA
+        active = self._active(d)
+        r = active * (self.d0 - d) / self.sigma
         u = v / d.clamp_min(1e-6)[:, None]  # unit vector, Å
-        g_cart = -active[:, None] * u / BUMP_SIGMA  # dr/d(img - xi) in Å, (R,3)
+        g_cart = -(active / self.sigma)[:, None] * u  # dr/d(img - xi) in Å, (R,3)
         g_frac = g_cart @ D.orth  # dr/d(frac diff) (R,3)
         gj = torch.einsum("ra,rab->rb", g_frac, D.rot[self.op])  # through R_op
         gi = -g_frac
@@ -230,7 +270,7 @@ class _Bumps:
         if self.n == 0:
             return np.zeros(0, dtype=int)
         d, _ = self.geometry(frac)
-        return self.b[d < self.d0].cpu().numpy()
+        return self.b[(d < self.d0) & ~self.two_sided].cpu().numpy()
 
 
 # ---------------------------------------------------------------------------
@@ -243,7 +283,7 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
                  restraints: bool = True, uaniso: np.ndarray | None = None,
                  refine_hydrogens: bool = False, weight_a: float = WEIGHT_A,
                  weight_b: float = WEIGHT_B, dtype: torch.dtype = torch.float64,
-                 esd: bool = False) -> list[RefinementResult]:
+                 esd: bool = False, bonds: bool = False) -> list[RefinementResult]:
     """Refine B candidate structures of N atoms each against one data set, all at once.
 
     cell: gemmi.UnitCell or [a, b, c, alpha, beta, gamma] (Å, °); sg: gemmi.SpaceGroup or
@@ -276,7 +316,7 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
     if B > per:  # split the batch (memory: ~7 copies of (B,N,M) complex F per cycle)
         kw = dict(cycles=cycles, refine_uiso=refine_uiso, refine_hydrogens=refine_hydrogens,
                   restraints=restraints, weight_a=weight_a, weight_b=weight_b, device=device,
-                  dtype=dtype, esd=esd)
+                  dtype=dtype, esd=esd, bonds=bonds)
         out = []
         for s in range(0, B, per):
             sl = slice(s, s + per)
@@ -360,7 +400,8 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
     for cycle in range(cycles):
         n_cycles = cycle + 1
         with torch.no_grad():
-            bumps = _Bumps(data, els, np.mod(frac_of(p).cpu().numpy(), 1.0), occ, restraints)
+            bumps = _Bumps(data, els, np.mod(frac_of(p).cpu().numpy(), 1.0), occ, restraints,
+                           bonds)
         # per-atom contributions and their derivatives along each basis direction
         with torch.no_grad():
             Fa, dF = atom_f_and_derivatives(p, u)
