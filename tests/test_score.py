@@ -104,6 +104,14 @@ def test_two_atoms_with_swapped_elements_do_not_match_strict(data_dir):
     atoms[i]["element"], atoms[j]["element"] = atoms[j]["element"], atoms[i]["element"]
     m = score_record(rec)["metrics"]
     assert not m["matched_strict"]
+    assert m["matched_sites"]  # every site is found; only two labels are wrong
+
+
+def test_sites_found_needs_every_site(data_dir):
+    rec = cod_record(data_dir, "2202108")
+    assert score_record(copy.deepcopy(rec))["metrics"]["matched_sites"]
+    heavy(rec["solution"]["atoms"])[3]["xyz"][0] += 1.5 / rec["cell"][0]
+    assert not score_record(rec)["metrics"]["matched_sites"]
 
 
 def test_different_elements_do_not_match(data_dir):

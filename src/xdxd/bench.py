@@ -6,7 +6,7 @@ them (see bin/bench), and the result is the scored record with a `bench` row add
 
     {"id", "class", "sg", "n_atoms", "dmin", "method", "samples", "seed", "time_budget_s",
      "device", "seconds", "seconds_total", "stage_s": {...}, "peak_rss_MB", "base_rss_MB", "isolated",
-     "matched_loose", "matched_strict", "rms_loose", "rmsd_A", "r1", "best_candidate",
+     "matched_loose", "matched_strict", "matched_sites", "rms_loose", "rmsd_A", "r1", "best_candidate",
      "n_candidates_matched_loose", "error"}
 
 seconds is the wall time a user pays to solve the structure, prep + sample + refine
@@ -221,6 +221,7 @@ def run_one(task: Task, pipeline: Pipeline | None = None, isolated: bool = False
         "peak_rss_MB": round(_maxrss_MB(), 1), "base_rss_MB": round(base_rss, 1),
         "isolated": isolated,
         "matched_loose": bool(m.get("matched_loose")), "matched_strict": bool(m.get("matched_strict")),
+        "matched_sites": bool(m.get("matched_sites")),
         "rms_loose": m.get("rms_loose"), "rmsd_A": m.get("rmsd_A"), "r1": m.get("r1"),
         "best_candidate": m.get("best_candidate"),
         "n_candidates_matched_loose": m.get("n_candidates_matched_loose"),
@@ -316,6 +317,7 @@ def _failed(task: Task, message: str) -> dict:
                     "seed": task.seed, "time_budget_s": task.time_budget_s, "device": task.device,
                     "seconds": None, "seconds_total": None, "stage_s": {}, "peak_rss_MB": None, "base_rss_MB": None,
                     "isolated": True, "matched_loose": False, "matched_strict": False,
+                    "matched_sites": False,
                     "rms_loose": None, "rmsd_A": None, "r1": None, "best_candidate": None,
                     "n_candidates_matched_loose": None, "error": rec["error"]}
     return rec
@@ -396,7 +398,8 @@ def summarize_bench(rows: list[dict]) -> list[dict]:
 
 
 def _row_metrics(r: dict) -> dict:
-    m = {k: r.get(k) for k in ("matched_loose", "matched_strict", "rms_loose", "rmsd_A", "r1")}
+    m = {k: r.get(k) for k in ("matched_loose", "matched_strict", "matched_sites", "rms_loose",
+                               "rmsd_A", "r1")}
     if r.get("n_candidates_matched_loose") is not None:
         m["n_candidates_matched_loose"] = r["n_candidates_matched_loose"]
     return m
@@ -405,12 +408,12 @@ def _row_metrics(r: dict) -> dict:
 def markdown_table(summaries: list[dict]) -> str:
     """The per-(dmin, method) summaries as a Markdown table (for the README)."""
     from xdxd.score import num, pct
-    head = ("| d_min (Å) | method | n | solved loose | solved strict | found loose | mean RMS | "
+    head = ("| d_min (Å) | method | n | solved loose | solved strict | sites found | found loose | mean RMS | "
             "mean RMSD (Å) | median R1 | median s/structure | median sample s | peak RSS (MB) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for s in summaries:
         lines.append(f"| {s['dmin']:.2f} | {s['method']} | {s['n']} | {pct(s['solved_loose'])} | "
-                     f"{pct(s['solved_strict'])} | {pct(s['found_loose'])} | "
+                     f"{pct(s['solved_strict'])} | {pct(s.get('sites_found'))} | {pct(s['found_loose'])} | "
                      f"{num(s['mean_rms_loose'], 3)} | {num(s['mean_rmsd_A'], 3)} | "
                      f"{num(s['median_r1'], 3)} | {num(s['median_seconds'], 1)} | "
                      f"{num(s['median_sample_s'], 1)} | {num(s['max_peak_rss_MB'], 0)} |")

@@ -117,8 +117,9 @@ def compare(solution: P1Cell, reference: P1Cell, strict: bool = True) -> dict:
 
     matched_loose/strict (bool), rms_loose/strict (normalised, or None),
     matched_loose_diffcsp (bool: rms_loose is not None), rmsd_A and max_dist_A
-    (Å, from the loose RMS search, or None), n_atoms (non-H, asymmetric unit of the
-    reference), n_atoms_p1, same_composition.
+    (Å, from the loose RMS search, or None), matched_sites (loose match with the elements
+    ignored: every site found, C/N/O labels maybe wrong), n_atoms (non-H, asymmetric unit
+    of the reference), n_atoms_p1, same_composition.
     """
     ref, sol = reference.reduced, solution.reduced
     out = {"n_atoms": reference.n_asu, "n_atoms_p1": len(reference.structure),
@@ -138,7 +139,18 @@ def compare(solution: P1Cell, reference: P1Cell, strict: bool = True) -> dict:
                 length = reference.length_A
                 out["rmsd_A"] = None if rms is None else round(float(rms[0]) * length, 4)
                 out["max_dist_A"] = None if rms is None else round(float(rms[1]) * length, 4)
+                # the sites alone: every atom one element, as a structure with C/N/O
+                # labels still to sort out would count for a crystallographer
+                out["matched_sites"] = bool(out["matched_loose"] or (
+                    len(ref) == len(sol) and sm.fit(_one_element(ref), _one_element(sol))))
     return out
+
+
+def _one_element(structure):
+    """A copy of a pymatgen Structure with every site made carbon."""
+    s = structure.copy()
+    s.replace_species({sp: "C" for sp in s.composition.elements})
+    return s
 
 
 def _atoms_of(structure, what: str) -> list[dict]:
@@ -257,8 +269,8 @@ def pipeline_seconds(rec: dict) -> float | None:
 def summarize(metrics: list[dict | None], seconds: list[float | None] | None = None) -> dict:
     """Summary over records: metrics[i] is a record's metrics, or None if it failed.
 
-    Returns n, n_scored, n_error, solved_loose / solved_strict / solved_loose_diffcsp
-    (fractions of n, failed records count as unsolved), found_loose (fraction where some
+    Returns n, n_scored, n_error, solved_loose / solved_strict / solved_loose_diffcsp and
+    sites_found (elements ignored) (fractions of n, failed records count as unsolved), found_loose (fraction where some
     candidate matched loose, over records with candidates), mean_rms_loose and
     mean_rmsd_A (over loose-matched records), median_r1, median_seconds.
     """
@@ -283,6 +295,7 @@ def summarize(metrics: list[dict | None], seconds: list[float | None] | None = N
         "solved_loose": frac(len(matched), n),
         "solved_strict": frac(sum(bool(m.get("matched_strict")) for m in ok), n),
         "solved_loose_diffcsp": frac(sum(bool(m.get("matched_loose_diffcsp")) for m in ok), n),
+        "sites_found": frac(sum(bool(m.get("matched_sites")) for m in ok), n),
         "found_loose": frac(sum(m["n_candidates_matched_loose"] > 0 for m in with_cands),
                             len(with_cands)),
         "mean_rms_loose": mean(m.get("rms_loose") for m in matched),
