@@ -225,3 +225,19 @@ def test_worker_stream_is_reproducible():
     for x, y in zip(a, b):
         assert torch.equal(x.problem.F_obs, y.problem.F_obs) and torch.equal(x.frac, y.frac)
     assert not torch.equal(a[0].problem.F_obs, a[1].problem.F_obs) or a[0].d_min_A != a[1].d_min_A
+
+
+def test_inpainting_keeps_the_held_atoms_and_atom_fit_finds_the_moved_one():
+    from xdxd.model.conditioning import atom_fit
+    prob, frac, _ = toy_problem("P 1 21/c 1", n=6, d_min=1.0)
+    true = torch.tensor(frac, dtype=torch.float32)[None]
+    moved = true.clone()
+    moved[0, 4] = torch.remainder(moved[0, 4] + torch.tensor([0.2, 0.3, 0.1]), 1.0)
+    fit = atom_fit(prob, torch.cat([true, moved]))
+    assert fit[0].min() > 0.7 and int(fit[1].argmin()) == 4
+    keep = torch.ones(2, 6, dtype=torch.bool)
+    keep[:, 4] = False
+    x, _ = diffusion.sample(tiny_model(), diffusion.NoiseSchedule(TINY), prob, 2, steps=5,
+                            start=moved.repeat(2, 1, 1), sigma_start=1.0, keep=keep, seed=2)
+    assert torch.allclose(x[:, keep[0]], moved[0, keep[0]].expand(2, -1, -1), atol=1e-5)
+    assert not torch.allclose(x[:, 4], moved[0, 4].expand(2, -1), atol=1e-3)

@@ -336,3 +336,25 @@ def agreement_of(problem: Problem, frac: torch.Tensor) -> tuple[torch.Tensor, to
         b = fc ** 2 - (fc ** 2).mean(-1, keepdim=True)
         cc = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
         return r1, cc
+
+
+def atom_fit(problem: Problem, frac: torch.Tensor) -> torch.Tensor:
+    """How well each atom sits in the density of |Fo| with the model's own phases, (B,N).
+
+    fit_j = Σ_h Re(conj(F_j) |Fo| e^{iφc}) / (k Σ_h |F_j|²), with F_j atom j's contribution
+    (all its images), φc the phases of the whole model and k the |Fo|/|Fc| scale: about 1
+    for an atom where the data want one, near 0 (or below) for a misplaced one. A
+    Fourier-space reading of the Fo map at the atoms, as an omit decision would use it.
+    """
+    with torch.no_grad():
+        B, N, _ = frac.shape
+        uiso = torch.full((B * N, 1), problem.uiso, device=frac.device)
+        fa = problem.sf.calc(frac.float().reshape(B * N, 1, 3),
+                             problem.type_idx.repeat(B).reshape(B * N, 1), uiso)
+        fa = fa.reshape(B, N, -1)  # (B,N,M) complex
+        fc = fa.sum(1)  # (B,M)
+        fo = problem.F_obs[None]
+        k = (fo * fc.abs()).sum(-1) / (fc.abs() ** 2).sum(-1).clamp_min(1e-12)  # (B,)
+        fo_phased = fo * fc / fc.abs().clamp_min(1e-12)  # (B,M)
+        num = (fa.conj() * fo_phased[:, None]).real.sum(-1)  # (B,N)
+        return num / (k[:, None] * (fa.abs() ** 2).sum(-1)).clamp_min(1e-12)
