@@ -430,9 +430,67 @@ def _site_order(centre: np.ndarray, ops: SymOps, tol: float = 1e-3) -> int:
     return int((np.abs(d - np.round(d)).max(axis=1) < tol).sum())
 
 
-def _sum_by(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
-    """(n,3): the rows of values (P,3) summed by index (P,) (np.add.at, but fast)."""
-    return np.stack([np.bincount(index, values[:, c], minlength=n) for c in range(3)], axis=1)
+def _row_index(index: np.ndarray) -> np.ndarray:
+    """(3P,): the flat positions of the rows `index` (P,) of an (n,3) array, for `_sum_rows`."""
+    return (3 * index[:, None] + np.arange(3)).ravel()
+
+
+def _sum_rows(flat: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """(n,3): the rows of values (P,3) summed into rows given by `_row_index` (np.add.at, fast)."""
+    return np.bincount(flat, values.ravel(), minlength=3 * n).reshape(n, 3)
+
+
+def _orth_matrix(par: np.ndarray) -> np.ndarray:
+    """Orthogonalisation matrix (3,3), Å, of a cell (6,) in Å/°, in gemmi's convention
+    (a along x, c* along z); numpy, for the many cells of a minimisation."""
+    a, b, c = par[:3]
+    ca, cb, cg = np.cos(np.radians(par[3:]))
+    sb, sg = np.sin(np.radians(par[4])), np.sin(np.radians(par[5]))
+    cos_as = (cb * cg - ca) / (sb * sg)
+    sin_as = np.sqrt(max(1.0 - cos_as * cos_as, 0.0))
+    return np.array([[a, b * cg, c * cb], [0.0, b * sg, -c * sb * cos_as], [0.0, 0.0, c * sb * sin_as]])
+
+
+class _SqueezePairs:
+    """squeeze's view of a pair list (`_contact_pairs`), hydrogen bonds first: flat image
+    indices and the coefficients of d E / d r, computed once per list update."""
+
+    def __init__(self, pairs: dict, ops: SymOps, n_mol: int, n_q: int):
+        order = np.argsort(~pairs["hbond"], kind="stable")
+        p = {k: v[order] for k, v in pairs.items()}
+        self.n_hb = int(p["hbond"].sum())
+        self.i, self.a = p["i"], p["a"]
+        self.oj = p["op"] * n_mol + p["j"]          # row of the image centre (O·K,3)
+        self.ob = p["op"] * n_q + p["b"]            # row of the image offset (O·N,3)
+        self.rows = {k: _row_index(v) for k, v in
+                     (("i", self.i), ("oj", self.oj), ("a", self.a), ("ob", self.ob))}
+        self.shift = ops.tran[p["op"]] + p["shift"]  # (P,3) fractional
+        self.inv_limit = 1.0 / p["limit"]
+        n = self.n_hb
+        r0, d0, zeta = p["r0"][n:], p["d0"][n:], p["zeta"][n:]
+        self.zeta, self.zr = zeta, zeta / r0
+        self.ea = d0 * 6.0 / (zeta - 6.0)             # exp-6: e = ea exp(ζ - ζ r/R0) - eb / r⁶
+        self.eb = d0 * zeta / (zeta - 6.0) * r0 ** 6
+
+    def de_dr(self, dist: np.ndarray, stiffness: float) -> np.ndarray:
+        """d E / d r (kcal/mol/Å) of every pair, `lattice_energy` plus the contact wall."""
+        r = np.maximum(dist, 0.5)
+        n = self.n_hb
+        e, de = np.empty_like(r), np.empty_like(r)
+        h = HBOND_R0 / r[:n]
+        h10 = h ** 10
+        h12 = h10 * h * h
+        e[:n] = HBOND_D0 * (5 * h12 - 6 * h10)
+        de[:n] = HBOND_D0 * 60 * (h10 - h12) / r[:n]
+        rx = r[n:]
+        ex = self.ea * np.exp(self.zeta - self.zr * rx)
+        q6 = self.eb / rx ** 6
+        e[n:] = ex - q6
+        de[n:] = 6.0 * q6 / rx - self.zr * ex
+        t = np.clip((r - 6.0) / (CUTOFF - 6.0), 0.0, 1.0)
+        de = de * (1 - t * t * (3 - 2 * t)) - e * (6 * t * (1 - t) / (CUTOFF - 6.0))
+        over = np.maximum(1.0 - dist * self.inv_limit, 0.0)
+        return de - 2 * stiffness * over * self.inv_limit
 
 
 def squeeze(cell_par: np.ndarray, sg: gemmi.SpaceGroup, mols: list[_RigidMolecule],
@@ -486,31 +544,27 @@ def squeeze(cell_par: np.ndarray, sg: gemmi.SpaceGroup, mols: list[_RigidMolecul
     def par_now():
         return np.concatenate([np.exp(loglen)[axis_group], angles])
 
-    def orth_of(par):
-        return np.array(make_cell(par).orth.mat)
-
     def snapshot():
         start = np.cumsum([0] + [len(m.z) for m in mols])
         return [_RigidMolecule(centre[k], q[start[k]:start[k + 1]], m.z, m.polar_h, m.asu,
                                m.radius) for k, m in enumerate(mols)]
 
+    n_q = len(q)
+    owner_rows = _row_index(owner)
     pairs = None
     for step in range(steps):
         par = par_now()
-        M = orth_of(par)
+        M = _orth_matrix(par)
         if step % 10 == 0:
-            pairs = _contact_pairs(par, snapshot(), ops, tables)
+            pairs = _SqueezePairs(_contact_pairs(par, snapshot(), ops, tables), ops, n_mol, n_q)
             cart_op = np.einsum("ij,ojk,kl->oil", M, ops.rot, np.linalg.inv(M))  # (O,3,3)
         p = GPA * (relax_gpa if step >= (1 - relax) * steps else pressure_gpa)
-        i, a, j, b, o = pairs["i"], pairs["a"], pairs["j"], pairs["b"], pairs["op"]
-        rot_centre = np.einsum("oij,kj->oki", ops.rot, centre)   # (O,K,3) every image centre
-        rot_q = np.einsum("oij,nj->oni", cart_op, q)             # (O,N,3) every image offset
-        u = rot_centre[o, j] + ops.tran[o] + pairs["shift"] - centre[i]   # (P,3) frac
-        d = u @ M.T + rot_q[o, b] - q[a]                                  # (P,3) Å
+        rot_centre = np.einsum("oij,kj->oki", ops.rot, centre).reshape(-1, 3)  # (O·K,3) image centres
+        rot_q = np.einsum("oij,nj->oni", cart_op, q).reshape(-1, 3)             # (O·N,3) image offsets
+        u = rot_centre[pairs.oj] + pairs.shift - centre[pairs.i]   # (P,3) frac
+        d = u @ M.T + rot_q[pairs.ob] - q[pairs.a]                  # (P,3) Å
         dist = np.sqrt((d * d).sum(-1)) + 1e-12
-        _, de = lattice_energy(dist, pairs["r0"], pairs["d0"], pairs["zeta"], pairs["hbond"])
-        over = np.maximum(1.0 - dist / pairs["limit"], 0.0)
-        de = de - 2 * stiffness * over / pairs["limit"]
+        de = pairs.de_dr(dist, stiffness)
         f = (0.5 * de / dist)[:, None] * d      # ∂E/∂d; every pair is listed twice (i-j, j-i)
         # cell: ∂E/∂M, then per log length and per angle (finite difference of M)
         volume = float(np.linalg.det(M))
@@ -521,19 +575,19 @@ def squeeze(cell_par: np.ndarray, sg: gemmi.SpaceGroup, mols: list[_RigidMolecul
         for m_ in np.nonzero(angle_free)[0]:
             h = np.zeros(6)
             h[3 + m_] = 1e-3
-            dMa = (orth_of(par + h) - orth_of(par - h)) / 2e-3
-            dV = (np.linalg.det(orth_of(par + h)) - np.linalg.det(orth_of(par - h))) / 2e-3
+            M_plus, M_minus = _orth_matrix(par + h), _orth_matrix(par - h)
+            dMa = (M_plus - M_minus) / 2e-3
+            dV = (np.linalg.det(M_plus) - np.linalg.det(M_minus)) / 2e-3
             g_ang[m_] = (dM * dMa).sum() + p * dV / n_ops
         # centres (fractional) and orientations (torque on the offsets)
         fM = f @ M
-        g_cen = (-_sum_by(i, fM, n_mol)
-                 + np.einsum("oji,okj->ki", ops.rot, _sum_by(o * n_mol + j, fM, n_ops * n_mol)
+        g_cen = (-_sum_rows(pairs.rows["i"], fM, n_mol)
+                 + np.einsum("oji,okj->ki", ops.rot, _sum_rows(pairs.rows["oj"], fM, n_ops * n_mol)
                              .reshape(n_ops, n_mol, 3)))
-        n_q = len(q)
-        g_q = (-_sum_by(a, f, n_q)
-               + np.einsum("oji,onj->ni", cart_op, _sum_by(o * n_q + b, f, n_ops * n_q)
+        g_q = (-_sum_rows(pairs.rows["a"], f, n_q)
+               + np.einsum("oji,onj->ni", cart_op, _sum_rows(pairs.rows["ob"], f, n_ops * n_q)
                            .reshape(n_ops, n_q, 3)))
-        g_rot = _sum_by(owner, np.cross(q, g_q), n_mol)
+        g_rot = _sum_rows(owner_rows, np.cross(q, g_q), n_mol)
         g_cen = np.einsum("kij,kj->ki", move_t, g_cen)
         g_rot = np.einsum("kij,kj->ki", move_r, g_rot)
         delta = adam.step(np.concatenate([g_len, g_ang, g_cen.ravel(), g_rot.ravel()]))
