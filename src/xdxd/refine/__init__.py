@@ -8,7 +8,8 @@
 2. refine them all at once (`least_squares.refine_batch`), check each one's chemistry
    (`chemistry.check`) and rank by R1 + CHEM_WEIGHT * chemistry score;
 3. try element swaps on the best (`chemistry.swap_elements`; on by default for
-   candidates and solutions, off for a reference);
+   candidates and solutions, off for a reference); a model without H whose composition
+   has H gets riding H atoms first (`hydrogens`), and each swap variant its own;
 4. refine the winner to convergence with esds (`least_squares.refine_structure`) and
    write it as the record's `solution`; each refined candidate gets `r1_refined` and
    `chemistry_score`.
@@ -22,6 +23,7 @@ import numpy as np
 from xdxd import records
 from xdxd.crystal.symmetry import make_cell, spacegroup_from_record, symops
 from xdxd.refine.chemistry import CHEM_WEIGHT, check, is_hydrogen, swap_elements
+from xdxd.refine.hydrogens import h_labels, refine_riding, swap_riding
 from xdxd.refine.least_squares import RefinementResult, refine_batch, refine_structure
 
 __all__ = ["refine_record", "refine_structure", "refine_batch", "RefinementResult",
@@ -94,7 +96,9 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
     or None = on except for a reference), restraints (anti-bump, True), bonds
     (bond-length restraints to tabulated lengths, False), refine_uiso
     (True), refine_hydrogens (False), weight_a (0.1), rank_cycles (8), aniso (True: atoms
-    given with `uaniso` keep those ADPs fixed; False: refine them isotropically).
+    given with `uaniso` keep those ADPs fixed; False: refine them isotropically), riding_h
+    (False; True: a model without H, of a record whose composition has H, gets riding H atoms,
+    placed by `hydrogens.place`, and its element swaps are judged with them).
     Returns the record (a new dict) with `solution` and updated `candidates`.
     """
     records.check_problem(rec)
@@ -103,6 +107,7 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
     source, picked = _structures(rec, opts.pop("source", "auto"), top or TOP)
     swap = opts.pop("swap", None)
     keep_aniso = opts.pop("aniso", True)
+    riding_h = opts.pop("riding_h", False)  # off until the reference-source case is fixed (R1 0.108 there)
     swap = (source != "reference") if swap is None else swap
     rank_cycles = min(cycles, opts.pop("rank_cycles", RANK_CYCLES))
     lsq = {k: opts.pop(k) for k in ("restraints", "bonds", "refine_uiso", "refine_hydrogens",
@@ -159,15 +164,29 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
 
     r = refined[best]
     elements, swaps = list(r.elements), []
-    if swap:
-        s = swap_elements(cell, sg, hkl, F, sigma, elements, r.frac, r.uiso, r.occ, r.uaniso,
-                          hydrogens=hyd, device=device, **lsq)
-        elements, swaps = s.elements, s.swaps
-        if swaps:
-            r = s.result
-    final = refine_structure(cell, sg, hkl, F, sigma, elements, r.frac, r.uiso, r.occ,
-                             uaniso=r.uaniso, cycles=cycles, device=device, **lsq)
-    labels = element_labels(elements, arrays[best].labels)
+    riding = None
+    if riding_h and hyd and not any(is_hydrogen(e) for e in elements):
+        # H from the composition, none in the model: riding H, and swaps judged with them
+        if swap:
+            elements, swaps = swap_riding(cell, sg, hkl, F, sigma, elements, r.frac, r.uiso,
+                                          r.occ, hyd, device=device, **lsq)
+        final, riding = refine_riding(cell, sg, hkl, F, sigma, elements, r.frac, r.uiso, r.occ,
+                                      r.uaniso, hyd, cycles=cycles, device=device, **lsq)
+        heavy_labels = element_labels(elements, arrays[best].labels)
+        labels = heavy_labels + h_labels(heavy_labels, elements, riding)
+        parents = [None] * len(elements) + [heavy_labels[p] for p in riding.parent]
+        elements = final.elements
+    else:
+        if swap:
+            s = swap_elements(cell, sg, hkl, F, sigma, elements, r.frac, r.uiso, r.occ, r.uaniso,
+                              hydrogens=hyd, device=device, **lsq)
+            elements, swaps = s.elements, s.swaps
+            if swaps:
+                r = s.result
+        final = refine_structure(cell, sg, hkl, F, sigma, elements, r.frac, r.uiso, r.occ,
+                                 uaniso=r.uaniso, cycles=cycles, device=device, **lsq)
+        labels = element_labels(elements, arrays[best].labels)
+        parents = [None] * len(elements)
     chem = check(cell, ops, elements, final.frac, hyd, labels)
     atoms = []
     for n, e in enumerate(elements):
@@ -175,14 +194,18 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
              "uiso": round(float(final.uiso[n]), 5), "occ": round(float(final.occ[n]), 4)}
         if final.uaniso is not None and np.all(np.isfinite(final.uaniso[n])):
             a["uaniso"] = [round(float(v), 5) for v in final.uaniso[n]]
-        if final.frac_esd is not None:
+        if final.frac_esd is not None and parents[n] is None:
             a["xyz_esd"] = [round(float(v), 6) for v in final.frac_esd[n]]
+        if parents[n] is not None:
+            a["riding"] = parents[n]
         atoms.append(a)
     rec["solution"] = {
         "atoms": atoms, **final.stats(), "candidate_index": cand_index, "source": source,
         "weight_a": lsq.get("weight_a", 0.1), "weight_b": lsq.get("weight_b", 0.0),
         "chemistry": chem.as_dict(), "swaps": swaps,
     }
+    if riding is not None:
+        rec["solution"]["riding_h"] = {"placed": len(riding.frac), "wanted": hyd}
     records.add_history(rec, "refine", cycles=cycles, source=source, swap=bool(swap))
     return rec
 
