@@ -271,28 +271,54 @@ def pair_table(z1, pol1, z2, pol2, rules: ContactRules) -> PairTable:
                      hb)
 
 
+class PairPotential:
+    """The lattice-energy pair potential of a fixed list of pairs (parameters as in
+    `PairTable`, flattened): exp-6 D0 [6/(ζ-6) exp(ζ(1 - r/R0)) - ζ/(ζ-6) (R0/r)^6] for
+    ordinary pairs, the 10-12 hydrogen-bond well HBOND_D0 [5 (R/r)^12 - 6 (R/r)^10] for hbond
+    pairs; both switched smoothly (cubic) to zero between 6 Å and CUTOFF. The coefficients
+    are computed once, so a minimisation evaluates it cheaply at every step."""
+
+    def __init__(self, r0: np.ndarray, d0: np.ndarray, zeta: np.ndarray, hbond: np.ndarray):
+        self.order = np.argsort(~hbond, kind="stable")   # hydrogen bonds first
+        self.in_order = bool((self.order == np.arange(len(hbond))).all())
+        self.n_hb = int(hbond.sum())
+        x = self.order[self.n_hb:]
+        r0, d0, zeta = r0[x], d0[x], zeta[x]
+        self.zeta, self.zr = zeta, zeta / r0
+        self.ea = d0 * 6.0 / (zeta - 6.0)             # e = ea exp(ζ - ζ r/R0) - eb / r⁶
+        self.eb = d0 * zeta / (zeta - 6.0) * r0 ** 6
+
+    def energy(self, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pair energies (kcal/mol) and d E / d r (kcal/mol/Å) at distances dist (Å)."""
+        r = np.maximum(dist, 0.5)
+        if not self.in_order:
+            r = r[self.order]
+        n = self.n_hb
+        e, de = np.empty_like(r), np.empty_like(r)
+        h = HBOND_R0 / r[:n]
+        h10 = h ** 10
+        h12 = h10 * h * h
+        e[:n] = HBOND_D0 * (5 * h12 - 6 * h10)
+        de[:n] = HBOND_D0 * 60 * (h10 - h12) / r[:n]
+        rx = r[n:]
+        ex = self.ea * np.exp(self.zeta - self.zr * rx)
+        q6 = self.eb / rx ** 6
+        e[n:] = ex - q6
+        de[n:] = 6.0 * q6 / rx - self.zr * ex
+        t = np.clip((r - 6.0) / (CUTOFF - 6.0), 0.0, 1.0)
+        sw = 1 - t * t * (3 - 2 * t)
+        e, de = e * sw, de * sw - e * (6 * t * (1 - t) / (CUTOFF - 6.0))
+        if not self.in_order:
+            back = np.empty_like(self.order)
+            back[self.order] = np.arange(len(back))
+            e, de = e[back], de[back]
+        return e, de
+
+
 def lattice_energy(dist: np.ndarray, r0, d0, zeta, hbond) -> tuple[np.ndarray, np.ndarray]:
-    """Pair energies (kcal/mol) and their derivatives d E / d r (kcal/mol/Å) at distances dist
-    (Å): exp-6 D0 [6/(ζ-6) exp(ζ(1 - r/R0)) - ζ/(ζ-6) (R0/r)^6] for ordinary pairs, the 10-12
-    hydrogen-bond well for hbond pairs; both switched smoothly to zero between 6 Å and CUTOFF."""
-    r = np.maximum(dist, 0.5)
-    a = 6.0 / (zeta - 6.0)
-    b = zeta / (zeta - 6.0)
-    ex = np.exp(zeta * (1.0 - r / r0))
-    q6 = (r0 / r) ** 6
-    e = d0 * (a * ex - b * q6)
-    de = d0 * (-a * zeta / r0 * ex + 6.0 * b * q6 / r)
-    h = HBOND_R0 / r
-    h10, h12 = h ** 10, h ** 12
-    eh = HBOND_D0 * (5 * h12 - 6 * h10)
-    deh = HBOND_D0 * (-60 * h12 + 60 * h10) / r
-    e = np.where(hbond, eh, e)
-    de = np.where(hbond, deh, de)
-    # switch: s = 1 below 6 Å, 0 at CUTOFF, smooth (cubic) in between
-    t = np.clip((r - 6.0) / (CUTOFF - 6.0), 0.0, 1.0)
-    sw = 1 - t * t * (3 - 2 * t)
-    dsw = -6 * t * (1 - t) / (CUTOFF - 6.0)
-    return e * sw, de * sw + e * dsw
+    """Pair energies (kcal/mol) and d E / d r (kcal/mol/Å) at distances dist (Å); see
+    `PairPotential`."""
+    return PairPotential(r0, d0, zeta, hbond).energy(dist)
 
 
 def _near_images(cell: gemmi.UnitCell, mols: list[_RigidMolecule], ops: SymOps,
@@ -453,12 +479,11 @@ def _orth_matrix(par: np.ndarray) -> np.ndarray:
 
 class _SqueezePairs:
     """squeeze's view of a pair list (`_contact_pairs`), hydrogen bonds first: flat image
-    indices and the coefficients of d E / d r, computed once per list update."""
+    indices and the pair potential, computed once per list update."""
 
     def __init__(self, pairs: dict, ops: SymOps, n_mol: int, n_q: int):
         order = np.argsort(~pairs["hbond"], kind="stable")
         p = {k: v[order] for k, v in pairs.items()}
-        self.n_hb = int(p["hbond"].sum())
         self.i, self.a = p["i"], p["a"]
         self.oj = p["op"] * n_mol + p["j"]          # row of the image centre (O·K,3)
         self.ob = p["op"] * n_q + p["b"]            # row of the image offset (O·N,3)
@@ -466,29 +491,11 @@ class _SqueezePairs:
                      (("i", self.i), ("oj", self.oj), ("a", self.a), ("ob", self.ob))}
         self.shift = ops.tran[p["op"]] + p["shift"]  # (P,3) fractional
         self.inv_limit = 1.0 / p["limit"]
-        n = self.n_hb
-        r0, d0, zeta = p["r0"][n:], p["d0"][n:], p["zeta"][n:]
-        self.zeta, self.zr = zeta, zeta / r0
-        self.ea = d0 * 6.0 / (zeta - 6.0)             # exp-6: e = ea exp(ζ - ζ r/R0) - eb / r⁶
-        self.eb = d0 * zeta / (zeta - 6.0) * r0 ** 6
+        self.potential = PairPotential(p["r0"], p["d0"], p["zeta"], p["hbond"])
 
     def de_dr(self, dist: np.ndarray, stiffness: float) -> np.ndarray:
-        """d E / d r (kcal/mol/Å) of every pair, `lattice_energy` plus the contact wall."""
-        r = np.maximum(dist, 0.5)
-        n = self.n_hb
-        e, de = np.empty_like(r), np.empty_like(r)
-        h = HBOND_R0 / r[:n]
-        h10 = h ** 10
-        h12 = h10 * h * h
-        e[:n] = HBOND_D0 * (5 * h12 - 6 * h10)
-        de[:n] = HBOND_D0 * 60 * (h10 - h12) / r[:n]
-        rx = r[n:]
-        ex = self.ea * np.exp(self.zeta - self.zr * rx)
-        q6 = self.eb / rx ** 6
-        e[n:] = ex - q6
-        de[n:] = 6.0 * q6 / rx - self.zr * ex
-        t = np.clip((r - 6.0) / (CUTOFF - 6.0), 0.0, 1.0)
-        de = de * (1 - t * t * (3 - 2 * t)) - e * (6 * t * (1 - t) / (CUTOFF - 6.0))
+        """d E / d r (kcal/mol/Å) of every pair: the `PairPotential` plus the contact wall."""
+        _, de = self.potential.energy(dist)
         over = np.maximum(1.0 - dist * self.inv_limit, 0.0)
         return de - 2 * stiffness * over * self.inv_limit
 
