@@ -242,6 +242,17 @@ def swap_pairs(elements: list[str]) -> list[tuple[int, int]]:
             if swappable(elements[i], elements[j])]
 
 
+def swap_variants(elements: list[str]) -> tuple[list[tuple[int, int]], list[list[str]]]:
+    """Every single swap of `swap_pairs`: (pairs, element lists with that pair exchanged)."""
+    pairs = swap_pairs(elements)
+    variants = []
+    for i, j in pairs:
+        v = list(elements)
+        v[i], v[j] = v[j], v[i]
+        variants.append(v)
+    return pairs, variants
+
+
 CHEM_WEIGHT = 0.01  # R1 units per unit of chemistry score, in ranking and swaps
 
 
@@ -276,14 +287,9 @@ def swap_elements(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray
     best = res.r1 + CHEM_WEIGHT * chem.score
     swaps: list[dict] = []
     for _ in range(max_rounds):
-        pairs = swap_pairs(els)
+        pairs, variants = swap_variants(els)
         if not pairs:
             break
-        variants = []
-        for i, j in pairs:
-            v = list(els)
-            v[i], v[j] = v[j], v[i]
-            variants.append(v)
         found = None
         for s in range(0, len(variants), batch):
             chunk = variants[s:s + batch]

@@ -33,7 +33,6 @@ from xdxd.refine.chemistry import BOND_TOL, covalent_radius, find_contacts, is_h
 TETRAHEDRAL = np.degrees(np.arccos(-1.0 / 3.0))   # 109.47°
 
 
-
 def xh_distance(element: str, n_neighbours: int, n_h: int) -> float:
     """X–H riding distance (Å), SHELXL's room-temperature defaults: C–H 0.93 aromatic,
     sp² and ≡C–H, 0.98 methine, 0.97 CH₂, 0.96 CH₃; N–H 0.86 (0.89 NH₃⁺); O–H 0.82;
@@ -365,7 +364,7 @@ def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
     its own riding H (its H counts follow its labels): the swap that most lowers R1 +
     CHEM_WEIGHT × chemistry score is kept, until none helps. Returns (elements, swaps)."""
     from xdxd.crystal.symmetry import make_cell, spacegroup_from_record, symops
-    from xdxd.refine.chemistry import CHEM_WEIGHT, check, swap_pairs
+    from xdxd.refine.chemistry import CHEM_WEIGHT, check, swap_variants
     from xdxd.refine.least_squares import refine_batch
     cell_g = cell if isinstance(cell, gemmi.UnitCell) else make_cell(cell)
     ops = symops(sg if isinstance(sg, gemmi.SpaceGroup) else spacegroup_from_record(sg))
@@ -390,14 +389,9 @@ def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
     best = evaluate([els])[0]
     swaps: list[dict] = []
     for _ in range(max_rounds):
-        pairs = swap_pairs(els)
+        pairs, variants = swap_variants(els)
         if not pairs:
             break
-        variants = []
-        for i, j in pairs:
-            v = list(els)
-            v[i], v[j] = v[j], v[i]
-            variants.append(v)
         scores = evaluate(variants)
         k = int(np.argmin(scores))
         if not scores[k] < best - 1e-4:
