@@ -60,7 +60,8 @@ def simulate_record(cod_id: str, d_min: float = 1.0, hydrogens: bool = False) ->
             "spacegroup": spacegroup_to_record(sg), "composition": records.composition_of(heavy.elements),
             "hydrogens": len(arr) - len(heavy), "wavelength_A": 0.71073, "d_min_A": d_min,
             "reflections": records.arrays_to_reflections(hkl, F, np.zeros_like(F)),
-            "reference": {"atoms": atoms}}
+            "reference": {"atoms": atoms},
+            "metrics": {"data": "simulated", "hydrogens_in_data": hydrogens}}
 
 
 def heavy_atoms(rec: dict) -> records.AtomArrays:

@@ -116,7 +116,7 @@ def read_res(text: str) -> dict:
             out["symm"].append(line.split(None, 1)[1])
         elif key == "SFAC":
             out["sfac"] = w[1:]
-        elif key in ("ZERR", "UNIT", "L.S.", "PLAN", "FMAP", "WGHT", "FVAR", "HKLF", "END"):
+        elif key in ("ZERR", "UNIT", "L.S.", "PLAN", "FMAP", "WGHT", "FVAR", "HKLF", "END", "AFIX"):
             continue
         elif len(w) >= 7:
             out["atoms"].append({"label": w[0], "element": out["sfac"][int(w[1]) - 1],
@@ -161,3 +161,34 @@ def test_latt_and_symm():
     assert latt == -1 and len(symm) == 3
     latt, symm = latt_and_symm(gemmi.find_spacegroup_by_name("I -4 c 2"))
     assert latt == -2 and len(symm) == 7
+
+
+def test_res_and_cif_mark_riding_hydrogens():
+    """Riding H (atoms with `riding`) follow their parent in an AFIX 3 block with Uiso
+    -1.2/-1.5 in .res, and are flagged calc / R in the CIF."""
+    rec = record_of("2205750")
+    atoms = rec["solution"]["atoms"]
+    cell = gemmi.UnitCell(*rec["cell"])
+    heavy = [a for a in atoms if a["element"] != "H"]
+    for a in atoms:
+        if a["element"] == "H":
+            a["riding"] = min(heavy, key=lambda b: same_site(a["xyz"], b["xyz"], cell))["label"]
+    riding = [a for a in atoms if a.get("riding")]
+    assert riding
+    lines = res_text(rec).splitlines()
+    assert lines.count("AFIX 3") == len({a["riding"] for a in riding}) == lines.count("AFIX 0")
+    for a in riding:  # the H line sits in the AFIX block opened right after its parent
+        k = next(n for n, x in enumerate(lines) if x.split()[:1] == [a["label"]])
+        opened = max(n for n in range(k) if lines[n] == "AFIX 3")
+        head = opened - 2 if lines[opened - 2].endswith("=") else opened - 1  # U_ij continue
+        assert lines[head].split()[0] == a["riding"]
+        assert float(lines[k].split()[-1]) in (-1.2, -1.5)
+    back = read_res(res_text(rec))
+    assert sorted(b["label"] for b in back["atoms"]) == sorted(a["label"] for a in atoms)
+    text = cif_text(rec)
+    assert "_refine_ls_hydrogen_treatment     constr" in text
+    doc = gemmi.cif.read_string(text)
+    table = doc.sole_block().find("_atom_site_", ["label", "calc_flag", "refinement_flags_posn"])
+    flags = {row[0]: (row[1], row[2]) for row in table}
+    assert all(flags[a["label"]] == ("calc", "R") for a in riding)
+    assert all(flags[a["label"]] == ("d", ".") for a in heavy)

@@ -52,6 +52,10 @@ def refine(
                                     help="Anti-bump restraints between non-H atoms."),
     bonds: bool = typer.Option(False, "--bonds/--no-bonds",
                                help="Restrain every bond to the nearest tabulated length (sigma 0.03 Å), as DFIX does; for low-resolution data."),
+    riding_h: Optional[bool] = typer.Option(None, "--riding-h/--no-riding-h",
+                                            help="Add riding H to a model without H, counts from the "
+                                                 "composition, and judge swaps with them (default: on, "
+                                                 "unless metrics.hydrogens_in_data is false)."),
     refine_uiso: bool = typer.Option(True, "--uiso/--no-uiso", help="Refine Uiso (Å²) per atom."),
     refine_hydrogens: bool = typer.Option(False, "--refine-hydrogens",
                                           help="Refine H positions and Uiso too (default: fixed)."),
@@ -70,13 +74,15 @@ def refine(
     log = common.Log(quiet)
     common.set_threads(threads)
     dev = common.resolve_device(device)
-    opts = dict(source=source.value, swap=swap, restraints=restraints, bonds=bonds,
+    opts = dict(source=source.value, swap=swap, restraints=restraints, bonds=bonds, riding_h=riding_h,
                 refine_uiso=refine_uiso, refine_hydrogens=refine_hydrogens, weight_a=weight_a)
 
     def work(rec: dict) -> dict:
         out = refine_record(rec, cycles=cycles, device=dev, top=top, **opts)
         s = out["solution"]
         swaps = f", {len(s['swaps'])} swaps" if s.get("swaps") else ""
+        if s.get("riding_h"):
+            swaps += f", {s['riding_h']['placed']} riding H"
         log.info(f"{out.get('id', '?')}: R1 {s['r1']:.4f}, wR2 {s['wr2']:.4f}, GooF {s['goof']:.3f}, "
                  f"{s['n_params']} parameters, {s['n_reflections']} reflections, "
                  f"chemistry {s['chemistry']['score']:.2f}{swaps}")

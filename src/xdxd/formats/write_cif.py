@@ -134,7 +134,8 @@ def cif_text(rec: dict, solution: dict | None = None) -> str:
     w("_refine_ls_weighting_scheme       calc")
     w(f"_refine_ls_weighting_details      "
       f"'w=1/[\\s^2^(Fo^2^)+({sol.get('weight_a', 0.1):.4f}P)^2^] where P=(Fo^2^+2Fc^2^)/3'")
-    w("_refine_ls_hydrogen_treatment     undef")
+    riding = any(a.get("riding") for a in atoms)
+    w(f"_refine_ls_hydrogen_treatment     {'constr' if riding else 'undef'}")
     for tag, key, fmt in (("R_factor_all", "r1", ".4f"), ("R_factor_gt", "r1_obs", ".4f"),
                           ("wR_factor_ref", "wr2", ".4f"), ("goodness_of_fit_ref", "goof", ".3f"),
                           ("number_reflns", "n_reflections", "d"),
@@ -147,7 +148,7 @@ def cif_text(rec: dict, solution: dict | None = None) -> str:
     w("")
     w("loop_")
     for tag in ("label", "type_symbol", "fract_x", "fract_y", "fract_z", "U_iso_or_equiv",
-                "adp_type", "occupancy"):
+                "adp_type", "occupancy", "calc_flag", "refinement_flags_posn"):
         w(f"_atom_site_{tag}")
     labels = _unique_labels(atoms)
     for a, label in zip(atoms, labels):
@@ -155,7 +156,8 @@ def cif_text(rec: dict, solution: dict | None = None) -> str:
         xyz = " ".join(f"{format_esd(float(v), e):>12s}" for v, e in zip(a["xyz"], esd))
         u = float(a.get("uiso") if a.get("uiso") is not None else 0.05)
         adp = "Uani" if a.get("uaniso") else "Uiso"
-        w(f"{label:<6s} {a['element']:<3s} {xyz} {u:.4f} {adp} {float(a.get('occ', 1.0)):.4f}")
+        flags = "calc R" if a.get("riding") else "d ."  # riding H: calculated, riding position
+        w(f"{label:<6s} {a['element']:<3s} {xyz} {u:.4f} {adp} {float(a.get('occ', 1.0)):.4f} {flags}")
     aniso = [(a, label) for a, label in zip(atoms, labels) if a.get("uaniso")]
     if aniso:
         w("")

@@ -79,7 +79,7 @@ def res_text(rec: dict, solution: dict | None = None) -> str:
     atoms = sol["atoms"]
     latt, symm = latt_and_symm(sg)
 
-    # SFAC order: C, H, then the rest alphabetically; H always listed (riding H to come)
+    # SFAC order: C, H, then the rest alphabetically; H always listed
     els = {a["element"] for a in atoms}
     hyd = int(rec.get("hydrogens") or 0)
     if hyd:
@@ -117,17 +117,40 @@ def res_text(rec: dict, solution: dict | None = None) -> str:
     w(f"WGHT {sol.get('weight_a', 0.1):.4f}")
     w(f"FVAR {float(sol.get('scale', 1.0)):.5f}")
     labels = _shelx_labels(atoms)
-    for a, lab, k in zip(atoms, labels, order):
+    by_label = {a.get("label"): n for n, a in enumerate(atoms)}
+    riders: dict[int, list[int]] = {}
+    for n, a in enumerate(atoms):
+        if a.get("riding") in by_label:
+            riders.setdefault(by_label[a["riding"]], []).append(n)
+    ridden = {n for lst in riders.values() for n in lst}
+
+    def atom_line(n: int, u_riding: float | None = None) -> None:
+        a, lab, k = atoms[n], labels[n], order[n]
         x, y, z = (float(v) for v in a["xyz"])
         occ = 10.0 + float(a.get("occ", 1.0)) / k
         head = f"{lab:<5s} {sfac.index(a['element']) + 1:2d} {x:10.6f} {y:10.6f} {z:10.6f} {occ:10.5f}"
-        if a.get("uaniso"):  # SHELX order U11 U22 U33 U23 U13 U12, continued with '='
+        if u_riding is not None:
+            w(f"{head} {u_riding:9.5f}")
+        elif a.get("uaniso"):  # SHELX order U11 U22 U33 U23 U13 U12, continued with '='
             u11, u22, u33, u12, u13, u23 = (float(v) for v in a["uaniso"])
             w(f"{head} {u11:9.5f} {u22:9.5f} =")
             w(f"      {u33:9.5f} {u23:9.5f} {u13:9.5f} {u12:9.5f}")
         else:
             u = float(a.get("uiso") if a.get("uiso") is not None else 0.05)
             w(f"{head} {u:9.5f}")
+
+    # riding H follow their parent in AFIX 3 (ride, positions as given), Uiso -1.2 / -1.5
+    for n in range(len(atoms)):
+        if n in ridden:
+            continue
+        atom_line(n)
+        if n in riders:
+            w("AFIX 3")
+            u_parent = float(atoms[n].get("uiso") or 0.05)
+            for m in riders[n]:
+                ratio = float(atoms[m].get("uiso") or 0.0) / max(u_parent, 1e-6)
+                atom_line(m, -1.5 if ratio > 1.35 else -1.2)
+            w("AFIX 0")
     w("HKLF 4")
     w("END")
     w("")

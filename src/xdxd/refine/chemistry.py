@@ -79,11 +79,12 @@ class Contacts:
 
 
 def find_contacts(cell: gemmi.UnitCell, ops: SymOps, frac: np.ndarray, cutoff: float,
-                  min_self: float = 0.1) -> Contacts:
+                  min_self: float = 0.1, both_ways: bool = False) -> Contacts:
     """All contacts shorter than cutoff Å between sites frac (N,3) and their images.
 
     Images of an atom within min_self Å of itself (a special position) are skipped, and
-    images that coincide (j on a special position) are kept once.
+    images that coincide (j on a special position) are kept once. both_ways: list every
+    atom's own surroundings (i > j too), so that each atom i sees all its neighbours.
     Lattice translations -1..+1 around the nearest image are searched, so oblique
     cells are handled.
     """
@@ -99,7 +100,7 @@ def find_contacts(cell: gemmi.UnitCell, ops: SymOps, frac: np.ndarray, cutoff: f
     out = {k: [] for k in ("i", "j", "op", "shift", "d")}
     seen: dict[tuple[int, int], list[np.ndarray]] = {}  # Å vectors kept per pair
     for i, j, o, g in zip(*np.nonzero(d < cutoff)):
-        if i > j or (i == j and d[i, j, o, g] < min_self):
+        if (i > j and not both_ways) or (i == j and d[i, j, o, g] < min_self):
             continue
         # an atom on a special position has fewer distinct images than operations
         kept = seen.setdefault((i, j), [])

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import gemmi
 import numpy as np
 
-from xdxd.crystal.symmetry import SymOps
+from xdxd.crystal.symmetry import SymOps, apply_ops, frac_distance
 from xdxd.refine.chemistry import BOND_TOL, covalent_radius, find_contacts, is_hydrogen
 
 TETRAHEDRAL = np.degrees(np.arccos(-1.0 / 3.0))   # 109.47°
@@ -57,7 +57,8 @@ class Neighbours:
 
 def neighbours(cell: gemmi.UnitCell, ops: SymOps, elements: list[str],
                frac: np.ndarray) -> list[Neighbours]:
-    """Bonded heavy neighbours of every atom (H atoms in the model are ignored)."""
+    """Bonded heavy neighbours of every atom (H atoms in the model are ignored), each
+    image once: an atom on a mirror sees both its neighbour and the neighbour's image."""
     frac = np.asarray(frac, float).reshape(-1, 3)
     heavy = [k for k, e in enumerate(elements) if not is_hydrogen(e)]
     r = np.array([covalent_radius(elements[k]) for k in heavy])
@@ -65,21 +66,27 @@ def neighbours(cell: gemmi.UnitCell, ops: SymOps, elements: list[str],
     if not heavy:
         return out
     x = frac[heavy]
-    c = find_contacts(cell, ops, x, cutoff=2 * r.max() + BOND_TOL)
+    c = find_contacts(cell, ops, x, cutoff=2 * r.max() + BOND_TOL, both_ways=True)
     orth = np.array(cell.orth.mat)
-    cart_inv = np.linalg.inv(np.einsum("ij,ojk,kl->oil", orth, ops.rot, np.linalg.inv(orth)))
     vec: dict[int, list] = {k: [] for k in range(len(heavy))}
     for i, j, o, s, d in zip(c.i, c.j, c.op, c.shift, c.d):
-        if d >= r[i] + r[j] + BOND_TOL or d < 0.5:
-            continue
-        xj = ops.rot[o] @ x[j] + ops.tran[o] + s
-        v = (xj - x[i]) @ orth.T
-        vec[i].append((v, j))
-        if i != j:  # j sees op⁻¹(i): the vector turned back by op's Cartesian rotation
-            vec[j].append((-(cart_inv[o] @ v), i))  # (an atom's own images are listed one by one)
+        if d < r[i] + r[j] + BOND_TOL and d >= 0.5:
+            xj = ops.rot[o] @ x[j] + ops.tran[o] + s
+            vec[i].append(((xj - x[i]) @ orth.T, j))
     for k, lst in vec.items():
+        lst = _distinct_vectors(lst)
         out[heavy[k]] = Neighbours(np.array([v for v, _ in lst]).reshape(-1, 3),
                                    [elements[heavy[j]] for _, j in lst], [heavy[j] for _, j in lst])
+    return out
+
+
+def _distinct_vectors(lst: list[tuple[np.ndarray, int]], tol: float = 0.1) -> list:
+    """Drop bond vectors that repeat an earlier one (within tol Å): a neighbour on a mirror
+    or axis is found once for each operation that maps it onto itself."""
+    out: list[tuple[np.ndarray, int]] = []
+    for v, j in lst:
+        if all(np.linalg.norm(v - w) >= tol for w, _ in out):
+            out.append((v, j))
     return out
 
 
@@ -106,9 +113,9 @@ def h_options(element: str, nb: Neighbours) -> list[tuple[int, float]]:
             a = ang[0]
             if a > 165:
                 return [(0, 0.0), (1, 3.0)]
-            if a > 115:
-                return [(1, 0.0), (0, 2.0), (2, 2.0)]
-            return [(2, 0.0), (1, 1.0)]
+            if d.mean() < 1.46:                      # aromatic / sp2 (5-ring C–H at ~107°)
+                return [(1, 0.0), (0, 2.0), (2, 2.0)] if a > 112 else [(1, 0.0), (2, 1.0), (0, 2.0)]
+            return [(2, 0.0), (1, 1.0)]              # CH2 between single bonds
         if n == 1:
             if d[0] < 1.25:                       # C≡C-H, C≡N (terminal C of a nitrile is 2-connected)
                 return [(1, 0.0), (0, 1.0)]
@@ -141,8 +148,8 @@ def h_options(element: str, nb: Neighbours) -> list[tuple[int, float]]:
             return [(1, 0.0), (0, 1.0)]             # hydroxyl (or an ether-like long C-O⁻)
         return [(0, 0.0)]                           # water / oxide: not placed
     if element == "S":
-        if n == 1 and d[0] > 1.72:
-            return [(1, 0.0), (0, 1.0)]              # thiol
+        if n == 1:                                   # thiol C–S 1.80–1.83, thione C=S 1.66–1.71
+            return [(1, 0.0), (0, 1.0)] if d[0] > 1.76 else [(0, 0.0), (1, 1.0)]
         return [(0, 0.0)]
     return [(0, 0.0)]
 
@@ -206,7 +213,8 @@ def directions(nb: Neighbours, n_h: int, shape: str = "tetrahedral",
         b = -_unit(total) if np.linalg.norm(total) > 1e-3 else _perpendicular(u[0])
         if n_h == 1:
             return b[None]
-        normal = _unit(np.cross(u[0], u[1]))
+        cross = np.cross(u[0], u[1])
+        normal = _unit(cross) if np.linalg.norm(cross) > 1e-3 else _perpendicular(b)
         half = np.radians(TETRAHEDRAL / 2)
         return np.array([b * np.cos(half) + k * normal * np.sin(half) for k in (1, -1)])[:n_h]
     axis = -u[0]
@@ -258,14 +266,17 @@ def _acceptor(cell, ops, elements, frac, k: int, nb: Neighbours) -> np.ndarray |
 
 
 def place(cell: gemmi.UnitCell, ops: SymOps, elements: list[str], frac: np.ndarray,
-          hydrogens: int | None) -> RidingH:
+          hydrogens: int | None, counts: list[int] | None = None) -> RidingH:
     """Riding H atoms for the heavy atoms of a model (frac (N,3) fractional); H atoms
-    already in the model are ignored and not counted."""
+    already in the model are ignored and not counted. counts (N,): H per atom as decided
+    before (`RidingH.counts`), instead of deciding them again from this geometry."""
     frac = np.asarray(frac, float).reshape(-1, 3)
     nbs = neighbours(cell, ops, elements, frac)
     heavy = [k for k, e in enumerate(elements) if not is_hydrogen(e)]
-    options = [h_options(elements[k], nbs[k]) for k in heavy]
-    chosen = assign_counts(options, hydrogens)
+    if counts is None:
+        chosen = assign_counts([h_options(elements[k], nbs[k]) for k in heavy], hydrogens)
+    else:
+        chosen = [int(counts[k]) for k in heavy]
     counts = [0] * len(elements)
     orth, fracm = np.array(cell.orth.mat), np.array(cell.frac.mat)
     xyz, parent, ufac = [], [], []
@@ -289,17 +300,34 @@ def place(cell: gemmi.UnitCell, ops: SymOps, elements: list[str], frac: np.ndarr
             xyz.append(frac[k] + fracm @ (dist * u))
             parent.append(k)
             ufac.append(1.5 if (n_h == 3 or (elements[k] == "O" and n_h == 1)) else 1.2)
-    return RidingH(np.array(xyz).reshape(-1, 3), np.array(parent, int), np.array(ufac),
+    xyz = np.array(xyz).reshape(-1, 3)
+    keep = _distinct_sites(cell, ops, xyz)
+    return RidingH(xyz[keep], np.array(parent, int)[keep], np.array(ufac)[keep],
                    counts, hydrogens, (hydrogens - len(xyz)) if hydrogens is not None else 0)
 
 
+def _distinct_sites(cell: gemmi.UnitCell, ops: SymOps, frac: np.ndarray,
+                    tol: float = 0.5) -> np.ndarray:
+    """Indices of the sites (N,3 fractional) that are no symmetry image of an earlier one
+    (within tol Å). On a parent on a mirror or 2-fold axis the H atoms of one group are
+    each other's images (the two off-plane H of a CH₃ on a mirror); one of them stands
+    for both, as the parent itself stands for its whole orbit."""
+    images = apply_ops(frac, ops)                     # (N,O,3)
+    keep: list[int] = []
+    for k in range(len(frac)):
+        if not keep or frac_distance(images[keep], frac[k][None, None], cell).min() >= tol:
+            keep.append(k)
+    return np.array(keep, int)
+
+
 def add_to_model(cell: gemmi.UnitCell, ops: SymOps, elements: list[str], frac: np.ndarray,
-                 uiso: np.ndarray, hydrogens: int | None) -> tuple[list[str], np.ndarray, np.ndarray, RidingH]:
+                 uiso: np.ndarray, hydrogens: int | None, counts: list[int] | None = None
+                 ) -> tuple[list[str], np.ndarray, np.ndarray, RidingH]:
     """The heavy-atom model (elements, frac (N,3), uiso (N,) Å²) with riding H appended:
     (elements, frac, uiso, the placement). H Uiso = 1.2 (1.5) × the parent's."""
     frac = np.asarray(frac, float).reshape(-1, 3)
     uiso = np.asarray(uiso, float)
-    h = place(cell, ops, elements, frac, hydrogens)
+    h = place(cell, ops, elements, frac, hydrogens, counts)
     return (list(elements) + ["H"] * len(h.frac), np.vstack([frac, h.frac]),
             np.concatenate([uiso, h.uiso_factor * uiso[h.parent]]), h)
 
@@ -322,8 +350,8 @@ def h_labels(labels: list[str], elements: list[str], h: RidingH) -> list[str]:
 RIDING_ROUNDS = 3   # refine, re-place the H on the moved parents, refine again, ...
 
 
-def _with_h(cell, ops, elements, frac, uiso, occ, uaniso, hydrogens):
-    els, fa, ua, h = add_to_model(cell, ops, elements, frac, uiso, hydrogens)
+def _with_h(cell, ops, elements, frac, uiso, occ, uaniso, hydrogens, counts=None):
+    els, fa, ua, h = add_to_model(cell, ops, elements, frac, uiso, hydrogens, counts)
     oa = np.concatenate([np.asarray(occ, float), np.ones(len(h.frac))])
     aa = None if uaniso is None else np.vstack([uaniso, np.full((len(h.frac), 6), np.nan)])
     return els, fa, ua, oa, aa, h
@@ -332,25 +360,32 @@ def _with_h(cell, ops, elements, frac, uiso, occ, uaniso, hydrogens):
 def refine_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
                   uiso: np.ndarray, occ: np.ndarray, uaniso: np.ndarray | None,
                   hydrogens: int | None, cycles: int = 20, rounds: int = RIDING_ROUNDS,
-                  device: str = "cpu", **opts):
+                  device: str = "cpu", count_frac: np.ndarray | None = None, **opts):
     """Refine a heavy-atom model (elements, frac (N,3), uiso, occ, uaniso) with riding H:
     each round places the H on the current parents (`place`), refines the heavy atoms with
     the H fixed, and the next round moves the H with their parents; a last placement rides
-    them on the final parents (statistics and esds from that model). Returns
-    (RefinementResult of heavy atoms + H, the placement)."""
+    them on the final parents (statistics and esds from that model). How many H each atom
+    carries is decided once, on the starting model (or on count_frac (N,3), e.g. the
+    unrefined candidate's positions), so that the rounds cannot flip it.
+    Returns (RefinementResult of heavy atoms + H, the placement)."""
     from xdxd.crystal.symmetry import make_cell, spacegroup_from_record, symops
     from xdxd.refine.least_squares import refine_structure
     cell_g = cell if isinstance(cell, gemmi.UnitCell) else make_cell(cell)
     ops = symops(sg if isinstance(sg, gemmi.SpaceGroup) else spacegroup_from_record(sg))
     n = len(elements)
     f, u = np.asarray(frac, float), np.asarray(uiso, float)
+    counts = None
+    rounds = rounds if cycles > 0 else 0   # cycles 0: only place the H on the model as it is
+    if count_frac is not None:
+        counts = place(cell_g, ops, elements, count_frac, hydrogens).counts
     for r in range(rounds):
-        els, fa, ua, oa, aa, h = _with_h(cell_g, ops, elements, f, u, occ, uaniso, hydrogens)
+        els, fa, ua, oa, aa, h = _with_h(cell_g, ops, elements, f, u, occ, uaniso, hydrogens, counts)
+        counts = h.counts
         res = refine_structure(cell, sg, hkl, F, sigma, els, fa, ua, oa, uaniso=aa,
                                cycles=cycles if r == rounds - 1 else max(4, cycles // 3),
                                device=device, esd=False, **opts)
         f, u = res.frac[:n], res.uiso[:n]
-    els, fa, ua, oa, aa, h = _with_h(cell_g, ops, elements, f, u, occ, uaniso, hydrogens)
+    els, fa, ua, oa, aa, h = _with_h(cell_g, ops, elements, f, u, occ, uaniso, hydrogens, counts)
     res = refine_structure(cell, sg, hkl, F, sigma, els, fa, ua, oa, uaniso=aa, cycles=0,
                            device=device, **opts)
     return res, h
@@ -358,8 +393,8 @@ def refine_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray
 
 def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
                 uiso: np.ndarray, occ: np.ndarray, hydrogens: int | None,
-                max_rounds: int = 6, cycles: int = 4, device: str = "cpu", **opts
-                ) -> tuple[list[str], list[dict]]:
+                max_rounds: int = 6, cycles: int = 4, device: str = "cpu",
+                count_frac: np.ndarray | None = None, **opts) -> tuple[list[str], list[dict]]:
     """Greedy C/N/O (S/Cl/P, ...) element swaps of a heavy-atom model, each variant with
     its own riding H (its H counts follow its labels): the swap that most lowers R1 +
     CHEM_WEIGHT × chemistry score is kept, until none helps. Returns (elements, swaps)."""
@@ -372,7 +407,10 @@ def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
     frac, uiso, occ = np.asarray(frac, float), np.asarray(uiso, float), np.asarray(occ, float)
 
     def evaluate(variants: list[list[str]]) -> list[float]:
-        built = [_with_h(cell_g, ops, v, frac, uiso, occ, None, hydrogens) for v in variants]
+        counts = [None if count_frac is None else place(cell_g, ops, v, count_frac, hydrogens).counts
+                  for v in variants]
+        built = [_with_h(cell_g, ops, v, frac, uiso, occ, None, hydrogens, c)
+                 for v, c in zip(variants, counts)]
         out = [np.inf] * len(variants)
         by_n: dict[int, list[int]] = {}
         for k, b in enumerate(built):

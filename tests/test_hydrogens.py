@@ -1,0 +1,121 @@
+"""xdxd.refine.hydrogens: riding H counts and positions, special positions, and what
+riding H do for refinement and C/N/O labels (problems simulated from tests/data/cod)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from test_refine import heavy_atoms, simulate_record
+from xdxd import records
+from xdxd.crystal.symmetry import (apply_ops, frac_distance, make_cell, spacegroup_from_record,
+                                   symops, unique_images)
+from xdxd.refine import refine_record
+from xdxd.refine.hydrogens import neighbours, place, xh_distance
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _setup(cod_id: str, d_min: float = 1.0):
+    rec = simulate_record(cod_id, d_min, hydrogens=True)
+    cell = make_cell(rec["cell"])
+    ops = symops(spacegroup_from_record(rec["spacegroup"]))
+    return rec, cell, ops, heavy_atoms(rec)
+
+
+def _cell_h(cell, ops, frac, occ) -> float:
+    """H atoms in the unit cell: distinct images of each site × its occupancy."""
+    if len(frac) == 0:
+        return 0.0
+    _, owner = unique_images(np.asarray(frac), ops, cell)
+    return float(sum(occ[k] for k in owner))
+
+
+@pytest.mark.parametrize("cod_id", ["2205750", "2000724", "2016470", "2202108"])
+def test_placed_h_match_the_published_ones(cod_id):
+    rec, cell, ops, a = _setup(cod_id)
+    h = place(cell, ops, a.elements, a.frac, rec["hydrogens"])
+    assert sum(h.counts) == rec["hydrogens"] == len(h.frac)
+    for x, p in zip(h.frac, h.parent):  # every H at its riding distance from its parent
+        n_nb = len(neighbours(cell, ops, a.elements, a.frac)[p].vectors)
+        d = frac_distance(x, a.frac[p], cell)
+        assert d == pytest.approx(xh_distance(a.elements[p], n_nb, h.counts[p]), abs=1e-6)
+    ref = np.array([x["xyz"] for x in rec["reference"]["atoms"] if x["element"] == "H"])
+    images = apply_ops(ref, ops)                              # (H,O,3)
+    nearest = [frac_distance(images, x[None, None], cell).min() for x in h.frac]
+    assert np.median(nearest) < 0.2, nearest                  # Å; methyl rotations may be off
+
+
+@pytest.mark.parametrize("cod_id", ["2203315", "1100688"])  # P21/m, Pmn21: parents on mirrors
+def test_h_on_special_positions_are_not_doubled(cod_id):
+    """H of a group on a mirror that are each other's images are placed once, and the
+    cell holds as many H as the published model."""
+    rec, cell, ops, a = _setup(cod_id)
+    h = place(cell, ops, a.elements, a.frac, rec["hydrogens"])
+    ref = [x for x in rec["reference"]["atoms"] if x["element"] == "H"]
+    want = _cell_h(cell, ops, [x["xyz"] for x in ref], [x["occ"] for x in ref])
+    assert _cell_h(cell, ops, h.frac, np.ones(len(h.frac))) == pytest.approx(want)
+    images = apply_ops(h.frac, ops)
+    for k in range(len(h.frac)):
+        others = np.delete(images, k, axis=0)
+        assert frac_distance(others, h.frac[k][None, None], cell).min() > 0.5
+
+
+def test_neighbours_see_both_mirror_images():
+    """C8 of 1100688 lies on the mirror between N2 and its image: three neighbours."""
+    rec, cell, ops, a = _setup("1100688")
+    nb = neighbours(cell, ops, a.elements, a.frac)[a.labels.index("C8")]
+    assert sorted(nb.elements) == ["N", "N", "S"]
+
+
+def test_riding_h_lower_r1_of_the_true_model():
+    rec, _, _, a = _setup("2205750")
+    rec["reference"]["atoms"] = [x for x in rec["reference"]["atoms"] if x["element"] != "H"]
+    plain = refine_record(rec, source="reference", cycles=5, riding_h=False)["solution"]
+    ride = refine_record(rec, source="reference", cycles=5)["solution"]  # on by default
+    assert plain["r1"] > 0.02 and ride["r1"] < 0.005
+    h = [x for x in ride["atoms"] if x["element"] == "H"]
+    assert len(h) == rec["hydrogens"] and all(x["riding"] in a.labels for x in h)
+    assert ride["riding_h"] == {"placed": 3, "sites": 3, "wanted": 3}
+
+
+def test_riding_h_off_when_the_data_have_none():
+    rec = simulate_record("2205750", 1.0)  # metrics.hydrogens_in_data false
+    rec["reference"]["atoms"] = [x for x in rec["reference"]["atoms"] if x["element"] != "H"]
+    s = refine_record(rec, source="reference", cycles=3)["solution"]
+    assert "riding_h" not in s and all(x["element"] != "H" for x in s["atoms"])
+
+
+def test_riding_h_fix_labels_that_heavy_atoms_alone_get_wrong():
+    """2016470 (P41) at 2.0 Å: a C/N swap the heavy-atom model keeps, riding H undo."""
+    rec, _, _, a = _setup("2016470", 2.0)
+    i = a.elements.index("N")
+    j = next(k for k, e in enumerate(a.elements) if e == "C")
+    wrong = list(a.elements)
+    wrong[i], wrong[j] = wrong[j], wrong[i]
+    rec["solution"] = {"atoms": records.arrays_to_atoms(
+        records.AtomArrays(wrong, a.frac, a.uiso, a.occ, a.labels))}
+    plain = refine_record(rec, source="solution", cycles=10, riding_h=False)["solution"]
+    ride = refine_record(rec, source="solution", cycles=10)["solution"]
+    heavy = lambda s: [x["element"] for x in s["atoms"] if x["element"] != "H"]  # noqa: E731
+    assert heavy(plain) != a.elements
+    assert heavy(ride) == a.elements and ride["r1"] < plain["r1"]
+
+
+def test_riding_solution_rewritten_with_zero_cycles_keeps_its_h():
+    """`--from solution --cycles 0` (how the CIF and .res are written) re-places the riding
+    H on the same parents instead of treating them as fixed atoms."""
+    rec, _, _, _ = _setup("2205750")
+    rec["reference"]["atoms"] = [x for x in rec["reference"]["atoms"] if x["element"] != "H"]
+    first = refine_record(rec, source="reference", cycles=5)
+    again = refine_record(first, source="solution", cycles=0, swap=False)["solution"]
+    h0 = [x for x in first["solution"]["atoms"] if x.get("riding")]
+    h1 = [x for x in again["atoms"] if x.get("riding")]
+    assert [x["riding"] for x in h1] == [x["riding"] for x in h0] and len(h1) == 3
+    assert again["r1"] == pytest.approx(first["solution"]["r1"], abs=1e-4)
