@@ -182,3 +182,11 @@ def spglib_number(cell: gemmi.UnitCell, frac: np.ndarray, numbers: np.ndarray,
 
 def make_cell(cell: list[float] | tuple) -> gemmi.UnitCell:
     return gemmi.UnitCell(*[float(v) for v in cell])
+
+
+def cell_and_spacegroup(cell, sg) -> tuple[gemmi.UnitCell, gemmi.SpaceGroup]:
+    """A gemmi cell and space group from either gemmi objects or record fields
+    ([a, b, c, α, β, γ] in Å and °; {"hall": ...})."""
+    cell = cell if isinstance(cell, gemmi.UnitCell) else make_cell(cell)
+    sg = sg if isinstance(sg, gemmi.SpaceGroup) else spacegroup_from_record(sg)
+    return cell, sg

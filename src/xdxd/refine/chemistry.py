@@ -278,9 +278,9 @@ def swap_elements(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray
     frac (N,3) fractional, uiso (N,) Å², as refined before the call.
     """
     from xdxd.refine.least_squares import refine_batch  # least_squares imports this module
-    from xdxd.crystal.symmetry import make_cell, spacegroup_from_record, symops
-    cell_g = cell if isinstance(cell, gemmi.UnitCell) else make_cell(cell)
-    ops = symops(sg if isinstance(sg, gemmi.SpaceGroup) else spacegroup_from_record(sg))
+    from xdxd.crystal.symmetry import cell_and_spacegroup, symops
+    cell_g, sg_g = cell_and_spacegroup(cell, sg)
+    ops = symops(sg_g)
     els = list(elements)
     res = refine_batch(cell, sg, hkl, F, sigma, els, frac, uiso, occ, uaniso=uaniso, cycles=cycles,
                        device=device, **opts)[0]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import gemmi
 import numpy as np
 
-from xdxd.crystal.symmetry import SymOps, apply_ops, frac_distance
+from xdxd.crystal.symmetry import SymOps, apply_ops, cell_and_spacegroup, frac_distance, symops
 from xdxd.refine.chemistry import BOND_TOL, covalent_radius, find_contacts, is_hydrogen
 
 TETRAHEDRAL = np.degrees(np.arccos(-1.0 / 3.0))   # 109.47°
@@ -278,7 +278,7 @@ def place(cell: gemmi.UnitCell, ops: SymOps, elements: list[str], frac: np.ndarr
     else:
         chosen = [int(counts[k]) for k in heavy]
     counts = [0] * len(elements)
-    orth, fracm = np.array(cell.orth.mat), np.array(cell.frac.mat)
+    fracm = np.array(cell.frac.mat)
     xyz, parent, ufac = [], [], []
     for k, n_h in zip(heavy, chosen):
         counts[k] = n_h
@@ -368,10 +368,9 @@ def refine_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray
     carries is decided once, on the starting model (or on count_frac (N,3), e.g. the
     unrefined candidate's positions), so that the rounds cannot flip it.
     Returns (RefinementResult of heavy atoms + H, the placement)."""
-    from xdxd.crystal.symmetry import make_cell, spacegroup_from_record, symops
     from xdxd.refine.least_squares import refine_structure
-    cell_g = cell if isinstance(cell, gemmi.UnitCell) else make_cell(cell)
-    ops = symops(sg if isinstance(sg, gemmi.SpaceGroup) else spacegroup_from_record(sg))
+    cell_g, sg_g = cell_and_spacegroup(cell, sg)
+    ops = symops(sg_g)
     n = len(elements)
     f, u = np.asarray(frac, float), np.asarray(uiso, float)
     counts = None
@@ -398,11 +397,10 @@ def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
     """Greedy C/N/O (S/Cl/P, ...) element swaps of a heavy-atom model, each variant with
     its own riding H (its H counts follow its labels): the swap that most lowers R1 +
     CHEM_WEIGHT × chemistry score is kept, until none helps. Returns (elements, swaps)."""
-    from xdxd.crystal.symmetry import make_cell, spacegroup_from_record, symops
     from xdxd.refine.chemistry import CHEM_WEIGHT, check, swap_variants
     from xdxd.refine.least_squares import refine_batch
-    cell_g = cell if isinstance(cell, gemmi.UnitCell) else make_cell(cell)
-    ops = symops(sg if isinstance(sg, gemmi.SpaceGroup) else spacegroup_from_record(sg))
+    cell_g, sg_g = cell_and_spacegroup(cell, sg)
+    ops = symops(sg_g)
     n = len(elements)
     frac, uiso, occ = np.asarray(frac, float), np.asarray(uiso, float), np.asarray(occ, float)
 

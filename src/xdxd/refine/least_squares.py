@@ -52,8 +52,8 @@ import torch
 
 from xdxd.crystal.statistics import Agreement, agreement
 from xdxd.crystal.structure_factors import StructureFactors
-from xdxd.crystal.symmetry import (SymOps, make_cell, special_position_projector,
-                                   spacegroup_from_record, stabilizer, symops)
+from xdxd.crystal.symmetry import (SymOps, cell_and_spacegroup, special_position_projector, stabilizer,
+                                   symops)
 from xdxd.refine.chemistry import (BOND_TOL, SHORT_FACTOR, covalent_radius, find_contacts,
                                    is_hydrogen)
 
@@ -296,8 +296,7 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
     element lists refines B element variants of one structure. Large batches are split
     so that B*N*M stays under MAX_BATCH_ELEMENTS. Returns B results in input order.
     """
-    cell = cell if isinstance(cell, gemmi.UnitCell) else make_cell(cell)
-    sg = sg if isinstance(sg, gemmi.SpaceGroup) else spacegroup_from_record(sg)
+    cell, sg = cell_and_spacegroup(cell, sg)
     ops = symops(sg)
     frac = np.asarray(frac, dtype=float)
     shared = bool(elements) and isinstance(elements[0], str)
