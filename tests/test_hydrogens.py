@@ -119,3 +119,13 @@ def test_riding_solution_rewritten_with_zero_cycles_keeps_its_h():
     h1 = [x for x in again["atoms"] if x.get("riding")]
     assert [x["riding"] for x in h1] == [x["riding"] for x in h0] and len(h1) == 3
     assert again["r1"] == pytest.approx(first["solution"]["r1"], abs=1e-4)
+
+
+def test_assign_counts_meets_the_total():
+    from xdxd.refine.hydrogens import assign_counts
+    opts = [[(0, 0.0), (1, 2.0)], [(1, 0.0), (2, 1.0)], [(3, 0.0), (2, 1.5)]]
+    assert assign_counts(opts, None) == [0, 1, 3]
+    assert assign_counts(opts, 4) == [0, 1, 3]
+    assert assign_counts(opts, 5) == [0, 2, 3]          # the cheapest way to one more
+    assert assign_counts(opts, 2) == [0, 1, 1]          # CH3 -> CH at the fallback price
+    assert sum(assign_counts(opts, 9)) == 6             # unreachable: the nearest total

@@ -154,14 +154,21 @@ def h_options(element: str, nb: Neighbours) -> list[tuple[int, float]]:
     return [(0, 0.0)]
 
 
+FALLBACK_PENALTY = 5.0   # an H count an atom's geometry does not suggest, so that the total is met
+
+
 def assign_counts(options: list[list[tuple[int, float]]], total: int | None) -> list[int]:
     """One H count per atom: the least total penalty whose sum is `total` (or, if none
-    reaches it, the nearest reachable sum; with total None each atom's first option)."""
+    reaches it, the nearest reachable sum; with total None each atom's first option).
+    Besides its options, each atom may take any smaller count at FALLBACK_PENALTY, so a
+    distorted model (a C with one neighbour that should have two) still meets the total."""
     if total is None:
         return [o[0][0] for o in options]
     # best[s]: (penalty, choices) for atoms so far summing to s
     best: dict[int, tuple[float, list[int]]] = {0: (0.0, [])}
     for opts in options:
+        listed = {h for h, _ in opts}  # any count up to the largest listed, at a high price,
+        opts = list(opts) + [(h, FALLBACK_PENALTY) for h in range(max(listed)) if h not in listed]
         nxt: dict[int, tuple[float, list[int]]] = {}
         for s, (p, ch) in best.items():
             for h, q in opts:
