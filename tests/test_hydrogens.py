@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from test_refine import heavy_atoms, simulate_record
+from test_refine import heavy_atoms, one_thread, simulate_record  # noqa: F401 (autouse fixture)
 from xdxd import records
 from xdxd.crystal.symmetry import (apply_ops, frac_distance, make_cell, spacegroup_from_record,
                                    symops, unique_images)
 from xdxd.refine import refine_record
 from xdxd.refine.hydrogens import neighbours, place, xh_distance
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _setup(cod_id: str, d_min: float = 1.0):

@@ -73,20 +73,9 @@ def neighbours(cell: gemmi.UnitCell, ops: SymOps, elements: list[str],
         if d < r[i] + r[j] + BOND_TOL and d >= 0.5:
             xj = ops.rot[o] @ x[j] + ops.tran[o] + s
             vec[i].append(((xj - x[i]) @ orth.T, j))
-    for k, lst in vec.items():
-        lst = _distinct_vectors(lst)
+    for k, lst in vec.items():  # find_contacts lists each distinct image once
         out[heavy[k]] = Neighbours(np.array([v for v, _ in lst]).reshape(-1, 3),
                                    [elements[heavy[j]] for _, j in lst], [heavy[j] for _, j in lst])
-    return out
-
-
-def _distinct_vectors(lst: list[tuple[np.ndarray, int]], tol: float = 0.1) -> list:
-    """Drop bond vectors that repeat an earlier one (within tol Å): a neighbour on a mirror
-    or axis is found once for each operation that maps it onto itself."""
-    out: list[tuple[np.ndarray, int]] = []
-    for v, j in lst:
-        if all(np.linalg.norm(v - w) >= tol for w, _ in out):
-            out.append((v, j))
     return out
 
 
@@ -272,23 +261,34 @@ def _acceptor(cell, ops, elements, frac, k: int, nb: Neighbours) -> np.ndarray |
     return None if best is None else best[1]
 
 
+def h_counts(cell: gemmi.UnitCell, ops: SymOps, elements: list[str], frac: np.ndarray,
+             hydrogens: int | None, nbs: list[Neighbours] | None = None) -> list[int]:
+    """H per model atom (N,), 0 for H atoms: `h_options` of each heavy atom in this
+    geometry (frac (N,3) fractional), matched to the total `hydrogens` by `assign_counts`."""
+    nbs = neighbours(cell, ops, elements, frac) if nbs is None else nbs
+    heavy = [k for k, e in enumerate(elements) if not is_hydrogen(e)]
+    chosen = assign_counts([h_options(elements[k], nbs[k]) for k in heavy], hydrogens)
+    counts = [0] * len(elements)
+    for k, n_h in zip(heavy, chosen):
+        counts[k] = n_h
+    return counts
+
+
 def place(cell: gemmi.UnitCell, ops: SymOps, elements: list[str], frac: np.ndarray,
           hydrogens: int | None, counts: list[int] | None = None) -> RidingH:
     """Riding H atoms for the heavy atoms of a model (frac (N,3) fractional); H atoms
     already in the model are ignored and not counted. counts (N,): H per atom as decided
-    before (`RidingH.counts`), instead of deciding them again from this geometry."""
+    before (`h_counts`, `RidingH.counts`), instead of deciding them from this geometry."""
     frac = np.asarray(frac, float).reshape(-1, 3)
     nbs = neighbours(cell, ops, elements, frac)
     heavy = [k for k, e in enumerate(elements) if not is_hydrogen(e)]
     if counts is None:
-        chosen = assign_counts([h_options(elements[k], nbs[k]) for k in heavy], hydrogens)
-    else:
-        chosen = [int(counts[k]) for k in heavy]
-    counts = [0] * len(elements)
+        counts = h_counts(cell, ops, elements, frac, hydrogens, nbs)
+    counts = [int(counts[k]) if k in heavy else 0 for k in range(len(elements))]
     fracm = np.array(cell.frac.mat)
     xyz, parent, ufac = [], [], []
-    for k, n_h in zip(heavy, chosen):
-        counts[k] = n_h
+    for k in heavy:
+        n_h = counts[k]
         nb = nbs[k]
         if n_h == 0 or len(nb.vectors) == 0:
             continue
@@ -380,13 +380,10 @@ def refine_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray
     ops = symops(sg_g)
     n = len(elements)
     f, u = np.asarray(frac, float), np.asarray(uiso, float)
-    counts = None
     rounds = rounds if cycles > 0 else 0   # cycles 0: only place the H on the model as it is
-    if count_frac is not None:
-        counts = place(cell_g, ops, elements, count_frac, hydrogens).counts
+    counts = h_counts(cell_g, ops, elements, f if count_frac is None else count_frac, hydrogens)
     for r in range(rounds):
         els, fa, ua, oa, aa, h = _with_h(cell_g, ops, elements, f, u, occ, uaniso, hydrogens, counts)
-        counts = h.counts
         res = refine_structure(cell, sg, hkl, F, sigma, els, fa, ua, oa, uaniso=aa,
                                cycles=cycles if r == rounds - 1 else max(4, cycles // 3),
                                device=device, esd=False, **opts)
@@ -412,7 +409,7 @@ def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
     frac, uiso, occ = np.asarray(frac, float), np.asarray(uiso, float), np.asarray(occ, float)
 
     def evaluate(variants: list[list[str]]) -> list[float]:
-        counts = [None if count_frac is None else place(cell_g, ops, v, count_frac, hydrogens).counts
+        counts = [None if count_frac is None else h_counts(cell_g, ops, v, count_frac, hydrogens)
                   for v in variants]
         built = [_with_h(cell_g, ops, v, frac, uiso, occ, None, hydrogens, c)
                  for v, c in zip(variants, counts)]
