@@ -42,7 +42,8 @@ import numpy as np
 
 from xdxd import records
 from xdxd.crystal.structure_factors import inverse_d2, structure_factors_of_atoms
-from xdxd.crystal.symmetry import SpaceGroupError, find_spacegroup, spacegroup_to_record, symops
+from xdxd.crystal.symmetry import (SpaceGroupError, find_spacegroup, site_multiplicity_factor,
+                                   spacegroup_to_record, symops)
 from xdxd.formats import hkl_cif
 from xdxd.formats.adp import b_to_u
 from xdxd.formats.cif_model import has_atoms, model_from_block, parse_formula, read_cif_document
@@ -276,11 +277,42 @@ def measured(model: CrystalModel, obs: Observations, opts: PrepOptions,
 def _base(model: CrystalModel, opts: PrepOptions) -> dict:
     composition, hydrogens = _composition(model, opts)
     wavelength = opts.wavelength_A or model.wavelength_A or MO_KALPHA_A
-    return {"schema": records.SCHEMA, "id": model.id, "source": model.source,
-            "cell": [round(float(v), 5) for v in model.cell],
-            "spacegroup": spacegroup_to_record(model.spacegroup),
-            "composition": composition, "hydrogens": hydrogens,
-            "wavelength_A": round(float(wavelength), 5)}
+    rec = {"schema": records.SCHEMA, "id": model.id, "source": model.source,
+           "cell": [round(float(v), 5) for v in model.cell],
+           "spacegroup": spacegroup_to_record(model.spacegroup),
+           "composition": composition, "hydrogens": hydrogens,
+           "wavelength_A": round(float(wavelength), 5)}
+    contents = _cell_contents(model, opts)
+    if contents:
+        rec["cell_contents"] = contents
+    return rec
+
+
+def _cell_contents(model: CrystalModel, opts: PrepOptions) -> dict | None:
+    """Non-H atoms per unit cell by element, from the same source as the composition:
+    the model's sites expanded by symmetry (a site on a special position gives fewer
+    images), else the file's cell contents (SHELX UNIT, CIF formula sum × Z); None with
+    --formula alone. The sampler reads special positions from it (xdxd-sample(1))."""
+    if opts.formula:
+        return None
+    if model.atoms is not None and len(model.atoms):
+        heavy = [k for k, e in enumerate(model.atoms.elements) if e not in _HYDROGEN]
+        if not heavy:
+            return None
+        cell = gemmi.UnitCell(*model.cell)
+        ops = symops(model.spacegroup)
+        frac = np.asarray(model.atoms.frac, dtype=float)[heavy]
+        per_site = len(ops) / site_multiplicity_factor(frac, ops, cell)
+        counts: dict[str, float] = {}
+        for k, n in zip(heavy, per_site):
+            e = model.atoms.elements[k]
+            counts[e] = counts.get(e, 0.0) + float(n)
+    elif model.cell_contents:
+        counts = {e: float(n) for e, n in model.cell_contents.items() if e not in _HYDROGEN}
+    else:
+        return None
+    return {e: int(round(counts[e])) if abs(counts[e] - round(counts[e])) < 1e-6
+            else round(counts[e], 3) for e in records.hill_order(counts)}
 
 
 def normalize_spacegroup(text: str) -> str:

@@ -147,3 +147,22 @@ def normalized_e(F: np.ndarray, hkl: np.ndarray, cell: gemmi.UnitCell, sg: gemmi
         if len(chunk):
             e2[chunk] /= max(e2[chunk].mean(), 1e-12)
     return np.sqrt(np.clip(e2, 0, None))
+
+
+def distinct_patterns(fc: np.ndarray, order, limit: int, same: float = 0.98) -> list[int]:
+    """Indices from `order` whose |Fc| patterns (C,M) correlate below `same` with every
+    one kept before, at most `limit` of them.
+
+    |F| does not see origin shifts or the enantiomorph, so this catches those copies of
+    a structure too.
+    """
+    z = np.asarray(fc, dtype=float)
+    z = z - z.mean(1, keepdims=True)
+    z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    kept: list[int] = []
+    for i in order:
+        if not kept or float((z[kept] @ z[int(i)]).max()) < same:
+            kept.append(int(i))
+        if len(kept) == limit:
+            break
+    return kept

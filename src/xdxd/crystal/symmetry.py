@@ -190,3 +190,55 @@ def cell_and_spacegroup(cell, sg) -> tuple[gemmi.UnitCell, gemmi.SpaceGroup]:
     cell = cell if isinstance(cell, gemmi.UnitCell) else make_cell(cell)
     sg = sg if isinstance(sg, gemmi.SpaceGroup) else spacegroup_from_record(sg)
     return cell, sg
+
+
+@lru_cache(maxsize=256)
+def _stabilizer_orders(hall: str) -> tuple[int, ...]:
+    sg = gemmi.find_spacegroup_by_ops(gemmi.symops_from_hall(hall))
+    ops = symops(sg)
+    g = np.arange(24) / 24.0  # every special position has coordinates in 1/24ths
+    pts = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
+    img = np.einsum("oij,pj->poi", ops.rot, pts) + ops.tran[None]
+    d = img - pts[:, None]
+    fixed = np.all(np.abs(d - np.round(d)) < 1e-6, axis=-1).sum(-1)  # (P,)
+    return tuple(sorted(set(int(k) for k in fixed if k > 1)))
+
+
+def stabilizer_orders(ops: SymOps) -> tuple[int, ...]:
+    """The orders > 1 that a site's stabilizer can have in this space group (its special
+    Wyckoff positions), found on a 1/24 grid of the cell."""
+    return _stabilizer_orders(ops.hall)
+
+
+def site_orders(sites: dict[str, int], cell_contents: dict[str, float], ops: SymOps
+                ) -> dict[str, list[int]]:
+    """Stabilizer orders of the asymmetric-unit sites that fit the cell contents.
+
+    sites: sites per asymmetric unit by element (a site on a special position counts
+    once); cell_contents: atoms per unit cell by element. A site of order k gives
+    len(ops)/k atoms in the cell, so for each element the orders k_i must satisfy
+    sum_i len(ops)/k_i = cell count, each k_i a stabilizer order of the group. Of the
+    possible choices the one with the lowest highest order, then the fewest special
+    sites, then the lowest orders, is returned, as {element: [k, ...]} sorted with the
+    general sites (k = 1) last. Raises ValueError when no choice fits.
+    """
+    O = len(ops)
+    divisors = list(stabilizer_orders(ops))
+    out: dict[str, list[int]] = {}
+    for e, n in sites.items():
+        n = int(n)
+        target = float(cell_contents.get(e, n * O))
+        best = None
+        # m special sites with orders from `divisors`, the other n - m general
+        for m in range(0, n + 1):
+            for combo in itertools.combinations_with_replacement(divisors, m):
+                count = (n - m) * O + sum(O / k for k in combo)
+                if abs(count - target) < 1e-6:
+                    key = (max(combo, default=1), m, sorted(combo))
+                    if best is None or key < best:
+                        best = key
+        if best is None:
+            raise ValueError(f"{n} {e} site(s) per asymmetric unit cannot give {target:g} "
+                             f"{e} in the cell with {O} symmetry operations")
+        out[e] = sorted(best[2], reverse=True) + [1] * (n - best[1])
+    return out

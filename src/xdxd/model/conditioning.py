@@ -29,6 +29,7 @@ import torch
 from xdxd.crystal.statistics import epsilon_factors, expected_intensity, normalized_e, wilson_scale
 from xdxd.crystal.structure_factors import StructureFactors, inverse_d2
 from xdxd.crystal.symmetry import SymOps, find_spacegroup, symops
+from xdxd.model.bonding import BondingTables, bonding_tables
 
 EIGHT_PI2 = 8.0 * math.pi ** 2
 PATTERSON_BLURS = (0.0, 20.0)  # Å²: one sharp and one smoothed Patterson channel
@@ -42,7 +43,10 @@ class Problem:
     orth (3,3) frac -> Cartesian Å, deorth (3,3) Cartesian -> frac;
     rot (O,3,3), tran (O,3) fractional operations; rot_cart (O,3,3) the same rotations
     in Cartesian (orthogonal matrices); F_obs (M,), s2 (M,) Å⁻², E (M,);
-    patterson (C,n1,n2,n3) grid; tokens (T,7) reflection tokens; uiso Å² from Wilson.
+    patterson (C,n1,n2,n3) grid; tokens (T,7) reflection tokens; uiso Å² from Wilson;
+    site_weight (N,) 1/(stabilizer order) each atom is sampled with (1: general position,
+    1/2 on a mirror or 2-fold axis, ...: `sites.site_orders`); bonding the per-atom tables
+    of the bonding prior (model.bonding).
     """
     cell: gemmi.UnitCell
     ops: SymOps
@@ -61,6 +65,8 @@ class Problem:
     patterson: torch.Tensor
     tokens: torch.Tensor
     uiso: float
+    site_weight: torch.Tensor
+    bonding: BondingTables
 
     @property
     def n_atoms(self) -> int:
@@ -84,19 +90,22 @@ class Problem:
         for name in ("hkl", "s2", "f0", "hR", "ht"):
             setattr(sf, name, getattr(sf, name).to(device))
         moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
-                 if isinstance(getattr(self, f.name), torch.Tensor)}
+                 if isinstance(getattr(self, f.name), (torch.Tensor, BondingTables))}
         return replace(self, sf=sf, **moved)
 
 
 def make_problem(cell: gemmi.UnitCell, hall: str, elements: list[str], hkl: np.ndarray,
                  F: np.ndarray, sigma: np.ndarray | None = None, hydrogens: float = 0,
                  device: str | torch.device = "cpu", max_tokens: int = 256,
-                 generator: torch.Generator | None = None) -> Problem:
+                 generator: torch.Generator | None = None,
+                 site_orders: list[int] | None = None) -> Problem:
     """Build a Problem from measured (or simulated) amplitudes.
 
     cell, hall: the crystal; elements: ASU non-H atoms to place; hkl (M,3) unique
     reflections, F (M,) |F|, sigma (M,) sigma(|F|); hydrogens: H atoms per ASU (for
     normalisation only). Tokens beyond max_tokens are subsampled with `generator`.
+    site_orders (N,): the stabilizer order of each atom's site (default: all 1, general
+    positions); an atom of order k is sampled with weight 1/k in every |Fc|.
     """
     sg = find_spacegroup(hall=hall)
     ops = symops(sg)
@@ -105,9 +114,12 @@ def make_problem(cell: gemmi.UnitCell, hall: str, elements: list[str], hkl: np.n
     sigma = np.zeros_like(F) if sigma is None else np.asarray(sigma, dtype=float)
     keep = F > 0
     hkl, F, sigma = hkl[keep], F[keep], sigma[keep]
+    orders = np.ones(len(elements)) if site_orders is None else np.asarray(site_orders, float)
+    if len(orders) != len(elements) or np.any(orders < 1):
+        raise ValueError(f"site_orders {list(orders)} do not fit {len(elements)} atoms")
     composition: dict[str, float] = {}
-    for e in elements:
-        composition[e] = composition.get(e, 0) + 1
+    for e, k in zip(elements, orders):
+        composition[e] = composition.get(e, 0) + 1.0 / k
     E = normalized_e(F, hkl, cell, sg, composition, hydrogens)
     sig_E = E * sigma / np.maximum(F, 1e-9)
     s2 = inverse_d2(cell, hkl)
@@ -131,7 +143,8 @@ def make_problem(cell: gemmi.UnitCell, hall: str, elements: list[str], hkl: np.n
         F_obs=torch.tensor(F, **kw), s2=torch.tensor(s2, **kw), E=torch.tensor(E, **kw),
         patterson=torch.tensor(patterson_grid(cell, ops, hkl, E), **kw),
         tokens=reflection_tokens(cell, ops, hkl, E, sig_E, max_tokens, generator).to(device),
-        uiso=uiso)
+        uiso=uiso, site_weight=torch.tensor(1.0 / orders, **kw),
+        bonding=bonding_tables(list(elements), device))
 
 
 def expand_reflections(ops: SymOps, hkl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -310,7 +323,8 @@ def misfit_gradient(problem: Problem, frac: torch.Tensor, b_extra: torch.Tensor
         x = frac.detach().float().requires_grad_(True)
         b = b_extra.float().reshape(-1, 1)  # (B,1)
         uiso = (problem.uiso + b / EIGHT_PI2).expand(x.shape[0], x.shape[1])  # (B,N)
-        fc = problem.sf.calc(x, problem.type_idx, uiso).abs()  # (B,M)
+        weight = problem.site_weight.expand(x.shape[0], -1)
+        fc = problem.sf.calc(x, problem.type_idx, uiso, weight).abs()  # (B,M)
         fo = problem.F_obs[None] * torch.exp(-b * problem.s2[None] / 4.0)  # (B,M)
         k = (fo * fc).sum(-1, keepdim=True) / (fc * fc).sum(-1, keepdim=True).clamp_min(1e-12)
         misfit = ((fo - k * fc) ** 2).sum(-1) / (fo * fo).sum(-1).clamp_min(1e-12)  # (B,)
@@ -328,7 +342,8 @@ def agreement_of(problem: Problem, frac: torch.Tensor) -> tuple[torch.Tensor, to
     Pearson correlation of |Fo|² and |Fc|² (Wilson Uiso for |Fc|)."""
     with torch.no_grad():
         uiso = torch.full(frac.shape[:2], problem.uiso, device=frac.device)
-        fc = problem.sf.calc(frac.float(), problem.type_idx, uiso).abs()
+        weight = problem.site_weight.expand(frac.shape[0], -1)
+        fc = problem.sf.calc(frac.float(), problem.type_idx, uiso, weight).abs()
         fo = problem.F_obs[None]
         k = (fo * fc).sum(-1, keepdim=True) / (fc * fc).sum(-1, keepdim=True).clamp_min(1e-12)
         r1 = (fo - k * fc).abs().sum(-1) / fo.sum(-1)
@@ -350,7 +365,8 @@ def atom_fit(problem: Problem, frac: torch.Tensor) -> torch.Tensor:
         B, N, _ = frac.shape
         uiso = torch.full((B * N, 1), problem.uiso, device=frac.device)
         fa = problem.sf.calc(frac.float().reshape(B * N, 1, 3),
-                             problem.type_idx.repeat(B).reshape(B * N, 1), uiso)
+                             problem.type_idx.repeat(B).reshape(B * N, 1), uiso,
+                             problem.site_weight.repeat(B).reshape(B * N, 1))
         fa = fa.reshape(B, N, -1)  # (B,N,M) complex
         fc = fa.sum(1)  # (B,M)
         fo = problem.F_obs[None]
@@ -358,3 +374,43 @@ def atom_fit(problem: Problem, frac: torch.Tensor) -> torch.Tensor:
         fo_phased = fo * fc / fc.abs().clamp_min(1e-12)  # (B,M)
         num = (fa.conj() * fo_phased[:, None]).real.sum(-1)  # (B,N)
         return num / (k[:, None] * (fa.abs() ** 2).sum(-1)).clamp_min(1e-12)
+
+
+def bonding_gradient(problem: Problem, frac: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bonding-prior energy (B,) of frac (B,N,3) and its Cartesian gradient (B,N,3) per Å
+    (model.bonding: about one unit per clear chemical fault)."""
+    from xdxd.model.bonding import energy_gradient
+    return energy_gradient(frac, problem.bonding, problem.rot, problem.tran, problem.orth,
+                           problem.deorth, problem.site_weight)
+
+
+def special_images(problem: Problem, frac: torch.Tensor) -> torch.Tensor:
+    """Each atom moved onto the nearest point of its site symmetry, (B,N,3) fractional.
+
+    An atom of stabilizer order k (problem.site_weight = 1/k) goes to the mean of its k
+    nearest images (itself included): on a mirror, the foot of the perpendicular; near an
+    inversion centre, the centre. Atoms of order 1 are returned as they are.
+    """
+    k = torch.round(1.0 / problem.site_weight).long()  # (N,)
+    if bool((k == 1).all()):
+        return frac
+    img = expand(problem, frac)  # (B,N,O,3)
+    d = img - frac[:, :, None]
+    d = d - torch.round(d)  # (B,N,O,3) fractional, nearest image
+    dist = (d @ problem.orth.T).norm(dim=-1)  # (B,N,O) Å
+    order = torch.argsort(dist, dim=-1)
+    rank = torch.argsort(order, dim=-1)  # rank of each image by distance, 0 = itself
+    pick = (rank < k[None, :, None]).to(frac.dtype)  # (B,N,O)
+    shift = (pick[..., None] * d).sum(2) / k[None, :, None].to(frac.dtype)
+    return torch.remainder(frac + shift, 1.0)
+
+
+def site_pattern(problem: Problem, frac: torch.Tensor) -> torch.Tensor:
+    """|Fc| (B,M) of frac (B,N,3) with every atom given the first element's form factor: a
+    fingerprint of the sites alone (labels ignored), for telling candidates apart."""
+    with torch.no_grad():
+        B, N, _ = frac.shape
+        uiso = torch.full((B, N), problem.uiso, device=frac.device)
+        same = torch.zeros(N, dtype=torch.long, device=frac.device)
+        return problem.sf.calc(frac.float(), same, uiso,
+                               problem.site_weight.expand(B, -1)).abs()

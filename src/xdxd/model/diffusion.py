@@ -25,8 +25,8 @@ import time
 import torch
 import torch.nn as nn
 
-from xdxd.model.conditioning import (Problem, atom_fit, blur_for_sigma, build_graph,
-                                     misfit_gradient, r1_of)
+from xdxd.model.conditioning import (Problem, atom_fit, blur_for_sigma, bonding_gradient,
+                                     build_graph, misfit_gradient, r1_of, special_images)
 from xdxd.model.network import Denoiser, ModelConfig
 
 # lattice translations summed in the wrapped-normal score
@@ -104,13 +104,38 @@ def denoiser_eps(model: Denoiser, problem: Problem, frac: torch.Tensor, sigma: t
     return eps.float(), misfit, grad
 
 
+def guidance_direction(problem: Problem, frac: torch.Tensor, blur: torch.Tensor,
+                       bonding: float | torch.Tensor = 0.0
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where the data and the bonding prior want atoms to go, at frac (B,N,3).
+
+    Returns (misfit (B,), direction (B,N,3), bonding energy (B,)): the misfit gradient
+    (blur B Å² on |Fo| and |Fc|) scaled to unit RMS per atom, plus bonding times the
+    bonding prior's gradient (per Å; one unit of energy per clear fault), both uphill.
+    """
+    misfit, grad = misfit_gradient(problem, frac, blur)
+    g = grad / grad.pow(2).sum(-1).mean(-1).sqrt().clamp_min(1e-12)[:, None, None]
+    energy = torch.zeros_like(misfit)
+    if isinstance(bonding, torch.Tensor) or bonding > 0:
+        energy, gb = bonding_gradient(problem, frac)
+        w = bonding if not isinstance(bonding, torch.Tensor) else bonding.reshape(-1, 1, 1)
+        g = g + w * gb
+    return misfit, g, energy
+
+
+def bonding_ramp(sigma: torch.Tensor, weight: float, sigma_on_A: float = 1.0) -> torch.Tensor:
+    """Weight of the bonding prior at noise level sigma (Å): full below sigma_on_A, fading as
+    (sigma_on_A/sigma)² above it (a blurred Tweedie estimate has no bonds to judge)."""
+    return weight * (sigma_on_A / sigma.clamp_min(sigma_on_A)) ** 2
+
+
 @torch.no_grad()
 def sample(model: Denoiser | None, schedule: NoiseSchedule, problem: Problem, n_samples: int,
            steps: int = 100, guidance: float = 1.0, b_max: float = 30.0, seed: int = 0,
            chunk: int = 64, tweedie: bool = True, resample_every: int = 0,
            resample_ess: float = 0.5, start: torch.Tensor | None = None,
-           sigma_start: float | None = None, keep: torch.Tensor | None = None
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+           sigma_start: float | None = None, keep: torch.Tensor | None = None,
+           bonding: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Guided ancestral sampling: n_samples ASU structures for one problem.
 
     Each step: eps_hat from the network, the denoised estimate x0 = x - sigma eps_hat
@@ -120,7 +145,10 @@ def sample(model: Denoiser | None, schedule: NoiseSchedule, problem: Problem, n_
     resample_every > 0: every so many steps the population is resampled (systematic, as
     a particle filter) with weights exp(-misfit(x0)/T), T set so that the effective
     sample size is resample_ess of the population: compute moves to the trajectories
-    that fit the data. Noise is drawn on the CPU from torch.Generator(seed) and moved,
+    that fit the data. bonding > 0 adds the bonding prior's gradient to the guidance
+    (`guidance_direction`, weight `bonding_ramp`). Atoms on special positions
+    (problem.site_weight < 1) are moved onto their site symmetry after every step
+    (`special_images`). Noise is drawn on the CPU from torch.Generator(seed) and moved,
     so CPU and CUDA give the same draws. model=None drops the learned prior (eps = 0):
     annealed, blurred Langevin descent on the data alone, the baseline the prior is
     measured against. start (n_samples,N,3) with sigma_start (Å): begin from these
@@ -136,7 +164,7 @@ def sample(model: Denoiser | None, schedule: NoiseSchedule, problem: Problem, n_
     sigmas = schedule.sampling_sigmas(steps, sigma_start if start is not None else None).to(dev)
     context = model.context(problem) if model is not None else None
     if start is None:
-        x = torch.rand(n_samples, N, 3, generator=gen).to(dev)
+        x = special_images(problem, torch.rand(n_samples, N, 3, generator=gen).to(dev))
     else:
         x = add_noise(start.to(dev), sigmas[0].expand(n_samples),
                       problem.deorth, torch.randn(n_samples, N, 3, generator=gen).to(dev))
@@ -150,25 +178,24 @@ def sample(model: Denoiser | None, schedule: NoiseSchedule, problem: Problem, n_
             xc = x[c0:c0 + chunk]
             sig = s_now.expand(len(xc))
             blur = blur_for_sigma(sig, b_max)
+            w_bond = bonding_ramp(s_now, bonding) if bonding > 0 else 0.0
             if model is None:
                 eps = torch.zeros_like(xc)
-                misfit, grad = misfit_gradient(problem, xc, blur)
+                misfit, g, _ = guidance_direction(problem, xc, blur, w_bond)
             else:
                 eps, misfit, grad = denoiser_eps(model, problem, xc, sig, context, b_max)
-                if tweedie:
-                    x0 = torch.remainder(xc - (s_now * eps) @ problem.deorth.T, 1.0)
-                    misfit, grad = misfit_gradient(problem, x0, blur)
-            g = grad / grad.pow(2).sum(-1).mean(-1).sqrt().clamp_min(1e-12)[:, None, None]
+                at = torch.remainder(xc - (s_now * eps) @ problem.deorth.T, 1.0) if tweedie else xc
+                misfit, g, _ = guidance_direction(problem, at, blur, w_bond)
             scores.append(-(eps + guidance * g) / s_now)  # score, Cartesian Å⁻¹
             misfits.append(misfit)
         score = torch.cat(scores)
         dvar = s_now ** 2 - s_next ** 2
         step = dvar * score + torch.sqrt(dvar) * (s_next / s_now) * z  # (B,N,3) Å
-        x = torch.remainder(x + step @ problem.deorth.T, 1.0)
+        x = special_images(problem, torch.remainder(x + step @ problem.deorth.T, 1.0))
         if keep is not None:
             held = add_noise(start.to(dev), s_next.expand(n_samples), problem.deorth,
                              torch.randn(n_samples, N, 3, generator=gen).to(dev))
-            x = torch.where(keep.to(dev)[..., None], held, x)
+            x = torch.where(keep.to(dev)[..., None], special_images(problem, held), x)
         if resample_every and (i + 1) % resample_every == 0 and i + 1 < steps:
             x = x[resample(torch.cat(misfits).cpu(), resample_ess, gen).to(dev)]
     return x, r1_of(problem, x)
@@ -200,49 +227,88 @@ def search(model: Denoiser | None, schedule: NoiseSchedule, problem: Problem, n_
            steps: int = 60, guidance: float = 1.0, seed: int = 0, rounds: int = 8,
            keep: int = 8, restart_sigmas: tuple = (0.8, 1.2, 0.5), restart_steps: int = 30,
            polish_steps: int = 60, omit: bool = False, omit_sigma: float = 2.0,
+           bonding: float = 0.0, rank_bonding: float = 0.0, swaps: int = 3,
            time_budget_s: float | None = None, **opts) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample, then search around the best: a population of n_samples structures.
 
-    Round 0 is `sample` from noise. Each further round keeps the `keep` lowest-R1
-    structures (after `polish`), noises copies of them back to a restart level (cycling
-    through restart_sigmas, Å) and denoises them again with restart_steps guided steps
-    (each structure is polished with polish_steps of plain descent on the misfit), so
-    the prior proposes chemically sensible rearrangements of the parts that fit worst and
-    the data picks among them (basin hopping with a learned move). With omit, half the
-    copies instead keep their atoms and sample only the 1 to N/3 that sit worst in the
-    map (`omit_mask`) anew from omit_sigma Å (inpainting), as an omit map would suggest
-    (off by default: on six small cod-dev structures at 2.0 Å, 3 seeds, it found all
-    sites in 1 of 6 each time, against 2 of 6 with whole-structure restarts alone). Stops after `rounds`
-    rounds or before a round that would end past time_budget_s (s). Returns (frac (M,N,3), R1 (M,)), lowest R1
-    first, M = keep + n_samples (or n_samples with rounds=0).
+    Round 0 is `sample` from noise. Each further round keeps the `keep` best structures
+    (after `polish`; best = lowest `objective`, R1 + rank_bonding * bonding energy),
+    noises copies of them back to a restart level (cycling through restart_sigmas, Å)
+    and denoises them again with restart_steps guided steps (each structure is polished
+    with polish_steps of descent on the misfit), so the prior proposes chemically
+    sensible rearrangements of the parts that fit worst and the data picks among them
+    (basin hopping with a learned move). bonding: weight of the bonding prior in the
+    guidance and the polish (0: data alone). After each polish, up to `swaps` greedy
+    label swaps per structure (`swap_labels`, judged on R1) and a second, shorter polish. With omit, half the copies instead keep
+    their atoms and sample only the 1 to N/3 that sit worst in the map (`omit_mask`)
+    anew from omit_sigma Å (inpainting), as an omit map would suggest (off by default:
+    on six small cod-dev structures at 2.0 Å, 3 seeds, it found all sites in 1 of 6
+    each time, against 2 of 6 with whole-structure restarts alone). Stops after
+    `rounds` rounds or before a round that would end past time_budget_s (s). Returns
+    (frac (M,N,3), objective (M,)), best first, M = keep + n_samples (or n_samples with
+    rounds=0).
     """
     t0 = time.perf_counter()
+    if time_budget_s is not None:  # the first pass takes at most half the budget
+        per_step = step_seconds(model, problem, n_samples, bonding)
+        steps = max(min(steps, 12), min(steps, int(0.5 * time_budget_s / per_step)))
     x, _ = sample(model, schedule, problem, n_samples, steps=steps, guidance=guidance,
-                  seed=seed, **opts)
-    x = polish(problem, x, steps=polish_steps)
+                  seed=seed, bonding=bonding, **opts)
+    x = finish(problem, x, polish_steps, bonding, swaps)
     # a round costs about restart_steps/steps of round 0; one that would overrun is not begun
     last = (time.perf_counter() - t0) * (restart_steps + polish_steps) / (steps + polish_steps)
     for r in range(rounds):
         t_round = time.perf_counter()
         if time_budget_s is not None and t_round - t0 + last > time_budget_s:
             break
-        elite = x[torch.argsort(r1_of(problem, x))[:keep]]
+        elite = x[torch.argsort(objective(problem, x, rank_bonding)[0])[:keep]]
         start = elite.repeat((n_samples + keep - 1) // keep, 1, 1)[:n_samples]
         half = n_samples // 2 if omit else 0
         parts = [] if half == n_samples else [sample(
             model, schedule, problem, n_samples - half, steps=restart_steps, guidance=guidance,
-            seed=seed + 1 + r, start=start[half:],
+            seed=seed + 1 + r, start=start[half:], bonding=bonding,
             sigma_start=restart_sigmas[r % len(restart_sigmas)], **opts)[0]]
         if half:  # the worst-fitting atoms of the other half are sampled anew
             held = omit_mask(problem, start[:half], seed + 1 + r)
             parts.insert(0, sample(model, schedule, problem, half, steps=restart_steps,
                                    guidance=guidance, seed=seed + 1001 + r, start=start[:half],
-                                   sigma_start=omit_sigma, keep=held, **opts)[0])
-        x = torch.cat([elite, polish(problem, torch.cat(parts), steps=polish_steps)])
+                                   sigma_start=omit_sigma, keep=held, bonding=bonding,
+                                   **opts)[0])
+        x = torch.cat([elite, finish(problem, torch.cat(parts), polish_steps, bonding, swaps)])
         last = time.perf_counter() - t_round
-    r1 = r1_of(problem, x)
-    order = torch.argsort(r1)
-    return x[order], r1[order]
+    obj = objective(problem, x, rank_bonding)[0]
+    order = torch.argsort(obj)
+    return x[order], obj[order]
+
+
+def finish(problem: Problem, frac: torch.Tensor, polish_steps: int, bonding: float,
+           swaps: int) -> torch.Tensor:
+    """Polish, swap labels where that fits the data better, polish the swapped again."""
+    x = polish(problem, frac, steps=polish_steps, bonding=bonding)
+    if swaps <= 0:
+        return x
+    y = swap_labels(problem, x, rounds=swaps)
+    moved = (y != x).any(-1).any(-1)
+    if bool(moved.any()):
+        y[moved] = polish(problem, y[moved], steps=max(1, polish_steps // 3), bonding=bonding)
+    return y
+
+
+def step_seconds(model: Denoiser | None, problem: Problem, n_samples: int,
+                 bonding: float = 0.0) -> float:
+    """Seconds one guided step of `sample` takes on n_samples structures (timed once on
+    random structures), so that a search can fit its first pass into a time budget."""
+    t = time.perf_counter()
+    x = torch.rand(n_samples, problem.n_atoms, 3, generator=torch.Generator().manual_seed(0))
+    x = x.to(problem.device)
+    sig = torch.full((n_samples,), 0.5, device=problem.device)
+    with torch.no_grad():
+        if model is not None:
+            denoiser_eps(model, problem, x, sig, model.context(problem))
+        guidance_direction(problem, x, blur_for_sigma(sig), bonding)
+    if problem.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
 
 
 def omit_mask(problem: Problem, frac: torch.Tensor, seed: int) -> torch.Tensor:
@@ -255,14 +321,62 @@ def omit_mask(problem: Problem, frac: torch.Tensor, seed: int) -> torch.Tensor:
     return (rank >= k[:, None]).to(frac.device)
 
 
-def polish(problem: Problem, frac: torch.Tensor, steps: int = 60, lr_A: float = 0.05
-           ) -> torch.Tensor:
-    """A short descent on the unblurred misfit (fixed step in Å along -g/|g|), frac (B,N,3)."""
-    x = frac.clone()
+def polish(problem: Problem, frac: torch.Tensor, steps: int = 60, lr_A: float = 0.05,
+           bonding: float = 0.0) -> torch.Tensor:
+    """A short descent on the unblurred misfit (plus bonding times the bonding prior), a
+    fixed step in Å along the unit-RMS direction, shrinking to zero; frac (B,N,3)."""
+    x = special_images(problem, frac.clone())
     zero = torch.zeros(len(x), device=x.device)
     for i in range(steps):
-        _, grad = misfit_gradient(problem, x, zero)
-        g = grad / grad.pow(2).sum(-1).mean(-1).sqrt().clamp_min(1e-12)[:, None, None]
+        _, g, _ = guidance_direction(problem, x, zero, bonding)
+        g = g / g.pow(2).sum(-1).mean(-1).sqrt().clamp_min(1e-12)[:, None, None]
         step = lr_A * (1.0 - i / steps)
-        x = torch.remainder(x - (step * g) @ problem.deorth.T, 1.0)
+        x = special_images(problem, torch.remainder(x - (step * g) @ problem.deorth.T, 1.0))
     return x
+
+
+def swap_pairs(problem: Problem) -> torch.Tensor:
+    """Pairs (P,2) of atoms i < j with different elements and the same site order, whose
+    positions a label swap exchanges."""
+    els = problem.elements
+    w = problem.site_weight.tolist()
+    pairs = [(i, j) for i in range(len(els)) for j in range(i + 1, len(els))
+             if els[i] != els[j] and abs(w[i] - w[j]) < 1e-6]
+    return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
+
+
+def swap_labels(problem: Problem, frac: torch.Tensor, rank_bonding: float = 0.0,
+                rounds: int = 3, chunk: int = 4096) -> torch.Tensor:
+    """Greedy label swaps: for each structure (B,N,3), try exchanging the places of every
+    two atoms of different elements (`swap_pairs`: S onto a C site, N with O, ...) and keep
+    the single swap that lowers `objective` most; up to `rounds` swaps per structure.
+    A heavy atom that ended on a light atom's site moves where the density wants it."""
+    pairs = swap_pairs(problem).to(frac.device)
+    if len(pairs) == 0:
+        return frac
+    x = frac.clone()
+    B, P = len(x), len(pairs)
+    best = objective(problem, x, rank_bonding)[0]
+    for _ in range(rounds):
+        var = x[:, None].repeat(1, P, 1, 1)  # (B,P,N,3)
+        i, j = pairs[:, 0], pairs[:, 1]
+        ar = torch.arange(P, device=x.device)
+        var[:, ar, i], var[:, ar, j] = x[:, j], x[:, i]
+        flat = var.reshape(B * P, -1, 3)
+        obj = torch.cat([objective(problem, flat[c:c + chunk], rank_bonding)[0]
+                         for c in range(0, len(flat), chunk)]).reshape(B, P)
+        low, arg = obj.min(1)
+        better = low < best - 1e-5
+        if not bool(better.any()):
+            break
+        x = torch.where(better[:, None, None], var[torch.arange(B, device=x.device), arg], x)
+        best = torch.where(better, low, best)
+    return x
+
+
+def objective(problem: Problem, frac: torch.Tensor, rank_bonding: float = 0.0
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """How candidates are ranked: (R1 + rank_bonding * bonding energy, R1, energy), each (B,)."""
+    r1 = r1_of(problem, frac)
+    energy = bonding_gradient(problem, frac)[0] if rank_bonding > 0 else torch.zeros_like(r1)
+    return r1 + rank_bonding * energy, r1, energy

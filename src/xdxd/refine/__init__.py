@@ -29,7 +29,8 @@ from xdxd.refine.least_squares import RefinementResult, refine_batch, refine_str
 __all__ = ["refine_record", "refine_structure", "refine_batch", "RefinementResult",
            "swap_elements", "check"]
 
-TOP = 5              # candidates refined by default
+TOP = 8              # candidates refined by default
+RIDING_TOP = 3       # of these, the best (R1 + chemistry) are ranked again with riding H
 RANK_CYCLES = 8      # cycles for the batch that ranks candidates
 
 
@@ -158,7 +159,19 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
 
     chems = [check(cell, ops, r.elements, r.frac, hyd, a.labels) for r, a in zip(refined, arrays)]
     keys = [r.r1 + CHEM_WEIGHT * c.score for r, c in zip(refined, chems)]
+    riding_h = bool(riding_h and hyd and not any(is_hydrogen(e) for a in arrays for e in a.elements))
     best = int(np.argmin(keys))
+    if riding_h and len(picked) > 1:
+        # H scatter about as much as a wrong model misfits at 2 Å: the leaders are ranked
+        # again with riding H, and the best of them is taken
+        lead = {}
+        for n in np.argsort(keys, kind="stable")[:RIDING_TOP]:
+            r = refined[n]
+            res, _ = refine_riding(cell, sg, hkl, F, sigma, r.elements, r.frac, r.uiso, r.occ,
+                                   r.uaniso, hyd, cycles=rank_cycles, rounds=2, device=device,
+                                   count_frac=arrays[n].frac, **lsq)
+            lead[int(n)] = res.r1 + CHEM_WEIGHT * chems[n].score
+        best = min(lead, key=lead.get)
     cand_index, _ = picked[best]
     if source == "candidates":
         cands = [dict(c) for c in rec["candidates"]]
@@ -170,7 +183,7 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
     r = refined[best]
     elements, swaps = list(r.elements), []
     riding = None
-    if riding_h and hyd and not any(is_hydrogen(e) for e in elements):
+    if riding_h:
         # H from the composition, none in the model: riding H, and swaps judged with them
         n = len(elements)
         frac, uiso = r.frac, r.uiso

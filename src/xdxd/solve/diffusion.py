@@ -23,6 +23,10 @@ from xdxd import records
 from xdxd.crystal import symmetry
 
 
+BONDING = 0.0        # weight of the bonding prior in guidance and polish (per unit of energy)
+RANK_BONDING = 0.0   # R1 units per unit of bonding energy in the ranking
+
+
 @lru_cache(maxsize=4)
 def _model(path: str, device: str):
     from xdxd.model.diffusion import NoiseSchedule
@@ -32,7 +36,12 @@ def _model(path: str, device: str):
 
 
 def problem_from_record(rec: dict, device: str = "cpu", seed: int = 0):
-    """Record -> model.conditioning.Problem (ASU non-H elements, heaviest first)."""
+    """Record -> model.conditioning.Problem (ASU non-H elements, heaviest first).
+
+    With `cell_contents` in the record, sites whose count in the cell says they lie on a
+    special position (symmetry.site_orders) are sampled with their stabilizer order;
+    without it every site is taken to be general.
+    """
     import torch
     from xdxd.model.conditioning import make_problem
     records.check_problem(rec)
@@ -41,33 +50,46 @@ def problem_from_record(rec: dict, device: str = "cpu", seed: int = 0):
             if e not in ("H", "D") and float(n) > 0}
     if not comp:
         raise records.RecordError(f"{rid}: no composition (non-H element counts of the asymmetric unit)")
-    elements = records.composition_elements(comp)
-    elements.sort(key=lambda e: -gemmi.Element(e).atomic_number)
     cell = symmetry.make_cell(rec["cell"])
     sg = symmetry.spacegroup_from_record(rec["spacegroup"])
+    orders = {e: [1] * n for e, n in comp.items()}
+    if rec.get("cell_contents"):
+        try:
+            orders = symmetry.site_orders(comp, rec["cell_contents"], symmetry.symops(sg))
+        except ValueError as e:
+            raise records.RecordError(f"{rid}: {e}")
+    elements = sorted(comp, key=lambda e: -gemmi.Element(e).atomic_number)
+    site_orders = [k for e in elements for k in orders[e]]
+    elements = [e for e in elements for _ in orders[e]]
     hkl, F, sigma = records.reflections_to_arrays(rec["reflections"])
     if int((F > 0).sum()) < 10:
         raise records.RecordError(f"{rid}: too few reflections ({int((F > 0).sum())}) to solve")
     return make_problem(cell, sg.hall, elements, hkl, F, sigma,
                         hydrogens=float(rec.get("hydrogens") or 0), device=device,
-                        generator=torch.Generator().manual_seed(seed))
+                        generator=torch.Generator().manual_seed(seed), site_orders=site_orders)
 
 
 def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
            time_budget_s: float | None = None, steps: int = 60, guidance: float = 1.0,
            rounds: int = 8, weights: str | None = None, prior: bool = True,
+           bonding: float = BONDING, rank_bonding: float = RANK_BONDING,
            **sampler) -> tuple[list[dict], dict]:
-    """Record -> (the `samples` lowest-R1 candidates, info).
+    """Record -> (the `samples` best distinct candidates, info).
 
     `samples` structures are drawn in one batch and searched around for `rounds` rounds
-    (xdxd.model.diffusion.search), or until time_budget_s is spent. prior=False samples
+    (xdxd.model.diffusion.search), or until time_budget_s is spent; of the population
+    the best are returned, one per site pattern (copies that differ only by an origin
+    shift, the enantiomorph or the labels are dropped: crystal.statistics.distinct_patterns). prior=False samples
     without the network (data guidance alone, same schedule and search): the baseline
-    that shows what the learned prior adds. sampler: further settings of
+    that shows what the learned prior adds. bonding: weight of the bonding prior
+    (model.bonding) in the guidance and polish; rank_bonding: R1 units per unit of its
+    energy when candidates are ranked (0 and 0: the data alone decide). sampler: further settings of
     xdxd.model.diffusion.search and sample (keep, restart_sigmas, restart_steps,
     polish_steps, tweedie, resample_every, b_max).
     """
     from xdxd.model import diffusion
-    from xdxd.model.conditioning import agreement_of
+    from xdxd.crystal.statistics import distinct_patterns
+    from xdxd.model.conditioning import agreement_of, bonding_gradient, site_pattern
     from xdxd.model.weights import resolve_weights
     t0 = time.perf_counter()
     path = resolve_weights(weights)
@@ -75,13 +97,15 @@ def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
     prob = problem_from_record(rec, device, seed)
     budget = None if time_budget_s is None else max(0.0, time_budget_s - (time.perf_counter() - t0))
     frac, _ = diffusion.search(model if prior else None, schedule, prob, samples, steps=steps,
-                               guidance=guidance, seed=seed, rounds=rounds,
-                               time_budget_s=budget, **sampler)
-    frac = frac[:samples]
+                               guidance=guidance, seed=seed, rounds=rounds, bonding=bonding,
+                               rank_bonding=rank_bonding, time_budget_s=budget, **sampler)
     r1, cc = (t.cpu().numpy() for t in agreement_of(prob, frac))
+    energy = bonding_gradient(prob, frac)[0].cpu().numpy()
+    order = np.argsort(r1 + rank_bonding * energy, kind="stable")
+    keep = distinct_patterns(site_pattern(prob, frac).cpu().numpy(), order, samples)
     frac = frac.cpu().numpy()
     out = []
-    for i in np.argsort(r1, kind="stable"):
+    for i in keep:
         count: dict[str, int] = {}
         atoms = []
         for e, xyz in zip(prob.elements, frac[i]):
@@ -90,9 +114,11 @@ def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
                           "xyz": [round(float(v), 6) for v in xyz],
                           "uiso": round(prob.uiso, 5), "occ": 1.0})
         out.append({"atoms": atoms, "r1": round(float(r1[i]), 5), "cc": round(float(cc[i]), 5),
-                    "method": "diffusion", "sample": int(i)})
+                    "bonding": round(float(energy[i]), 3), "method": "diffusion",
+                    "sample": int(i)})
     info = {"weights": str(path), "weights_steps": meta.get("training", {}).get("total_steps"),
             "steps": steps, "guidance": guidance, "samples": samples, "rounds": rounds,
-            "prior": prior,
+            "prior": prior, "bonding": bonding, "rank_bonding": rank_bonding,
+            "site_orders": [int(round(1 / w)) for w in prob.site_weight.tolist()],
             "seconds": round(time.perf_counter() - t0, 3)}
     return out, info

@@ -245,20 +245,6 @@ def _refine(prob: Problem, elements, frac, weight, opts: DualSpaceOptions, devic
             np.array([r.r1 for r in res]))
 
 
-def _distinct(fc: np.ndarray, order: np.ndarray, limit: int, same: float = 0.98) -> list[int]:
-    """Indices from `order` whose |Fc| patterns (C,M) correlate below `same` with any kept one.
-
-    |F| does not see origin shifts or the enantiomorph, so this catches those copies too.
-    """
-    kept: list[int] = []
-    for i in order:
-        if all(np.corrcoef(fc[i], fc[j])[0, 1] < same for j in kept):
-            kept.append(int(i))
-        if len(kept) == limit:
-            break
-    return kept
-
-
 def solve(prob: Problem, samples: int = 8, seed: int = 0, device: str = "cpu",
           time_budget_s: float | None = None, opts: DualSpaceOptions | None = None,
           ) -> tuple[list[dict], dict]:
@@ -338,7 +324,7 @@ def _finish(prob: Problem, state: SearchState, samples: int, opts: DualSpaceOpti
                                              opts, device)
     fc = _fcalc(prob, elements, fr, uiso, wt, device, opts.dtype)             # (C,M) |Fc|
     order = np.lexsort((-cc[top], r1))                                        # R1, then CC
-    keep = _distinct(fc, order, samples)
+    keep = statistics.distinct_patterns(fc, order, samples)
     out = []
     for i in keep:
         atoms = [{"element": e, "xyz": [round(float(v), 6) for v in fr[i][j]],

@@ -1,0 +1,180 @@
+"""The bonding prior: a smooth energy of interatomic distances that any organic model obeys.
+
+The sampler knows the elements but not the connectivity. What every molecular crystal
+still obeys, whatever its bonds, is a short list of distance rules between non-H atoms
+(symmetry images included), with r0 = r_i + r_j from gemmi's covalent radii:
+
+- no contact shorter than CLOSE_FACTOR * r0 (a C≡N triple bond is 0.79 r0);
+- no distance in the gap between bonds (≤ r0 + 0.15 Å) and the shortest 1-3 distances
+  (O-N-O 2.16 Å, O-C-O 2.2 Å; longer around S, Cl, Br, I): GAP_LO + r0 to gap_hi(r0);
+- every atom that forms bonds has at least one neighbour (soft for O and halogens,
+  which may be water or anions) and no more than its element allows
+  (refine.chemistry.MAX_NEIGHBOURS).
+
+Each violation costs about one unit, so `energy` reads as a count of clear faults (0 for
+a sensible model); its gradient (Cartesian, Å⁻¹) steers the diffusion sampler and the
+polish toward chemically possible structures, and candidates are ranked by R1 plus
+this energy. Atoms on special positions (site weight < 1) do not see their own images
+that coincide with them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from xdxd.crystal.symmetry import SymOps
+
+CLOSE_FACTOR = 0.75   # shortest allowed contact, times r0
+CLOSE_WIDTH_A = 0.1   # Å inside the limit that costs one unit
+BOND_MAX_A = 0.15     # Å above r0: still a bond (full count)
+BOND_FADE_A = 0.40    # Å above r0: no longer a bond (the count fades to zero between)
+GAP_LO_A = 0.25       # Å above r0 where the forbidden gap begins
+GAP_HI_FACTOR = 0.76  # the gap ends at 0.76 (r0 + 2 r_O): the shortest 1-3 distance i-m-k
+GAP_HI_MIDDLE_A = 1.32  # 2 r_O, the smallest middle atom (O-N-O 2.16 Å, P-N-P 2.7 Å)
+ISOLATED_SOFT = ("O", "F", "Cl", "Br", "I")  # may have no non-H neighbour: water, anions
+ISOLATED_SOFT_WEIGHT = 0.2
+SELF_IMAGE_A = 0.6    # images of an atom on a special position closer than this coincide
+REACH_A = 3.5         # neighbours considered around each atom
+
+
+@dataclass
+class BondingTables:
+    """Per-atom tables for one problem: radius (N,) Å, max_nbr (N,), isolated weight (N,)."""
+    radius: torch.Tensor
+    max_nbr: torch.Tensor
+    isolated: torch.Tensor
+
+    def to(self, device) -> "BondingTables":
+        return BondingTables(self.radius.to(device), self.max_nbr.to(device), self.isolated.to(device))
+
+
+def bonding_tables(elements: list[str], device="cpu") -> BondingTables:
+    from xdxd.refine.chemistry import MAX_NEIGHBOURS, VALENCES, covalent_radius
+    radius = [covalent_radius(e) for e in elements]
+    max_nbr = [MAX_NEIGHBOURS.get(e, 12) for e in elements]
+    isolated = [ISOLATED_SOFT_WEIGHT if e in ISOLATED_SOFT else (1.0 if e in VALENCES else 0.0) for e in elements]
+    kw = dict(device=device, dtype=torch.float32)
+    return BondingTables(torch.tensor(radius, **kw), torch.tensor(max_nbr, **kw),
+                         torch.tensor(isolated, **kw))
+
+
+def gap_hi(r0: torch.Tensor) -> torch.Tensor:
+    """Upper end (Å) of the forbidden gap for a pair with radius sum r0 (Å): the shortest
+    distance two atoms bonded to one small middle atom can have (angle about 100°)."""
+    return GAP_HI_FACTOR * (r0 + GAP_HI_MIDDLE_A)
+
+
+def _identity_op(ops_rot: torch.Tensor, ops_tran: torch.Tensor) -> int:
+    eye = torch.eye(3, device=ops_rot.device, dtype=ops_rot.dtype)
+    t = ops_tran - torch.round(ops_tran)
+    hit = ((ops_rot - eye).abs().sum((1, 2)) + t.abs().sum(1)) < 1e-6
+    return int(torch.nonzero(hit)[0, 0])
+
+
+_CELLS = torch.tensor([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)],
+                      dtype=torch.float32)  # (27,3), (0,0,0) at 13
+
+
+def neighbour_distances(frac: torch.Tensor, rot: torch.Tensor, tran: torch.Tensor,
+                        orth: torch.Tensor, site_weight: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distances (B,N,N*O*27) Å from each ASU atom i to every image of every atom j over
+    the 27 nearest lattice translations, and the index j (N*O*27,) of each column.
+
+    An atom's distance to itself is set to infinity, and so are its own images within
+    SELF_IMAGE_A when its site weight is below 1 (a special position).
+    """
+    B, N, _ = frac.shape
+    O = rot.shape[0]
+    img = torch.einsum("oij,bnj->bnoi", rot, frac) + tran  # (B,N,O,3)
+    d = img[:, None] - frac[:, :, None, None]  # (B,Ni,Nj,O,3)
+    d = d - torch.round(d)
+    cells = _CELLS.to(frac.device, frac.dtype)
+    cart = (d[..., None, :] + cells) @ orth.T  # (B,Ni,Nj,O,27,3)
+    dist = cart.norm(dim=-1).reshape(B, N, N * O * 27)
+    j_of = torch.arange(N, device=frac.device).repeat_interleave(O * 27)  # (N*O*27,)
+    own = j_of[None, :] == torch.arange(N, device=frac.device)[:, None]  # (N, N*O*27)
+    ident = _identity_op(rot, tran)
+    self_col = torch.arange(N, device=frac.device) * O * 27 + ident * 27 + 13
+    mask = torch.zeros(N, N * O * 27, dtype=torch.bool, device=frac.device)
+    mask[torch.arange(N), self_col] = True
+    mask = mask[None].expand(B, -1, -1)
+    if site_weight is not None:
+        special = (site_weight < 0.999)  # (N,) or (B,N)
+        special = special.expand(B, N) if special.dim() == 2 else special[None].expand(B, N)
+        mask = mask | (own[None] & special[..., None] & (dist < SELF_IMAGE_A))
+    dist = dist.masked_fill(mask, float("inf"))
+    return dist, j_of
+
+
+def _smooth_step_down(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """1 below lo, 0 above hi, a half cosine between."""
+    t = ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
+    return 0.5 * (1.0 + torch.cos(torch.pi * t))
+
+
+def energy_terms(frac: torch.Tensor, tables: BondingTables, rot: torch.Tensor, tran: torch.Tensor,
+                 orth: torch.Tensor, site_weight: torch.Tensor | None = None) -> dict:
+    """The prior's terms (each (B,)) for fractional coordinates frac (B,N,3).
+
+    close: contacts inside CLOSE_FACTOR r0; gap: distances in the forbidden gap;
+    isolated: atoms with less than one bond; crowded: bonds beyond the element's maximum.
+    site_weight (N,) or (B,N): 1/(stabilizer order); an image of an atom on a special
+    position counts with that weight (its images coincide in groups of the order), and
+    so do the atom's own terms.
+    """
+    B, N, _ = frac.shape
+    dist, j_of = neighbour_distances(frac, rot, tran, orth, site_weight)  # (B,N,C)
+    w = torch.ones(B, N, device=frac.device) if site_weight is None else \
+        site_weight.to(frac.device).float().expand(B, N)
+    w_col = w[:, j_of][:, None, :]  # (B,1,C)
+    r = tables.radius
+    r0 = (r[:, None] + r[j_of][None, :])[None]  # (1,N,C)
+    dist = dist.clamp(max=REACH_A + 1.0)
+    close = w_col * ((CLOSE_FACTOR * r0 - dist).clamp_min(0.0) / CLOSE_WIDTH_A) ** 2
+    lo, hi = r0 + GAP_LO_A, gap_hi(r0)
+    t = ((dist - lo) / (hi - lo).clamp_min(1e-3)).clamp(0.0, 1.0)
+    gap = w_col * (4.0 * t * (1.0 - t)) ** 2 * (hi > lo)
+    bonds = (w_col * _smooth_step_down(dist, r0 + BOND_MAX_A, r0 + BOND_FADE_A)).sum(-1)  # (B,N)
+    # an under-bonded atom is pulled toward its nearest neighbour (a gradient where the
+    # bond count is flat): softmin of the distance beyond a bond, Å
+    excess = (dist - r0 - BOND_MAX_A).clamp_min(0.0)
+    nearest = -0.1 * torch.logsumexp(-excess / 0.1, dim=-1)  # (B,N)
+    lonely = (1.0 - bonds).clamp_min(0.0)
+    isolated = tables.isolated * (lonely ** 2 + lonely.detach().gt(0.5) * nearest.clamp(max=2.0))
+    crowded = (bonds - tables.max_nbr).clamp_min(0.0) ** 2
+    # pair terms are seen from both ends: halve them
+    return {"close": 0.5 * (w * close.sum(-1)).sum(-1), "gap": 0.5 * (w * gap.sum(-1)).sum(-1),
+            "isolated": (w * isolated).sum(-1), "crowded": (w * crowded).sum(-1)}
+
+
+def energy(frac: torch.Tensor, tables: BondingTables, rot: torch.Tensor, tran: torch.Tensor,
+           orth: torch.Tensor, site_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Bonding energy (B,) of frac (B,N,3): about one unit per clear fault, 0 when sensible."""
+    return sum(energy_terms(frac, tables, rot, tran, orth, site_weight).values())
+
+
+def energy_gradient(frac: torch.Tensor, tables: BondingTables, rot: torch.Tensor,
+                    tran: torch.Tensor, orth: torch.Tensor, deorth: torch.Tensor,
+                    site_weight: torch.Tensor | None = None, chunk: int = 32
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(energy (B,), its Cartesian gradient (B,N,3) in units per Å), in batch chunks."""
+    es, gs = [], []
+    for b0 in range(0, frac.shape[0], chunk):
+        with torch.enable_grad(), torch.autocast(device_type=frac.device.type, enabled=False):
+            x = frac[b0:b0 + chunk].detach().float().requires_grad_(True)
+            sw = site_weight
+            if sw is not None and sw.dim() == 2:
+                sw = sw[b0:b0 + chunk]
+            e = energy(x, tables, rot, tran, orth, sw)
+            (g,) = torch.autograd.grad(e.sum(), x)
+        es.append(e.detach())
+        gs.append(g @ deorth)  # dE/dcart = dE/dfrac . dfrac/dcart
+    return torch.cat(es), torch.cat(gs)
+
+
+def ops_tensors(ops: SymOps, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    kw = dict(device=device, dtype=torch.float32)
+    return torch.tensor(np.asarray(ops.rot), **kw), torch.tensor(np.asarray(ops.tran), **kw)
