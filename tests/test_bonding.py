@@ -15,6 +15,7 @@ from xdxd.crystal.symmetry import (find_spacegroup, site_multiplicity_factor,
                                    stabilizer_orders, symops, unique_images)
 from xdxd.model import bonding
 from xdxd.model.conditioning import bonding_gradient, make_problem, special_images
+from xdxd.model.train import site_match
 from xdxd.prep import prepare_from_model_cif
 
 DATA = Path(__file__).parent / "data" / "cod"
@@ -144,14 +145,14 @@ def bonding_free_cfg():
 
 
 def test_label_swaps_put_the_heavy_atom_back_on_its_site():
-    from xdxd.model import diffusion
+    from xdxd.model import moves
     from xdxd.model.conditioning import r1_of
     _, prob, frac = reference_problem("2205750", hydrogens_in_data=False, biso=3.0)
     x = torch.tensor(frac, dtype=torch.float32)[None]
     s, c = prob.elements.index("S"), prob.elements.index("C")
     wrong = x.clone()
     wrong[0, [s, c]] = x[0, [c, s]]
-    fixed = diffusion.swap_labels(prob, torch.cat([wrong, x]))
+    fixed = moves.swap_labels(prob, torch.cat([wrong, x]))
     assert torch.equal(fixed[0], x[0]) and torch.equal(fixed[1], x[0])
     assert r1_of(prob, wrong).item() > 3 * r1_of(prob, x).item()
 
@@ -167,3 +168,35 @@ def test_candidates_are_distinct_site_patterns():
     fc = site_pattern(prob, torch.cat([x, shifted, relabelled, other])).numpy()
     assert distinct_patterns(fc, range(4), limit=4) == [0, 3]
     assert distinct_patterns(fc, range(4), limit=1) == [0]
+
+
+def test_relocation_puts_a_misplaced_atom_back_and_never_loses_the_best():
+    from xdxd.model import moves
+    _, prob, frac = reference_problem("2205750", hydrogens_in_data=False, biso=3.0)
+    x = torch.tensor(frac, dtype=torch.float32)[None]
+    o = prob.elements.index("O")
+    wrong = x.clone()
+    wrong[0, o] = torch.remainder(wrong[0, o] + torch.tensor([0.31, 0.17, 0.45]), 1.0)
+    start = moves.objective(prob, wrong, 0.01)[0]
+    out = moves.relocate(prob, wrong.repeat(4, 1, 1), moves=100, proposals=64, seed=0)
+    end = moves.objective(prob, out, 0.01)[0]
+    assert torch.all(end <= start + 1e-6)
+    truth = moves.objective(prob, x, 0.01)[0]
+    best = int(end.argmin())
+    assert end[best] < truth + 0.005  # back to the true structure (any O on that site)
+    assert site_match(prob.cell, prob.ops.hall, out[best].numpy(), frac) == 1.0
+
+
+def test_atom_energy_is_the_change_of_the_bonding_energy():
+    from xdxd.model.conditioning import bonding_gradient
+    _, prob, frac = reference_problem("2205750")
+    x = torch.tensor(frac, dtype=torch.float32)[None]
+    a = torch.tensor([3])
+    pts = torch.remainder(x[:, 3:4] + 0.05 * torch.randn(1, 5, 3, generator=torch.Generator().manual_seed(0)), 1.0)
+    args = (prob.bonding, prob.rot, prob.tran, prob.orth, prob.site_weight)
+    e = bonding.atom_energy(pts, a, x, *args) - bonding.atom_energy(x[:, 3:4], a, x, *args)
+    for k in range(5):
+        y = x.clone()
+        y[0, 3] = pts[0, k]
+        total = bonding_gradient(prob, y)[0] - bonding_gradient(prob, x)[0]
+        torch.testing.assert_close(e[0, k:k + 1], total, atol=1e-4, rtol=1e-4)

@@ -115,6 +115,27 @@ def _smooth_step_down(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> to
     return 0.5 * (1.0 + torch.cos(torch.pi * t))
 
 
+def _terms(dist: torch.Tensor, r0: torch.Tensor, w_col: torch.Tensor, isolated_w: torch.Tensor,
+           max_nbr: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per-atom terms from its distances dist (…,C) Å to neighbour images with radius sums
+    r0 (…,C) and weights w_col (…,C): (close (…), gap (…), isolated (…), crowded (…)),
+    the pair terms summed over the neighbours and counted in full."""
+    dist = dist.clamp(max=REACH_A + 1.0)
+    close = (w_col * ((CLOSE_FACTOR * r0 - dist).clamp_min(0.0) / CLOSE_WIDTH_A) ** 2).sum(-1)
+    lo, hi = r0 + GAP_LO_A, gap_hi(r0)
+    t = ((dist - lo) / (hi - lo).clamp_min(1e-3)).clamp(0.0, 1.0)
+    gap = (w_col * (4.0 * t * (1.0 - t)) ** 2 * (hi > lo)).sum(-1)
+    bonds = (w_col * _smooth_step_down(dist, r0 + BOND_MAX_A, r0 + BOND_FADE_A)).sum(-1)
+    # an under-bonded atom is pulled toward its nearest neighbour (a gradient where the
+    # bond count is flat): softmin of the distance beyond a bond, Å
+    excess = (dist - r0 - BOND_MAX_A).clamp_min(0.0)
+    nearest = -0.1 * torch.logsumexp(-excess / 0.1, dim=-1)
+    lonely = (1.0 - bonds).clamp_min(0.0)
+    isolated = isolated_w * (lonely ** 2 + lonely.detach().gt(0.5) * nearest.clamp(max=2.0))
+    crowded = (bonds - max_nbr).clamp_min(0.0) ** 2
+    return close, gap, isolated, crowded
+
+
 def energy_terms(frac: torch.Tensor, tables: BondingTables, rot: torch.Tensor, tran: torch.Tensor,
                  orth: torch.Tensor, site_weight: torch.Tensor | None = None) -> dict:
     """The prior's terms (each (B,)) for fractional coordinates frac (B,N,3).
@@ -129,25 +150,51 @@ def energy_terms(frac: torch.Tensor, tables: BondingTables, rot: torch.Tensor, t
     dist, j_of = neighbour_distances(frac, rot, tran, orth, site_weight)  # (B,N,C)
     w = torch.ones(B, N, device=frac.device) if site_weight is None else \
         site_weight.to(frac.device).float().expand(B, N)
-    w_col = w[:, j_of][:, None, :]  # (B,1,C)
     r = tables.radius
     r0 = (r[:, None] + r[j_of][None, :])[None]  # (1,N,C)
-    dist = dist.clamp(max=REACH_A + 1.0)
-    close = w_col * ((CLOSE_FACTOR * r0 - dist).clamp_min(0.0) / CLOSE_WIDTH_A) ** 2
-    lo, hi = r0 + GAP_LO_A, gap_hi(r0)
-    t = ((dist - lo) / (hi - lo).clamp_min(1e-3)).clamp(0.0, 1.0)
-    gap = w_col * (4.0 * t * (1.0 - t)) ** 2 * (hi > lo)
-    bonds = (w_col * _smooth_step_down(dist, r0 + BOND_MAX_A, r0 + BOND_FADE_A)).sum(-1)  # (B,N)
-    # an under-bonded atom is pulled toward its nearest neighbour (a gradient where the
-    # bond count is flat): softmin of the distance beyond a bond, Å
-    excess = (dist - r0 - BOND_MAX_A).clamp_min(0.0)
-    nearest = -0.1 * torch.logsumexp(-excess / 0.1, dim=-1)  # (B,N)
-    lonely = (1.0 - bonds).clamp_min(0.0)
-    isolated = tables.isolated * (lonely ** 2 + lonely.detach().gt(0.5) * nearest.clamp(max=2.0))
-    crowded = (bonds - tables.max_nbr).clamp_min(0.0) ** 2
+    close, gap, isolated, crowded = _terms(dist, r0, w[:, j_of][:, None, :], tables.isolated,
+                                           tables.max_nbr)
     # pair terms are seen from both ends: halve them
-    return {"close": 0.5 * (w * close.sum(-1)).sum(-1), "gap": 0.5 * (w * gap.sum(-1)).sum(-1),
+    return {"close": 0.5 * (w * close).sum(-1), "gap": 0.5 * (w * gap).sum(-1),
             "isolated": (w * isolated).sum(-1), "crowded": (w * crowded).sum(-1)}
+
+
+def atom_energy(points: torch.Tensor, atom: torch.Tensor, frac: torch.Tensor,
+                tables: BondingTables, rot: torch.Tensor, tran: torch.Tensor,
+                orth: torch.Tensor, site_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Energy (B,K) of atom[b] (a general position) put at each of points (B,K,3), the
+    other atoms of frac (B,N,3) staying: its pair terms in full, its own bond terms.
+    The difference between two places is the change of `energy`, except for the bond
+    counts of its neighbours (what a relocation move screens its proposals by)."""
+    B, K, _ = points.shape
+    N = frac.shape[1]
+    O = rot.shape[0]
+    dev = frac.device
+    cells = _CELLS.to(dev, frac.dtype)
+    ar = torch.arange(B, device=dev)
+    img = torch.einsum("oij,bnj->bnoi", rot, frac) + tran  # (B,N,O,3)
+    d = img[:, None] - points[:, :, None, None]  # (B,K,N,O,3)
+    own = torch.einsum("oij,bkj->bkoi", rot, points) + tran - points[:, :, None]  # (B,K,O,3)
+    d = torch.cat([d, own[:, :, None]], dim=2)  # (B,K,N+1,O,3): last row = own images
+    d = d - torch.round(d)
+    dist = ((d[..., None, :] + cells) @ orth.T).norm(dim=-1)  # (B,K,N+1,O,27)
+    ident = _identity_op(rot, tran)
+    dist[:, :, N, ident, 13] = float("inf")  # itself
+    dist[ar, :, atom] = float("inf")  # its old place and old images
+    r = tables.radius
+    w = torch.ones(N, device=dev) if site_weight is None else site_weight.to(dev).float()
+    if w.dim() == 2:
+        w = w[0]
+    r_col = torch.cat([r, r.new_zeros(1)])[None].repeat(B, 1)
+    r_col[:, N] = r[atom]
+    w_col = torch.cat([w, w.new_ones(1)])
+    C = (N + 1) * O * 27
+    r0 = (r[atom][:, None] + r_col)[:, None, :, None].expand(B, K, N + 1, O * 27).reshape(B, K, C)
+    w_full = w_col[None, None, :, None].expand(B, K, N + 1, O * 27).reshape(B, K, C)
+    close, gap, isolated, crowded = _terms(dist.reshape(B, K, C), r0, w_full,
+                                           tables.isolated[atom][:, None],
+                                           tables.max_nbr[atom][:, None])
+    return close + gap + isolated + crowded
 
 
 def energy(frac: torch.Tensor, tables: BondingTables, rot: torch.Tensor, tran: torch.Tensor,

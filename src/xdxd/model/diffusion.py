@@ -26,7 +26,10 @@ import torch
 import torch.nn as nn
 
 from xdxd.model.conditioning import (Problem, atom_fit, blur_for_sigma, bonding_gradient,
-                                     build_graph, misfit_gradient, r1_of, special_images)
+                                     build_graph, misfit_gradient, r1_of, site_pattern,
+                                     special_images)
+from xdxd.crystal.statistics import distinct_patterns
+from xdxd.model.moves import objective, relocate, swap_labels
 from xdxd.model.network import Denoiser, ModelConfig
 
 # lattice translations summed in the wrapped-normal score
@@ -228,7 +231,10 @@ def search(model: Denoiser | None, schedule: NoiseSchedule, problem: Problem, n_
            keep: int = 8, restart_sigmas: tuple = (0.8, 1.2, 0.5), restart_steps: int = 30,
            polish_steps: int = 60, omit: bool = False, omit_sigma: float = 2.0,
            bonding: float = 0.0, rank_bonding: float = 0.0, swaps: int = 3,
-           time_budget_s: float | None = None, **opts) -> tuple[torch.Tensor, torch.Tensor]:
+           relocate_moves: int = 0, relocate_pool: int = 32, relocate_share: float = 0.5,
+           relocate_proposals: int = 32, relocate_temperature: tuple = (0.0, 0.0),
+           time_budget_s: float | None = None,
+           **opts) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample, then search around the best: a population of n_samples structures.
 
     Round 0 is `sample` from noise. Each further round keeps the `keep` best structures
@@ -239,7 +245,11 @@ def search(model: Denoiser | None, schedule: NoiseSchedule, problem: Problem, n_
     sensible rearrangements of the parts that fit worst and the data picks among them
     (basin hopping with a learned move). bonding: weight of the bonding prior in the
     guidance and the polish (0: data alone). After each polish, up to `swaps` greedy
-    label swaps per structure (`swap_labels`, judged on R1) and a second, shorter polish. With omit, half the copies instead keep
+    label swaps per structure (`swap_labels`, judged on R1) and a second, shorter polish.
+    With relocate_moves > 0 the `relocate_pool` best distinct structures then get up to
+    that many relocation moves (model.moves.relocate, relocate_proposals places tried
+    per move, Metropolis at relocate_temperature), which take relocate_share of the time
+    budget. With omit, half the copies instead keep
     their atoms and sample only the 1 to N/3 that sit worst in the map (`omit_mask`)
     anew from omit_sigma Å (inpainting), as an omit map would suggest (off by default:
     on six small cod-dev structures at 2.0 Å, 3 seeds, it found all sites in 1 of 6
@@ -249,6 +259,9 @@ def search(model: Denoiser | None, schedule: NoiseSchedule, problem: Problem, n_
     rounds=0).
     """
     t0 = time.perf_counter()
+    total_budget = time_budget_s
+    if time_budget_s is not None and relocate_moves > 0:
+        time_budget_s = time_budget_s * (1.0 - relocate_share)
     if time_budget_s is not None:  # the first pass takes at most half the budget
         per_step = step_seconds(model, problem, n_samples, bonding)
         steps = max(min(steps, 12), min(steps, int(0.5 * time_budget_s / per_step)))
@@ -276,6 +289,15 @@ def search(model: Denoiser | None, schedule: NoiseSchedule, problem: Problem, n_
                                    **opts)[0])
         x = torch.cat([elite, finish(problem, torch.cat(parts), polish_steps, bonding, swaps)])
         last = time.perf_counter() - t_round
+    if relocate_moves > 0:
+        obj = objective(problem, x, rank_bonding)[0]
+        pick = distinct_patterns(site_pattern(problem, x).cpu().numpy(),
+                                 torch.argsort(obj).cpu().numpy(), relocate_pool)
+        pick = torch.tensor(pick, device=x.device)
+        left = None if total_budget is None else max(0.0, total_budget - (time.perf_counter() - t0))
+        moved = relocate(problem, x[pick], relocate_moves, relocate_proposals, rank_bonding,
+                         seed=seed, time_budget_s=left, temperature=relocate_temperature)
+        x = torch.cat([moved, x])
     obj = objective(problem, x, rank_bonding)[0]
     order = torch.argsort(obj)
     return x[order], obj[order]
@@ -333,50 +355,3 @@ def polish(problem: Problem, frac: torch.Tensor, steps: int = 60, lr_A: float = 
         step = lr_A * (1.0 - i / steps)
         x = special_images(problem, torch.remainder(x - (step * g) @ problem.deorth.T, 1.0))
     return x
-
-
-def swap_pairs(problem: Problem) -> torch.Tensor:
-    """Pairs (P,2) of atoms i < j with different elements and the same site order, whose
-    positions a label swap exchanges."""
-    els = problem.elements
-    w = problem.site_weight.tolist()
-    pairs = [(i, j) for i in range(len(els)) for j in range(i + 1, len(els))
-             if els[i] != els[j] and abs(w[i] - w[j]) < 1e-6]
-    return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
-
-
-def swap_labels(problem: Problem, frac: torch.Tensor, rank_bonding: float = 0.0,
-                rounds: int = 3, chunk: int = 4096) -> torch.Tensor:
-    """Greedy label swaps: for each structure (B,N,3), try exchanging the places of every
-    two atoms of different elements (`swap_pairs`: S onto a C site, N with O, ...) and keep
-    the single swap that lowers `objective` most; up to `rounds` swaps per structure.
-    A heavy atom that ended on a light atom's site moves where the density wants it."""
-    pairs = swap_pairs(problem).to(frac.device)
-    if len(pairs) == 0:
-        return frac
-    x = frac.clone()
-    B, P = len(x), len(pairs)
-    best = objective(problem, x, rank_bonding)[0]
-    for _ in range(rounds):
-        var = x[:, None].repeat(1, P, 1, 1)  # (B,P,N,3)
-        i, j = pairs[:, 0], pairs[:, 1]
-        ar = torch.arange(P, device=x.device)
-        var[:, ar, i], var[:, ar, j] = x[:, j], x[:, i]
-        flat = var.reshape(B * P, -1, 3)
-        obj = torch.cat([objective(problem, flat[c:c + chunk], rank_bonding)[0]
-                         for c in range(0, len(flat), chunk)]).reshape(B, P)
-        low, arg = obj.min(1)
-        better = low < best - 1e-5
-        if not bool(better.any()):
-            break
-        x = torch.where(better[:, None, None], var[torch.arange(B, device=x.device), arg], x)
-        best = torch.where(better, low, best)
-    return x
-
-
-def objective(problem: Problem, frac: torch.Tensor, rank_bonding: float = 0.0
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """How candidates are ranked: (R1 + rank_bonding * bonding energy, R1, energy), each (B,)."""
-    r1 = r1_of(problem, frac)
-    energy = bonding_gradient(problem, frac)[0] if rank_bonding > 0 else torch.zeros_like(r1)
-    return r1 + rank_bonding * energy, r1, energy

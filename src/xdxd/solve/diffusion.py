@@ -24,7 +24,8 @@ from xdxd.crystal import symmetry
 
 
 BONDING = 0.0        # weight of the bonding prior in guidance and polish (per unit of energy)
-RANK_BONDING = 0.0   # R1 units per unit of bonding energy in the ranking
+RANK_BONDING = 0.01  # R1 units per unit of bonding energy in the ranking and relocation moves
+RELOCATE_MOVES = 2000  # relocation moves on the best distinct structures (half the time budget)
 
 
 @lru_cache(maxsize=4)
@@ -73,7 +74,7 @@ def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
            time_budget_s: float | None = None, steps: int = 60, guidance: float = 1.0,
            rounds: int = 8, weights: str | None = None, prior: bool = True,
            bonding: float = BONDING, rank_bonding: float = RANK_BONDING,
-           **sampler) -> tuple[list[dict], dict]:
+           relocate_moves: int = RELOCATE_MOVES, **sampler) -> tuple[list[dict], dict]:
     """Record -> (the `samples` best distinct candidates, info).
 
     `samples` structures are drawn in one batch and searched around for `rounds` rounds
@@ -83,7 +84,9 @@ def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
     without the network (data guidance alone, same schedule and search): the baseline
     that shows what the learned prior adds. bonding: weight of the bonding prior
     (model.bonding) in the guidance and polish; rank_bonding: R1 units per unit of its
-    energy when candidates are ranked (0 and 0: the data alone decide). sampler: further settings of
+    energy when candidates are ranked and relocations judged (0 and 0: the data alone
+    decide); relocate_moves: relocation moves (model.moves) on the best distinct structures
+    after the search, in half the time budget (0: none). sampler: further settings of
     xdxd.model.diffusion.search and sample (keep, restart_sigmas, restart_steps,
     polish_steps, tweedie, resample_every, b_max).
     """
@@ -98,7 +101,8 @@ def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
     budget = None if time_budget_s is None else max(0.0, time_budget_s - (time.perf_counter() - t0))
     frac, _ = diffusion.search(model if prior else None, schedule, prob, samples, steps=steps,
                                guidance=guidance, seed=seed, rounds=rounds, bonding=bonding,
-                               rank_bonding=rank_bonding, time_budget_s=budget, **sampler)
+                               rank_bonding=rank_bonding, relocate_moves=relocate_moves,
+                               time_budget_s=budget, **sampler)
     r1, cc = (t.cpu().numpy() for t in agreement_of(prob, frac))
     energy = bonding_gradient(prob, frac)[0].cpu().numpy()
     order = np.argsort(r1 + rank_bonding * energy, kind="stable")
@@ -119,6 +123,7 @@ def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
     info = {"weights": str(path), "weights_steps": meta.get("training", {}).get("total_steps"),
             "steps": steps, "guidance": guidance, "samples": samples, "rounds": rounds,
             "prior": prior, "bonding": bonding, "rank_bonding": rank_bonding,
+            "relocate_moves": relocate_moves,
             "site_orders": [int(round(1 / w)) for w in prob.site_weight.tolist()],
             "seconds": round(time.perf_counter() - t0, 3)}
     return out, info

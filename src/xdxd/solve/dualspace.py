@@ -261,6 +261,7 @@ def solve(prob: Problem, samples: int = 8, seed: int = 0, device: str = "cpu",
     n_done = 0
     stopped = "trials"
     cands = None
+    per_trial = None  # seconds per trial, timed on the first batch
     while n_done < opts.trials:
         if time_budget_s is not None and n_done and time.perf_counter() - t0 > time_budget_s:
             stopped = "time budget"

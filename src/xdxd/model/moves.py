@@ -1,0 +1,192 @@
+"""Monte Carlo moves on a population of candidate structures: relocations and label swaps.
+
+What the guided denoiser leaves behind at 2 Å is usually right in its heavy atoms and
+part of its light ones, with the rest piled up in the wrong places (a bonding energy of
+100 and more: atoms 0.5 Å apart). Local descent cannot untangle that. A relocation move
+takes one atom out (at random, or half the time the one with the least density under
+it) and puts it back at bonding distance from another atom (any image of it, random
+direction), trying K such places at once; the best is kept when it lowers
+the objective, R1 + rank_bonding × bonding energy (`objective`). Proposals are screened
+cheaply: the structure factors change by the moved atom's own contribution, and the
+bonding energy by the moved atom's own terms (`bonding.atom_energy`); the objective of
+the winner is then computed in full before it is accepted.
+
+Measured on 2006609 (C9H10IO4P, P2₁/n, 15 atoms, 2.0 Å): the guided sampler's best had
+12 of 15 sites and a bonding energy of 203; 200 moves of 32 proposals on its 32 best
+gave one with all 15 sites, R1 0.062, energy 0.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from xdxd.model import bonding
+from xdxd.model.conditioning import Problem, atom_fit, bonding_gradient, r1_of
+
+BOND_RANGE = (0.82, 1.06)  # proposed bond lengths, times r_i + r_j (C=O 0.87, C-C 1.05)
+WORST_SHARE = 0.5      # share of moves that take the atom sitting worst in the density
+FREE_SHARE = 0.1       # share of proposals put anywhere in the cell (water, ions)
+
+
+def objective(problem: Problem, frac: torch.Tensor, rank_bonding: float = 0.0
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """How candidates are ranked: (R1 + rank_bonding * bonding energy, R1, energy), each (B,)."""
+    r1 = r1_of(problem, frac)
+    energy = bonding_gradient(problem, frac)[0] if rank_bonding > 0 else torch.zeros_like(r1)
+    return r1 + rank_bonding * energy, r1, energy
+
+
+def _structure_factors(problem: Problem, frac: torch.Tensor, type_idx: torch.Tensor,
+                       weight: torch.Tensor) -> torch.Tensor:
+    """Complex F (B,M) at the problem's Wilson Uiso; frac (B,N,3), type_idx and weight (B,N)."""
+    uiso = torch.full(frac.shape[:2], problem.uiso, device=frac.device)
+    return problem.sf.calc(frac.float(), type_idx, uiso, weight)
+
+
+def _r1_of_f(problem: Problem, fc: torch.Tensor) -> torch.Tensor:
+    """R1 (…,) of complex F (…,M) against F_obs with the least-squares scale (as r1_of)."""
+    fc = fc.abs()
+    fo = problem.F_obs
+    k = (fo * fc).sum(-1, keepdim=True) / (fc * fc).sum(-1, keepdim=True).clamp_min(1e-12)
+    return (fo - k * fc).abs().sum(-1) / fo.sum()
+
+
+def propose(problem: Problem, frac: torch.Tensor, atom: torch.Tensor, K: int,
+            gen: torch.Generator) -> torch.Tensor:
+    """K new places (B,K,3) for atom[b] of each structure: at BOND_RANGE times r_i + r_j
+    from a random image of a random other atom, in a random direction; FREE_SHARE of
+    them anywhere in the cell."""
+    B, N, _ = frac.shape
+    dev = frac.device
+    other = torch.randint(0, N - 1, (B, K), generator=gen).to(dev)
+    other = other + (other >= atom[:, None]).long()
+    op = torch.randint(0, problem.n_ops, (B, K), generator=gen).to(dev)
+    u = torch.randn(B, K, 3, generator=gen).to(dev)
+    u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+    r = problem.bonding.radius
+    lo, hi = BOND_RANGE
+    length = (r[atom][:, None] + r[other]) * (
+        lo + (hi - lo) * torch.rand(B, K, generator=gen).to(dev))
+    anchor = frac[torch.arange(B, device=dev)[:, None], other]  # (B,K,3)
+    img = torch.einsum("bkij,bkj->bki", problem.rot[op], anchor) + problem.tran[op]
+    pos = img + (length[..., None] * u) @ problem.deorth.T
+    free = torch.rand(B, K, generator=gen).to(dev) < FREE_SHARE
+    pos = torch.where(free[..., None], torch.rand(B, K, 3, generator=gen).to(dev), pos)
+    return torch.remainder(pos, 1.0)
+
+
+def relocate(problem: Problem, frac: torch.Tensor, moves: int, proposals: int = 32,
+             rank_bonding: float = 0.01, seed: int = 0, time_budget_s: float | None = None,
+             polish_every: int = 25, temperature: tuple = (0.0, 0.0)) -> torch.Tensor:
+    """Up to `moves` relocation moves on every structure of frac (B,N,3) (see the module
+    docstring), a short polish every polish_every moves; stops early at time_budget_s.
+    temperature (T_start, T_end) in objective units: the best proposal of a move is
+    accepted with probability exp(-increase/T) (Metropolis), T falling geometrically
+    over the moves (or the time budget); (0, 0) accepts only improvements. Returns the
+    best structure each chain has seen. Atoms on special positions are not moved
+    (their sites come from the sampler)."""
+    from xdxd.model.diffusion import polish
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    x = frac.clone()
+    B, N, _ = x.shape
+    dev = x.device
+    movable = torch.nonzero(problem.site_weight >= 0.999).flatten().cpu()
+    if len(movable) == 0 or N < 2:
+        return x
+    tables = problem.bonding
+    ar = torch.arange(B, device=dev)
+    obj = objective(problem, x, rank_bonding)[0]
+    type_idx = problem.type_idx.expand(B, -1)
+    weight = problem.site_weight.expand(B, -1)
+    fc = _structure_factors(problem, x, type_idx, weight)  # (B,M)
+    best_x, best_obj = x.clone(), obj.clone()
+    t_start, t_end = (float(t) for t in temperature)
+    for m in range(moves):
+        elapsed = time.perf_counter() - t0
+        if time_budget_s is not None and elapsed > time_budget_s:
+            break
+        progress = elapsed / time_budget_s if time_budget_s else m / max(1, moves)
+        T = t_start * (t_end / t_start) ** min(1.0, progress) if t_start > 0 else 0.0
+        atom = movable[torch.randint(0, len(movable), (B,), generator=gen)].to(dev)
+        worst = torch.rand(B, generator=gen).to(dev) < WORST_SHARE
+        if bool(worst.any()):  # the atom with the least density under it (atom_fit)
+            fit = atom_fit(problem, x)[:, movable.to(dev)]
+            atom = torch.where(worst, movable.to(dev)[fit.argmin(1)], atom)
+        pos = propose(problem, x, atom, proposals, gen)  # (B,K,3)
+        K = pos.shape[1]
+        t_a = problem.type_idx[atom]
+        w_a = problem.site_weight[atom]
+        f_old = _structure_factors(problem, x[ar, atom][:, None], t_a[:, None], w_a[:, None])
+        f_new = _structure_factors(problem, pos.reshape(B * K, 1, 3), t_a.repeat_interleave(K)[:, None],
+                                   w_a.repeat_interleave(K)[:, None]).reshape(B, K, -1)
+        r1 = _r1_of_f(problem, (fc - f_old)[:, None] + f_new)  # (B,K)
+        score = r1
+        if rank_bonding > 0:
+            e_old = bonding.atom_energy(x[ar, atom][:, None], atom, x, tables, problem.rot,
+                                        problem.tran, problem.orth, problem.site_weight)
+            e_new = bonding.atom_energy(pos, atom, x, tables, problem.rot, problem.tran,
+                                        problem.orth, problem.site_weight)
+            score = r1 + rank_bonding * (e_new - e_old)
+        best = score.argmin(1)
+        trial = x.clone()
+        trial[ar, atom] = pos[ar, best]
+        t_obj = objective(problem, trial, rank_bonding)[0]
+        better = t_obj < obj - 1e-6
+        if T > 0:
+            u = torch.rand(B, generator=gen).to(dev)
+            better = better | (u < torch.exp(-(t_obj - obj).clamp_min(0.0) / T))
+        x = torch.where(better[:, None, None], trial, x)
+        obj = torch.where(better, t_obj, obj)
+        fc = torch.where(better[:, None], fc - f_old + f_new[ar, best], fc)
+        if polish_every and (m + 1) % polish_every == 0:
+            y = polish(problem, x, steps=10)
+            y_obj = objective(problem, y, rank_bonding)[0]
+            keep = y_obj < obj
+            x = torch.where(keep[:, None, None], y, x)
+            obj = torch.where(keep, y_obj, obj)
+            fc = _structure_factors(problem, x, type_idx, weight)
+        gain = obj < best_obj
+        best_x = torch.where(gain[:, None, None], x, best_x)
+        best_obj = torch.where(gain, obj, best_obj)
+    return best_x
+
+
+def swap_pairs(problem: Problem) -> torch.Tensor:
+    """Pairs (P,2) of atoms i < j with different elements and the same site order, whose
+    positions a label swap exchanges."""
+    els = problem.elements
+    w = problem.site_weight.tolist()
+    pairs = [(i, j) for i in range(len(els)) for j in range(i + 1, len(els))
+             if els[i] != els[j] and abs(w[i] - w[j]) < 1e-6]
+    return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
+
+
+def swap_labels(problem: Problem, frac: torch.Tensor, rank_bonding: float = 0.0,
+                rounds: int = 3, chunk: int = 4096) -> torch.Tensor:
+    """Greedy label swaps: for each structure (B,N,3), try exchanging the places of every
+    two atoms of different elements (`swap_pairs`: S onto a C site, N with O, ...) and keep
+    the single swap that lowers `objective` most; up to `rounds` swaps per structure.
+    A heavy atom that ended on a light atom's site moves where the density wants it."""
+    pairs = swap_pairs(problem).to(frac.device)
+    if len(pairs) == 0:
+        return frac
+    x = frac.clone()
+    B, P = len(x), len(pairs)
+    best = objective(problem, x, rank_bonding)[0]
+    for _ in range(rounds):
+        var = x[:, None].repeat(1, P, 1, 1)  # (B,P,N,3)
+        i, j = pairs[:, 0], pairs[:, 1]
+        ar = torch.arange(P, device=x.device)
+        var[:, ar, i], var[:, ar, j] = x[:, j], x[:, i]
+        flat = var.reshape(B * P, -1, 3)
+        obj = torch.cat([objective(problem, flat[c:c + chunk], rank_bonding)[0]
+                         for c in range(0, len(flat), chunk)]).reshape(B, P)
+        low, arg = obj.min(1)
+        better = low < best - 1e-5
+        if not bool(better.any()):
+            break
+        x = torch.where(better[:, None, None], var[torch.arange(B, device=x.device), arg], x)
+        best = torch.where(better, low, best)
+    return x
