@@ -346,3 +346,13 @@ def test_measured_model_refines_to_its_reported_r1(folder, cif_r1):
     s = refine_record(rec, source="reference", cycles=6)["solution"]
     target = cif_r1 if cif_r1 is not None else README_R1[folder]
     assert math.isfinite(s["r1_obs"]) and abs(s["r1_obs"] - target) < 0.03, (s["r1_obs"], target)
+
+
+def test_swap_groups_link_elements_a_low_resolution_map_confuses():
+    """Si/Cl (14 and 17 electrons) were left out once, and a 2.0 Å diffusion solution of
+    cod-dev 2100345 (Me2SiCl2-like, Pmn21) kept Si and Cl exchanged."""
+    from xdxd.refine.chemistry import swappable
+    assert swappable("Si", "Cl") and swappable("C", "N") and swappable("O", "F")
+    assert swappable("Se", "Br") and swappable("P", "S")
+    assert not swappable("C", "C") and not swappable("C", "Cl") and not swappable("I", "Br")
+    assert not swappable("C", "F")

@@ -44,7 +44,7 @@ MAX_NEIGHBOURS = {
     "B": 4, "Si": 5, "H": 1,
 }
 # elements a swap may exchange (X-ray scattering close enough to be confused at low resolution)
-SWAP_GROUPS = ({"C", "N", "O"}, {"S", "Cl", "P"}, {"Br", "Se"}, {"N", "O", "F"})
+SWAP_GROUPS = ({"C", "N", "O"}, {"N", "O", "F"}, {"Si", "P", "S", "Cl"}, {"As", "Se", "Br"})
 
 
 def covalent_radius(element: str) -> float:
@@ -272,7 +272,7 @@ def swap_elements(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray
     """Greedy element swaps with re-refinement, keeping the element counts fixed.
 
     Each round exchanges the elements of every swappable pair of non-H atoms in turn
-    (C/N/O, S/Cl/P, ...; `SWAP_GROUPS`), refines all the variants at once for `cycles`
+    (C/N/O, Si/P/S/Cl, ...; `SWAP_GROUPS`), refines all the variants at once for `cycles`
     cycles (`least_squares.refine_batch`), and keeps the best variant if it lowers
     R1 + CHEM_WEIGHT * chemistry score; it stops when no swap helps or after max_rounds.
     frac (N,3) fractional, uiso (N,) Å², as refined before the call.

@@ -398,7 +398,7 @@ def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
                 uiso: np.ndarray, occ: np.ndarray, hydrogens: int | None,
                 max_rounds: int = 6, cycles: int = 4, device: str = "cpu",
                 count_frac: np.ndarray | None = None, **opts) -> tuple[list[str], list[dict]]:
-    """Greedy C/N/O (S/Cl/P, ...) element swaps of a heavy-atom model, each variant with
+    """Greedy C/N/O (Si/P/S/Cl, ...) element swaps of a heavy-atom model, each variant with
     its own riding H (its H counts follow its labels): the swap that most lowers R1 +
     CHEM_WEIGHT × chemistry score is kept, until none helps. Returns (elements, swaps)."""
     from xdxd.refine.chemistry import CHEM_WEIGHT, check, swap_variants
