@@ -32,7 +32,7 @@ test-all: install
 	$(BIN)/python -m pytest -q tests
 
 demo: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" bin/demo examples/2205750.cif
+	PATH="$(CURDIR)/$(BIN):$$PATH" bin/demo examples/1100656.cif
 
 # dual-space sampler on cod-dev organic at each d_min: per-structure rows + summary table
 bench: install
