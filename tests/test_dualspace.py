@@ -81,7 +81,7 @@ def test_cli_error_records_and_exit_code(data_dir, tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(json.dumps(r) for r in (rec, bad, "not a record")).replace('"not a record"', "{oops") + "\n")
     out = tmp_path / "out.jsonl"
-    res = CliRunner().invoke(app, [str(src), "-o", str(out), "-n", "1", "--trials", "8", "--cycles", "4",
+    res = CliRunner().invoke(app, [str(src), "-o", str(out), "-m", "dualspace", "-n", "1", "--trials", "8", "--cycles", "4",
                                    "--seed", "1", "--device", "cpu", "--quiet"])
     assert res.exit_code == 1, res.output
     lines = [json.loads(line) for line in out.read_text().splitlines()]

@@ -112,12 +112,18 @@ def prep_stage(path: str, d_min: float, seed: int) -> dict:
     return recs[0]
 
 
+UNCAPPED_TRIALS = 10**6  # dual-space trials when a time budget bounds the search instead
+
+
 def sample_stage(rec: dict, method: str, samples: int, seed: int,
                  time_budget_s: float | None, device: str) -> dict:
-    """Candidates from the sampler `method`, within time_budget_s seconds when given."""
+    """Candidates from the sampler `method`, within time_budget_s seconds when given.
+    With a budget the dual-space sampler runs new trials until the budget is spent (its
+    cap of 1024 trials takes ~10 s at 2 Å), so that methods compare at equal wall time."""
     from xdxd.solve import sample_record
+    opts = {"trials": UNCAPPED_TRIALS} if method == "dualspace" and time_budget_s else {}
     return sample_record(rec, method=method, samples=samples, seed=seed, device=device,
-                         time_budget_s=time_budget_s)
+                         time_budget_s=time_budget_s, **opts)
 
 
 def refine_stage(rec: dict, device: str) -> dict:

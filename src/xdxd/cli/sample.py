@@ -1,5 +1,6 @@
 """xdxd-sample: candidate structures for each problem record.
 
+    xdxd-prep x.cif --dmin 2.0 | xdxd-sample --time-budget 60 | xdxd-refine      (diffusion)
     xdxd-prep x.cif --dmin 1.0 | xdxd-sample --method dualspace --samples 8 | xdxd-refine
 """
 from __future__ import annotations
@@ -20,7 +21,8 @@ Method = Enum("Method", {name: name for name in METHODS}, type=str)
 @app.command()
 def sample(
     inputs: list[str] = typer.Argument(None, help="Problem records (JSON lines); - or none is stdin."),
-    method: Method = typer.Option("dualspace", "--method", "-m", help="Sampler."),
+    method: Method = typer.Option("diffusion", "--method", "-m",
+                                  help="Sampler: diffusion (the trained model, for 1.5-2.5 A data) or dualspace."),
     samples: Optional[int] = typer.Option(None, "--samples", "-n", min=1,
                                           help="Candidates per record (dualspace: distinct candidates to emit, default 8; diffusion: structures per batch, default 64)."),
     trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Random starts at most (dualspace; default 1024)."),
