@@ -259,3 +259,23 @@ def test_inpainting_keeps_the_held_atoms_and_atom_fit_finds_the_moved_one():
                             start=moved.repeat(2, 1, 1), sigma_start=1.0, keep=keep, seed=2)
     assert torch.allclose(x[:, keep[0]], moved[0, keep[0]].expand(2, -1, -1), atol=1e-5)
     assert not torch.allclose(x[:, 4], moved[0, 4].expand(2, -1), atol=1e-3)
+
+
+def test_sample_cli_without_the_prior(tmp_path):
+    """xdxd-sample --no-prior: the same search on the data alone (info says prior false);
+    with the dual-space method the flag is a usage error."""
+    import json
+    from typer.testing import CliRunner
+    from xdxd.cli.sample import app
+    from xdxd.prep import prepare_from_model_cif
+    src = tmp_path / "p.jsonl"
+    src.write_text(json.dumps(prepare_from_model_cif(str(DEMO), d_min=2.0)[0]) + "\n")
+    out = tmp_path / "c.jsonl"
+    res = CliRunner().invoke(app, [str(src), "-o", str(out), "--no-prior", "-n", "4", "--steps", "3",
+                                   "--rounds", "0", "--time-budget", "3", "--device", "cpu", "-q"])
+    assert res.exit_code == 0, res.output
+    rec = json.loads(out.read_text())
+    sampled = [h for h in rec["history"] if h["stage"] == "sample"][-1]
+    assert sampled["prior"] is False and len(rec["candidates"]) >= 1
+    res = CliRunner().invoke(app, [str(src), "-m", "dualspace", "--no-prior", "-q"])
+    assert res.exit_code == 2

@@ -34,6 +34,8 @@ def sample(
                                          help="Search rounds around the best after sampling (diffusion; default 8)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", min=0.0,
                                              help="Weight of the |F| misfit gradient (diffusion; default 1)."),
+    prior: bool = typer.Option(True, "--prior/--no-prior",
+                               help="Use the network (diffusion); --no-prior: data guidance and the same search alone."),
     weights: Optional[str] = typer.Option(None, "--weights",
                                           help="Model weights .safetensors (diffusion; default weights/ or $XDXD_WEIGHTS)."),
     output: str = common.OutputOpt,
@@ -49,6 +51,11 @@ def sample(
     opts = {k: v for k, v in (("trials", trials), ("cycles", cycles), ("steps", steps),
                               ("rounds", rounds), ("guidance", guidance), ("weights", weights))
             if v is not None}
+    if not prior:
+        if method.value != "diffusion":
+            log.error("--no-prior applies to --method diffusion only")
+            raise typer.Exit(2)
+        opts["prior"] = False
     if samples is None:
         samples = DEFAULT_SAMPLES.get(method.value, 8)
 
