@@ -163,7 +163,7 @@ def atom_energy(points: torch.Tensor, atom: torch.Tensor, frac: torch.Tensor,
                 tables: BondingTables, rot: torch.Tensor, tran: torch.Tensor,
                 orth: torch.Tensor, site_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Energy (B,K) of atom[b] (a general position) put at each of points (B,K,3), the
-    other atoms of frac (B,N,3) staying: its pair terms in full, its own bond terms.
+    other atoms of frac (B,N,3) staying (site_weight (N,)): its pair terms in full, its own bond terms.
     The difference between two places is the change of `energy`, except for the bond
     counts of its neighbours (what a relocation move screens its proposals by)."""
     B, K, _ = points.shape
@@ -183,8 +183,6 @@ def atom_energy(points: torch.Tensor, atom: torch.Tensor, frac: torch.Tensor,
     dist[ar, :, atom] = float("inf")  # its old place and old images
     r = tables.radius
     w = torch.ones(N, device=dev) if site_weight is None else site_weight.to(dev).float()
-    if w.dim() == 2:
-        w = w[0]
     r_col = torch.cat([r, r.new_zeros(1)])[None].repeat(B, 1)
     r_col[:, N] = r[atom]
     w_col = torch.cat([w, w.new_ones(1)])

@@ -345,12 +345,18 @@ def agreement_of(problem: Problem, frac: torch.Tensor) -> tuple[torch.Tensor, to
         weight = problem.site_weight.expand(frac.shape[0], -1)
         fc = problem.sf.calc(frac.float(), problem.type_idx, uiso, weight).abs()
         fo = problem.F_obs[None]
-        k = (fo * fc).sum(-1, keepdim=True) / (fc * fc).sum(-1, keepdim=True).clamp_min(1e-12)
-        r1 = (fo - k * fc).abs().sum(-1) / fo.sum(-1)
+        r1 = r1_of_amplitudes(problem, fc)
         a = fo ** 2 - (fo ** 2).mean(-1, keepdim=True)
         b = fc ** 2 - (fc ** 2).mean(-1, keepdim=True)
         cc = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
         return r1, cc
+
+
+def r1_of_amplitudes(problem: Problem, fc: torch.Tensor) -> torch.Tensor:
+    """R1 (…,) of calculated amplitudes |Fc| (…,M) against F_obs, least-squares scale."""
+    fo = problem.F_obs
+    k = (fo * fc).sum(-1, keepdim=True) / (fc * fc).sum(-1, keepdim=True).clamp_min(1e-12)
+    return (fo - k * fc).abs().sum(-1) / fo.sum(-1)
 
 
 def atom_fit(problem: Problem, frac: torch.Tensor) -> torch.Tensor:
@@ -374,6 +380,15 @@ def atom_fit(problem: Problem, frac: torch.Tensor) -> torch.Tensor:
         fo_phased = fo * fc / fc.abs().clamp_min(1e-12)  # (B,M)
         num = (fa.conj() * fo_phased[:, None]).real.sum(-1)  # (B,N)
         return num / (k[:, None] * (fa.abs() ** 2).sum(-1)).clamp_min(1e-12)
+
+
+def bonding_energy(problem: Problem, frac: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Bonding-prior energy (B,) of frac (B,N,3), without its gradient, in batch chunks."""
+    from xdxd.model.bonding import energy
+    with torch.no_grad(), torch.autocast(device_type=frac.device.type, enabled=False):
+        return torch.cat([energy(frac[b:b + chunk].float(), problem.bonding, problem.rot,
+                                 problem.tran, problem.orth, problem.site_weight)
+                          for b in range(0, frac.shape[0], chunk)])
 
 
 def bonding_gradient(problem: Problem, frac: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

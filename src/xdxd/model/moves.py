@@ -22,7 +22,7 @@ import time
 import torch
 
 from xdxd.model import bonding
-from xdxd.model.conditioning import Problem, atom_fit, bonding_gradient, r1_of
+from xdxd.model.conditioning import Problem, atom_fit, bonding_energy, r1_of, r1_of_amplitudes
 
 BOND_RANGE = (0.82, 1.06)  # proposed bond lengths, times r_i + r_j (C=O 0.87, C-C 1.05)
 WORST_SHARE = 0.5      # share of moves that take the atom sitting worst in the density
@@ -33,7 +33,7 @@ def objective(problem: Problem, frac: torch.Tensor, rank_bonding: float = 0.0
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """How candidates are ranked: (R1 + rank_bonding * bonding energy, R1, energy), each (B,)."""
     r1 = r1_of(problem, frac)
-    energy = bonding_gradient(problem, frac)[0] if rank_bonding > 0 else torch.zeros_like(r1)
+    energy = bonding_energy(problem, frac) if rank_bonding > 0 else torch.zeros_like(r1)
     return r1 + rank_bonding * energy, r1, energy
 
 
@@ -42,14 +42,6 @@ def _structure_factors(problem: Problem, frac: torch.Tensor, type_idx: torch.Ten
     """Complex F (B,M) at the problem's Wilson Uiso; frac (B,N,3), type_idx and weight (B,N)."""
     uiso = torch.full(frac.shape[:2], problem.uiso, device=frac.device)
     return problem.sf.calc(frac.float(), type_idx, uiso, weight)
-
-
-def _r1_of_f(problem: Problem, fc: torch.Tensor) -> torch.Tensor:
-    """R1 (…,) of complex F (…,M) against F_obs with the least-squares scale (as r1_of)."""
-    fc = fc.abs()
-    fo = problem.F_obs
-    k = (fo * fc).sum(-1, keepdim=True) / (fc * fc).sum(-1, keepdim=True).clamp_min(1e-12)
-    return (fo - k * fc).abs().sum(-1) / fo.sum()
 
 
 def propose(problem: Problem, frac: torch.Tensor, atom: torch.Tensor, K: int,
@@ -121,7 +113,7 @@ def relocate(problem: Problem, frac: torch.Tensor, moves: int, proposals: int = 
         f_old = _structure_factors(problem, x[ar, atom][:, None], t_a[:, None], w_a[:, None])
         f_new = _structure_factors(problem, pos.reshape(B * K, 1, 3), t_a.repeat_interleave(K)[:, None],
                                    w_a.repeat_interleave(K)[:, None]).reshape(B, K, -1)
-        r1 = _r1_of_f(problem, (fc - f_old)[:, None] + f_new)  # (B,K)
+        r1 = r1_of_amplitudes(problem, ((fc - f_old)[:, None] + f_new).abs())  # (B,K)
         score = r1
         if rank_bonding > 0:
             e_old = bonding.atom_energy(x[ar, atom][:, None], atom, x, tables, problem.rot,
