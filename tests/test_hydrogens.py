@@ -120,3 +120,13 @@ def test_assign_counts_meets_the_total():
     assert assign_counts(opts, 5) == [0, 2, 3]          # the cheapest way to one more
     assert assign_counts(opts, 2) == [0, 1, 1]          # CH3 -> CH at the fallback price
     assert sum(assign_counts(opts, 9)) == 6             # unreachable: the nearest total
+
+
+def test_ranked_counts_lists_the_next_best_assignments():
+    from xdxd.refine.hydrogens import assign_counts, ranked_counts
+    opts = [[(0, 0.0), (1, 0.7)], [(2, 0.0), (1, 1.0)], [(1, 0.0), (2, 2.0)]]
+    ranked = ranked_counts(opts, 3, 3)
+    assert ranked[0][1] == assign_counts(opts, 3) == [0, 2, 1]
+    assert [c for _, c in ranked] == [[0, 2, 1], [1, 1, 1], [0, 1, 2]]  # NH instead of CH2, ...
+    assert [p for p, _ in ranked] == pytest.approx([0.0, 1.7, 3.0])
+    assert all(sum(c) == 3 for _, c in ranked)

@@ -190,16 +190,18 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
         # H counts from the model as given: a heavy-atom refinement at 2 Å bends rings enough
         # to mislead them (measured: right labels back in 33 vs 25 of 59 single swaps)
         count_frac = arrays[best].frac
+        counts = None  # decided from count_frac, unless the swaps chose them
         if swap:  # the swaps are judged on positions refined with the H of the current labels
             pre, _ = refine_riding(cell, sg, hkl, F, sigma, elements, frac, uiso, r.occ, r.uaniso,
                                    hyd, cycles=rank_cycles, rounds=2, device=device,
                                    count_frac=count_frac, **lsq)
             frac, uiso = pre.frac[:n], pre.uiso[:n]
-            elements, swaps = swap_riding(cell, sg, hkl, F, sigma, elements, frac, uiso,
-                                          r.occ, hyd, device=device, count_frac=count_frac, **lsq)
+            elements, swaps, counts = swap_riding(cell, sg, hkl, F, sigma, elements, frac, uiso,
+                                                  r.occ, hyd, device=device, count_frac=count_frac,
+                                                  **lsq)
         final, riding = refine_riding(cell, sg, hkl, F, sigma, elements, frac, uiso, r.occ,
                                       r.uaniso, hyd, cycles=cycles, device=device,
-                                      count_frac=count_frac, **lsq)
+                                      count_frac=count_frac, counts=counts, **lsq)
         heavy_labels = element_labels(elements, arrays[best].labels)
         labels = heavy_labels + h_labels(heavy_labels, elements, riding)
         parents = [None] * len(elements) + [heavy_labels[p] for p in riding.parent]

@@ -151,22 +151,29 @@ def assign_counts(options: list[list[tuple[int, float]]], total: int | None) -> 
     reaches it, the nearest reachable sum; with total None each atom's first option).
     Besides its options, each atom may take any smaller count at FALLBACK_PENALTY, so a
     distorted model (a C with one neighbour that should have two) still meets the total."""
+    return ranked_counts(options, total, 1)[0][1]
+
+
+def ranked_counts(options: list[list[tuple[int, float]]], total: int | None,
+                  k: int) -> list[tuple[float, list[int]]]:
+    """The k least-penalty H-count assignments (penalty, counts) meeting `total`, best
+    first, as `assign_counts` chooses the first (dynamic programming keeping the k best
+    partial assignments of every running sum)."""
     if total is None:
-        return [o[0][0] for o in options]
-    # best[s]: (penalty, choices) for atoms so far summing to s
-    best: dict[int, tuple[float, list[int]]] = {0: (0.0, [])}
+        return [(0.0, [o[0][0] for o in options])]
+    # best[s]: up to k (penalty, choices) for the atoms so far, summing to s
+    best: dict[int, list[tuple[float, list[int]]]] = {0: [(0.0, [])]}
     for opts in options:
         listed = {h for h, _ in opts}  # any count up to the largest listed, at a high price,
         opts = list(opts) + [(h, FALLBACK_PENALTY) for h in range(max(listed)) if h not in listed]
-        nxt: dict[int, tuple[float, list[int]]] = {}
-        for s, (p, ch) in best.items():
-            for h, q in opts:
-                key = s + h
-                if key not in nxt or p + q < nxt[key][0]:
-                    nxt[key] = (p + q, ch + [h])
-        best = nxt
-    target = min(best, key=lambda s: (abs(s - total), best[s][0]))
-    return best[target][1]
+        nxt: dict[int, list[tuple[float, list[int]]]] = {}
+        for s, partial in best.items():
+            for p, ch in partial:
+                for h, q in opts:
+                    nxt.setdefault(s + h, []).append((p + q, ch + [h]))
+        best = {s: sorted(v, key=lambda t: t[0])[:k] for s, v in nxt.items()}
+    target = min(best, key=lambda s: (abs(s - total), best[s][0][0]))
+    return best[target]
 
 
 def _perpendicular(u: np.ndarray) -> np.ndarray:
@@ -265,13 +272,25 @@ def h_counts(cell: gemmi.UnitCell, ops: SymOps, elements: list[str], frac: np.nd
              hydrogens: int | None, nbs: list[Neighbours] | None = None) -> list[int]:
     """H per model atom (N,), 0 for H atoms: `h_options` of each heavy atom in this
     geometry (frac (N,3) fractional), matched to the total `hydrogens` by `assign_counts`."""
+    return h_count_choices(cell, ops, elements, frac, hydrogens, 1, nbs)[0][1]
+
+
+def h_count_choices(cell: gemmi.UnitCell, ops: SymOps, elements: list[str], frac: np.ndarray,
+                    hydrogens: int | None, k: int, nbs: list[Neighbours] | None = None
+                    ) -> list[tuple[float, list[int]]]:
+    """The k most likely H counts per model atom, [(penalty, counts (N,))], best first
+    (`h_counts` is the first): the alternatives for a model whose geometry is too rough
+    (a 2 Å candidate) to tell an NH from a CH₂ alone."""
     nbs = neighbours(cell, ops, elements, frac) if nbs is None else nbs
-    heavy = [k for k, e in enumerate(elements) if not is_hydrogen(e)]
-    chosen = assign_counts([h_options(elements[k], nbs[k]) for k in heavy], hydrogens)
-    counts = [0] * len(elements)
-    for k, n_h in zip(heavy, chosen):
-        counts[k] = n_h
-    return counts
+    heavy = [k_ for k_, e in enumerate(elements) if not is_hydrogen(e)]
+    out = []
+    for penalty, chosen in ranked_counts([h_options(elements[i], nbs[i]) for i in heavy],
+                                         hydrogens, k):
+        counts = [0] * len(elements)
+        for i, n_h in zip(heavy, chosen):
+            counts[i] = n_h
+        out.append((penalty, counts))
+    return out
 
 
 def place(cell: gemmi.UnitCell, ops: SymOps, elements: list[str], frac: np.ndarray,
@@ -367,13 +386,15 @@ def _with_h(cell, ops, elements, frac, uiso, occ, uaniso, hydrogens, counts=None
 def refine_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
                   uiso: np.ndarray, occ: np.ndarray, uaniso: np.ndarray | None,
                   hydrogens: int | None, cycles: int = 20, rounds: int = RIDING_ROUNDS,
-                  device: str = "cpu", count_frac: np.ndarray | None = None, **opts):
+                  device: str = "cpu", count_frac: np.ndarray | None = None,
+                  counts: list[int] | None = None, **opts):
     """Refine a heavy-atom model (elements, frac (N,3), uiso, occ, uaniso) with riding H:
     each round places the H on the current parents (`place`), refines the heavy atoms with
     the H fixed, and the next round moves the H with their parents; a last placement rides
     them on the final parents (statistics and esds from that model). How many H each atom
     carries is decided once, on the starting model (or on count_frac (N,3), e.g. the
-    unrefined candidate's positions), so that the rounds cannot flip it.
+    unrefined candidate's positions), so that the rounds cannot flip it; or given as
+    counts (N,) (what `swap_riding` chose).
     Returns (RefinementResult of heavy atoms + H, the placement)."""
     from xdxd.refine.least_squares import refine_structure
     cell_g, sg_g = cell_and_spacegroup(cell, sg)
@@ -381,7 +402,8 @@ def refine_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray
     n = len(elements)
     f, u = np.asarray(frac, float), np.asarray(uiso, float)
     rounds = rounds if cycles > 0 else 0   # cycles 0: only place the H on the model as it is
-    counts = h_counts(cell_g, ops, elements, f if count_frac is None else count_frac, hydrogens)
+    if counts is None:
+        counts = h_counts(cell_g, ops, elements, f if count_frac is None else count_frac, hydrogens)
     for r in range(rounds):
         els, fa, ua, oa, aa, h = _with_h(cell_g, ops, elements, f, u, occ, uaniso, hydrogens, counts)
         res = refine_structure(cell, sg, hkl, F, sigma, els, fa, ua, oa, uaniso=aa,
@@ -394,13 +416,22 @@ def refine_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray
     return res, h
 
 
+COUNT_CHOICES = 3      # H-count assignments tried with each labelling in swap_riding
+COUNT_WEIGHT = 0.005   # R1 units per unit of H-count penalty (h_options) in swap_riding
+
+
 def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
                 uiso: np.ndarray, occ: np.ndarray, hydrogens: int | None,
                 max_rounds: int = 6, cycles: int = 4, device: str = "cpu",
-                count_frac: np.ndarray | None = None, **opts) -> tuple[list[str], list[dict]]:
+                count_frac: np.ndarray | None = None, **opts
+                ) -> tuple[list[str], list[dict], list[int] | None]:
     """Greedy C/N/O (Si/P/S/Cl, ...) element swaps of a heavy-atom model, each variant with
-    its own riding H (its H counts follow its labels): the swap that most lowers R1 +
-    CHEM_WEIGHT × chemistry score is kept, until none helps. Returns (elements, swaps)."""
+    its own riding H: the swap that most lowers R1 + CHEM_WEIGHT × chemistry score is
+    kept, until none helps. With count_frac (N,3) each labelling is tried with its
+    COUNT_CHOICES likeliest H counts in that geometry (`h_count_choices`; + COUNT_WEIGHT ×
+    their penalty) and judged by the best: a 2 Å candidate is too rough to tell an NH from
+    a CH₂ by geometry, and H counts decided on it alone made a wrong C/N swap win
+    (1100656). Returns (elements, swaps, the H counts chosen with them or None)."""
     from xdxd.refine.chemistry import CHEM_WEIGHT, check, swap_variants
     from xdxd.refine.least_squares import refine_batch
     cell_g, sg_g = cell_and_spacegroup(cell, sg)
@@ -408,36 +439,47 @@ def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
     n = len(elements)
     frac, uiso, occ = np.asarray(frac, float), np.asarray(uiso, float), np.asarray(occ, float)
 
-    def evaluate(variants: list[list[str]]) -> list[float]:
-        counts = [None if count_frac is None else h_counts(cell_g, ops, v, count_frac, hydrogens)
-                  for v in variants]
-        built = [_with_h(cell_g, ops, v, frac, uiso, occ, None, hydrogens, c)
-                 for v, c in zip(variants, counts)]
-        out = [np.inf] * len(variants)
+    def evaluate(variants: list[list[str]]) -> list[tuple[float, list[int] | None]]:
+        tries = []  # (variant index, penalty, counts)
+        for v, els in enumerate(variants):
+            if count_frac is None:
+                tries.append((v, 0.0, None))
+            else:
+                tries += [(v, p, c) for p, c in
+                          h_count_choices(cell_g, ops, els, count_frac, hydrogens, COUNT_CHOICES)]
+        built = [_with_h(cell_g, ops, variants[v], frac, uiso, occ, None, hydrogens, c)
+                 for v, _, c in tries]
+        scores = [np.inf] * len(tries)
         by_n: dict[int, list[int]] = {}
-        for k, b in enumerate(built):
-            by_n.setdefault(len(b[0]), []).append(k)
+        for t, b in enumerate(built):
+            by_n.setdefault(len(b[0]), []).append(t)
         for idx in by_n.values():
-            res = refine_batch(cell, sg, hkl, F, sigma, [built[k][0] for k in idx],
-                               np.stack([built[k][1] for k in idx]), np.stack([built[k][2] for k in idx]),
-                               np.stack([built[k][3] for k in idx]), cycles=cycles, device=device, **opts)
-            for k, r in zip(idx, res):
-                out[k] = r.r1 + CHEM_WEIGHT * check(cell_g, ops, variants[k], r.frac[:n], hydrogens).score
+            res = refine_batch(cell, sg, hkl, F, sigma, [built[t][0] for t in idx],
+                               np.stack([built[t][1] for t in idx]), np.stack([built[t][2] for t in idx]),
+                               np.stack([built[t][3] for t in idx]), cycles=cycles, device=device, **opts)
+            for t, r in zip(idx, res):
+                v, penalty, _ = tries[t]
+                scores[t] = (r.r1 + CHEM_WEIGHT * check(cell_g, ops, variants[v], r.frac[:n], hydrogens).score
+                             + COUNT_WEIGHT * penalty)
+        out: list[tuple[float, list[int] | None]] = [(np.inf, None)] * len(variants)
+        for t, (v, _, c) in enumerate(tries):
+            if scores[t] < out[v][0]:
+                out[v] = (scores[t], c)
         return out
 
     els = list(elements)
-    best = evaluate([els])[0]
+    best, counts = evaluate([els])[0]
     swaps: list[dict] = []
     for _ in range(max_rounds):
         pairs, variants = swap_variants(els)
         if not pairs:
             break
         scores = evaluate(variants)
-        k = int(np.argmin(scores))
-        if not scores[k] < best - 1e-4:
+        k = int(np.argmin([sc for sc, _ in scores]))
+        if not scores[k][0] < best - 1e-4:
             break
         i, j = pairs[k]
-        swaps.append({"i": i, "j": j, "from": [els[i], els[j]], "objective": round(float(scores[k]), 5),
+        swaps.append({"i": i, "j": j, "from": [els[i], els[j]], "objective": round(float(scores[k][0]), 5),
                       "riding_h": True})
-        best, els = scores[k], variants[k]
-    return els, swaps
+        (best, counts), els = scores[k], variants[k]
+    return els, swaps, counts
