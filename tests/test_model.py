@@ -68,7 +68,10 @@ def test_conditioning_and_model_are_origin_invariant(hm):
     moves = [s for s in shifts if np.any(s)][:4] + [0.37 * p for p in polar]
     assert moves, "every test group has a non-trivial allowed origin shift"
     model = tiny_model()
-    x = torch.tensor(frac, dtype=torch.float32)[None]
+    # a noisy structure, as the sampler sees one (at the true one the misfit gradient is
+    # ~0 and its direction, which the network normalises, is rounding noise)
+    rng = np.random.default_rng(1)
+    x = torch.tensor(frac + 0.03 * rng.standard_normal(frac.shape), dtype=torch.float32)[None]
     sigma = torch.tensor([0.3])
     ctx = model.context(prob)
     eps0, m0, g0 = diffusion.denoiser_eps(model, prob, x, sigma, ctx)
@@ -96,6 +99,26 @@ def test_guidance_gradient_is_equivariant_under_symmetry_operations():
         torch.testing.assert_close(m, m0, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(g[0, 2], prob.rot_cart[o] @ g0[0, 2], atol=1e-4, rtol=1e-3)
         torch.testing.assert_close(g[0, :2], g0[0, :2], atol=1e-4, rtol=1e-3)
+
+
+def test_overall_u_is_fitted_per_candidate():
+    """The toy data were made with U = 0.04 Å²: each candidate's |Fc| is judged at the U on
+    the grid that fits it best (0.04 for the true structure, R1 ~ 0), not at the Wilson
+    guess; the gradient's misfit uses the same U."""
+    from xdxd.model.conditioning import amplitudes, fit_u, r1_of, r1_of_amplitudes
+    prob, frac, _ = toy_problem("P 1 21/c 1")
+    prob.uiso = 0.08  # a poor Wilson estimate, as at 2 Å
+    x = torch.tensor(frac, dtype=torch.float32)[None]
+    fc, u = amplitudes(prob, x)
+    assert u.item() == pytest.approx(0.04, abs=1e-6)
+    assert r1_of(prob, x).item() < 1e-4
+    fc_wilson = fc * torch.exp(-(0.08 - 0.04) * 2 * np.pi ** 2 * prob.s2)
+    assert r1_of_amplitudes(prob, fc_wilson).item() > 0.02
+    assert misfit_gradient(prob, x, torch.zeros(1))[0].item() < 1e-6
+    # fit_u takes |Fc| at U = 0 and ignores a constant scale: |Fc| already at U = 0.02
+    # wants 0.02 more
+    sharper = 3.0 * fc[0] * torch.exp(2 * np.pi ** 2 * 0.02 * prob.s2)  # U = 0.02
+    assert fit_u(prob, sharper).item() == pytest.approx(0.02, abs=1e-6)
 
 
 def test_wrapped_normal_target_is_the_noise_when_small():

@@ -22,7 +22,8 @@ import time
 import torch
 
 from xdxd.model import bonding
-from xdxd.model.conditioning import Problem, atom_fit, bonding_energy, r1_of, r1_of_amplitudes
+from xdxd.model.conditioning import (Problem, atom_fit, bonding_energy, debye_waller, fit_u,
+                                     r1_of, r1_of_amplitudes)
 
 BOND_RANGE = (0.82, 1.06)  # proposed bond lengths, times r_i + r_j (C=O 0.87, C-C 1.05)
 WORST_SHARE = 0.5      # share of moves that take the atom sitting worst in the density
@@ -39,8 +40,9 @@ def objective(problem: Problem, frac: torch.Tensor, rank_bonding: float = 0.0
 
 def _structure_factors(problem: Problem, frac: torch.Tensor, type_idx: torch.Tensor,
                        weight: torch.Tensor) -> torch.Tensor:
-    """Complex F (B,M) at the problem's Wilson Uiso; frac (B,N,3), type_idx and weight (B,N)."""
-    uiso = torch.full(frac.shape[:2], problem.uiso, device=frac.device)
+    """Complex F (B,M) at U = 0 (the overall Uiso is applied to |F|: conditioning.fit_u);
+    frac (B,N,3), type_idx and weight (B,N)."""
+    uiso = torch.zeros(frac.shape[:2], device=frac.device)
     return problem.sf.calc(frac.float(), type_idx, uiso, weight)
 
 
@@ -92,7 +94,8 @@ def relocate(problem: Problem, frac: torch.Tensor, moves: int, proposals: int = 
     obj = objective(problem, x, rank_bonding)[0]
     type_idx = problem.type_idx.expand(B, -1)
     weight = problem.site_weight.expand(B, -1)
-    fc = _structure_factors(problem, x, type_idx, weight)  # (B,M)
+    fc = _structure_factors(problem, x, type_idx, weight)  # (B,M), U = 0
+    dw = debye_waller(problem, fit_u(problem, fc.abs()))  # (B,M) at each one's overall U
     best_x, best_obj = x.clone(), obj.clone()
     t_start, t_end = (float(t) for t in temperature)
     for m in range(moves):
@@ -113,7 +116,7 @@ def relocate(problem: Problem, frac: torch.Tensor, moves: int, proposals: int = 
         f_old = _structure_factors(problem, x[ar, atom][:, None], t_a[:, None], w_a[:, None])
         f_new = _structure_factors(problem, pos.reshape(B * K, 1, 3), t_a.repeat_interleave(K)[:, None],
                                    w_a.repeat_interleave(K)[:, None]).reshape(B, K, -1)
-        r1 = r1_of_amplitudes(problem, ((fc - f_old)[:, None] + f_new).abs())  # (B,K)
+        r1 = r1_of_amplitudes(problem, ((fc - f_old)[:, None] + f_new).abs() * dw[:, None])  # (B,K)
         score = r1
         if rank_bonding > 0:
             e_old = bonding.atom_energy(x[ar, atom][:, None], atom, x, tables, problem.rot,
@@ -132,6 +135,7 @@ def relocate(problem: Problem, frac: torch.Tensor, moves: int, proposals: int = 
         x = torch.where(better[:, None, None], trial, x)
         obj = torch.where(better, t_obj, obj)
         fc = torch.where(better[:, None], fc - f_old + f_new[ar, best], fc)
+        dw = debye_waller(problem, fit_u(problem, fc.abs()))
         if polish_every and (m + 1) % polish_every == 0:
             y = polish(problem, x, steps=10)
             y_obj = objective(problem, y, rank_bonding)[0]
@@ -139,6 +143,7 @@ def relocate(problem: Problem, frac: torch.Tensor, moves: int, proposals: int = 
             x = torch.where(keep[:, None, None], y, x)
             obj = torch.where(keep, y_obj, obj)
             fc = _structure_factors(problem, x, type_idx, weight)
+            dw = debye_waller(problem, fit_u(problem, fc.abs()))
         gain = obj < best_obj
         best_x = torch.where(gain[:, None, None], x, best_x)
         best_obj = torch.where(gain, obj, best_obj)

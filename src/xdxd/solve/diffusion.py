@@ -92,7 +92,7 @@ def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
     """
     from xdxd.model import diffusion
     from xdxd.crystal.statistics import distinct_patterns
-    from xdxd.model.conditioning import agreement_of, bonding_energy, site_pattern
+    from xdxd.model.conditioning import agreement_of, amplitudes, bonding_energy, site_pattern
     from xdxd.model.weights import resolve_weights
     t0 = time.perf_counter()
     path = resolve_weights(weights)
@@ -104,6 +104,7 @@ def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
                                rank_bonding=rank_bonding, relocate_moves=relocate_moves,
                                time_budget_s=budget, **sampler)
     r1, cc = (t.cpu().numpy() for t in agreement_of(prob, frac))
+    uiso = amplitudes(prob, frac)[1].cpu().numpy()
     energy = bonding_energy(prob, frac).cpu().numpy()
     order = np.argsort(r1 + rank_bonding * energy, kind="stable")
     keep = distinct_patterns(site_pattern(prob, frac).cpu().numpy(), order, samples)
@@ -116,7 +117,7 @@ def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
             count[e] = count.get(e, 0) + 1
             atoms.append({"element": e, "label": f"{e}{count[e]}",
                           "xyz": [round(float(v), 6) for v in xyz],
-                          "uiso": round(prob.uiso, 5), "occ": 1.0})
+                          "uiso": round(float(uiso[i]), 5), "occ": 1.0})
         out.append({"atoms": atoms, "r1": round(float(r1[i]), 5), "cc": round(float(cc[i]), 5),
                     "bonding": round(float(energy[i]), 3), "method": "diffusion",
                     "sample": int(i)})
