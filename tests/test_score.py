@@ -198,3 +198,20 @@ def test_cli_all_good_exits_0(data_dir):
     res = CliRunner().invoke(app, ["--quiet"], input=json.dumps(cod_record(data_dir, "2205750")) + "\n")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout.splitlines()[0])["metrics"]["matched_loose"]
+
+
+def test_error_log_names_the_file_and_line(data_dir, tmp_path):
+    """The output record says `<id>: <message>`; the log line on stderr adds where the
+    record was read, so a failure in a long concatenated stream can be found."""
+    import subprocess
+    import sys
+    no_solution = cod_record(data_dir, "2202108")
+    del no_solution["solution"]
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps(cod_record(data_dir, "2203315")) + "\n" + json.dumps(no_solution) + "\n")
+    res = subprocess.run([sys.executable, "-m", "xdxd.cli.score", str(src)], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 1
+    out = [json.loads(line) for line in res.stdout.splitlines()]
+    assert out[1]["error"].startswith("2202108: ")
+    assert f"{src}:2: 2202108: " in res.stderr

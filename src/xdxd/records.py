@@ -39,8 +39,14 @@ class RecordError(ValueError):
 # ---------------------------------------------------------------------------
 # streams
 
+class InputRecord(dict):
+    """A record as read, with `where` it came from ("file:line") for log messages."""
+    where: str = ""
+
+
 def read_records(stream: IO[str], name: str = "-") -> Iterator[dict]:
-    """Yield records from a JSON-lines stream; a bad line yields an error record."""
+    """Yield records (InputRecord: `where` is "name:line") from a JSON-lines stream; a bad
+    line yields an error record."""
     for lineno, line in enumerate(stream, 1):
         line = line.strip()
         if not line:
@@ -52,6 +58,8 @@ def read_records(stream: IO[str], name: str = "-") -> Iterator[dict]:
         except ValueError as e:
             yield error_record(f"{name}:{lineno}", f"{name}:{lineno}: not a JSON record ({e})")
             continue
+        rec = InputRecord(rec)
+        rec.where = f"{name}:{lineno}"
         yield rec
 
 

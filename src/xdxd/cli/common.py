@@ -142,7 +142,8 @@ def process_stream(recs: Iterable[dict], work: Callable[[dict], dict], output: s
     """Apply `work` to each record, writing results as they come; return the exit code.
 
     A record that arrives with `error` set passes through untouched (it stays failed).
-    An exception in `work` becomes an error record: "<id>: <message>".
+    An exception in `work` becomes an error record: "<id>: <message>"; the log line on
+    stderr also names where the record was read ("file:line: <id>: <message>").
     """
     writer = RecordWriter(output)
     progress = Progress(TextColumn(f"{stage}"), BarColumn(), MofNCompleteColumn(),
@@ -166,7 +167,9 @@ def process_stream(recs: Iterable[dict], work: Callable[[dict], dict], output: s
                         out = records.error_record(rid, msg, rec)
                     out.setdefault("timing_s", {})[stage] = round(time.perf_counter() - t0, 3)
                 if out.get("error"):
-                    log.error(out["error"])
+                    where = getattr(rec, "where", "")
+                    log.error(f"{where}: {out['error']}" if where and not out["error"].startswith(where)
+                              else out["error"])
                 writer.write(out)
                 progress.update(task, advance=1, last=rid)
     except KeyboardInterrupt:
