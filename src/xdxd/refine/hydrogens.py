@@ -416,7 +416,8 @@ def refine_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray
     return res, h
 
 
-COUNT_CHOICES = 3      # H-count assignments tried with each labelling in swap_riding
+COUNT_CHOICES = 3      # H-count assignments tried with a labelling in swap_riding
+COUNT_SHORTLIST = 3    # swap variants of a round that get all COUNT_CHOICES
 COUNT_WEIGHT = 0.005   # R1 units per unit of H-count penalty (h_options) in swap_riding
 
 
@@ -427,11 +428,13 @@ def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
                 ) -> tuple[list[str], list[dict], list[int] | None]:
     """Greedy C/N/O (Si/P/S/Cl, ...) element swaps of a heavy-atom model, each variant with
     its own riding H: the swap that most lowers R1 + CHEM_WEIGHT × chemistry score is
-    kept, until none helps. With count_frac (N,3) each labelling is tried with its
-    COUNT_CHOICES likeliest H counts in that geometry (`h_count_choices`; + COUNT_WEIGHT ×
-    their penalty) and judged by the best: a 2 Å candidate is too rough to tell an NH from
-    a CH₂ by geometry, and H counts decided on it alone made a wrong C/N swap win
-    (1100656). Returns (elements, swaps, the H counts chosen with them or None)."""
+    kept, until none helps. With count_frac (N,3) the current labels and the
+    COUNT_SHORTLIST best variants of each round (judged first with their likeliest H
+    counts) are tried with their COUNT_CHOICES likeliest H counts in that geometry
+    (`h_count_choices`; + COUNT_WEIGHT × their penalty) and judged by the best: a 2 Å
+    candidate is too rough to tell an NH from a CH₂ by geometry, and H counts decided on
+    it alone made a wrong C/N swap win (1100656). Returns (elements, swaps, the H counts
+    chosen with them or None)."""
     from xdxd.refine.chemistry import CHEM_WEIGHT, check, swap_variants
     from xdxd.refine.least_squares import refine_batch
     cell_g, sg_g = cell_and_spacegroup(cell, sg)
@@ -439,14 +442,14 @@ def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
     n = len(elements)
     frac, uiso, occ = np.asarray(frac, float), np.asarray(uiso, float), np.asarray(occ, float)
 
-    def evaluate(variants: list[list[str]]) -> list[tuple[float, list[int] | None]]:
+    def evaluate(variants: list[list[str]], choices: int = 1) -> list[tuple[float, list[int] | None]]:
         tries = []  # (variant index, penalty, counts)
         for v, els in enumerate(variants):
             if count_frac is None:
                 tries.append((v, 0.0, None))
             else:
                 tries += [(v, p, c) for p, c in
-                          h_count_choices(cell_g, ops, els, count_frac, hydrogens, COUNT_CHOICES)]
+                          h_count_choices(cell_g, ops, els, count_frac, hydrogens, choices)]
         built = [_with_h(cell_g, ops, variants[v], frac, uiso, occ, None, hydrogens, c)
                  for v, _, c in tries]
         scores = [np.inf] * len(tries)
@@ -468,13 +471,17 @@ def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
         return out
 
     els = list(elements)
-    best, counts = evaluate([els])[0]
+    best, counts = evaluate([els], COUNT_CHOICES)[0]
     swaps: list[dict] = []
     for _ in range(max_rounds):
         pairs, variants = swap_variants(els)
         if not pairs:
             break
         scores = evaluate(variants)
+        if count_frac is not None:
+            short = [int(v) for v in np.argsort([sc for sc, _ in scores], kind="stable")[:COUNT_SHORTLIST]]
+            for v, sc in zip(short, evaluate([variants[v] for v in short], COUNT_CHOICES)):
+                scores[v] = min(scores[v], sc, key=lambda t: t[0])
         k = int(np.argmin([sc for sc, _ in scores]))
         if not scores[k][0] < best - 1e-4:
             break
