@@ -369,18 +369,19 @@ def fit_u(problem: Problem, fc0: torch.Tensor, fo: torch.Tensor | None = None) -
     """
     grid = torch.tensor(U_GRID_A2, device=fc0.device, dtype=fc0.dtype)  # (G,)
     fc = fc0[..., None, :] * debye_waller(problem, grid)  # (…,G,M)
-    fo = problem.F_obs if fo is None else fo
-    fo = fo[..., None, :]
-    k = (fo * fc).sum(-1, keepdim=True) / (fc * fc).sum(-1, keepdim=True).clamp_min(1e-12)
-    r1 = (fo - k * fc).abs().sum(-1)  # (…,G)
+    r1 = r1_of_amplitudes(problem, fc, None if fo is None else fo[..., None, :])  # (…,G)
     return grid[r1.argmin(-1)]
 
 
 def agreement_of(problem: Problem, frac: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(R1 (B,), CC (B,)) of frac (B,N,3): R1 on |F| with the least-squares scale, CC the
-    Pearson correlation of |Fo|² and |Fc|², |Fc| at the best overall Uiso (`amplitudes`)."""
+    """(R1 (B,), CC (B,)) of frac (B,N,3), |Fc| at the best overall Uiso (`amplitudes`)."""
+    return agreement_of_amplitudes(problem, amplitudes(problem, frac)[0])
+
+
+def agreement_of_amplitudes(problem: Problem, fc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R1 (B,), CC (B,)) of |Fc| (B,M): R1 on |F| with the least-squares scale, CC the
+    Pearson correlation of |Fo|² and |Fc|²."""
     with torch.no_grad():
-        fc = amplitudes(problem, frac)[0]
         fo = problem.F_obs[None]
         r1 = r1_of_amplitudes(problem, fc)
         a = fo ** 2 - (fo ** 2).mean(-1, keepdim=True)
@@ -389,9 +390,11 @@ def agreement_of(problem: Problem, frac: torch.Tensor) -> tuple[torch.Tensor, to
         return r1, cc
 
 
-def r1_of_amplitudes(problem: Problem, fc: torch.Tensor) -> torch.Tensor:
-    """R1 (…,) of calculated amplitudes |Fc| (…,M) against F_obs, least-squares scale."""
-    fo = problem.F_obs
+def r1_of_amplitudes(problem: Problem, fc: torch.Tensor, fo: torch.Tensor | None = None
+                     ) -> torch.Tensor:
+    """R1 (…,) of calculated amplitudes |Fc| (…,M) against fo (…,M; default F_obs),
+    least-squares scale."""
+    fo = problem.F_obs if fo is None else fo
     k = (fo * fc).sum(-1, keepdim=True) / (fc * fc).sum(-1, keepdim=True).clamp_min(1e-12)
     return (fo - k * fc).abs().sum(-1) / fo.sum(-1)
 

@@ -95,7 +95,6 @@ def relocate(problem: Problem, frac: torch.Tensor, moves: int, proposals: int = 
     type_idx = problem.type_idx.expand(B, -1)
     weight = problem.site_weight.expand(B, -1)
     fc = _structure_factors(problem, x, type_idx, weight)  # (B,M), U = 0
-    dw = debye_waller(problem, fit_u(problem, fc.abs()))  # (B,M) at each one's overall U
     best_x, best_obj = x.clone(), obj.clone()
     t_start, t_end = (float(t) for t in temperature)
     for m in range(moves):
@@ -116,6 +115,7 @@ def relocate(problem: Problem, frac: torch.Tensor, moves: int, proposals: int = 
         f_old = _structure_factors(problem, x[ar, atom][:, None], t_a[:, None], w_a[:, None])
         f_new = _structure_factors(problem, pos.reshape(B * K, 1, 3), t_a.repeat_interleave(K)[:, None],
                                    w_a.repeat_interleave(K)[:, None]).reshape(B, K, -1)
+        dw = debye_waller(problem, fit_u(problem, fc.abs()))  # (B,M) at each one's overall U
         r1 = r1_of_amplitudes(problem, ((fc - f_old)[:, None] + f_new).abs() * dw[:, None])  # (B,K)
         score = r1
         if rank_bonding > 0:
@@ -135,7 +135,6 @@ def relocate(problem: Problem, frac: torch.Tensor, moves: int, proposals: int = 
         x = torch.where(better[:, None, None], trial, x)
         obj = torch.where(better, t_obj, obj)
         fc = torch.where(better[:, None], fc - f_old + f_new[ar, best], fc)
-        dw = debye_waller(problem, fit_u(problem, fc.abs()))
         if polish_every and (m + 1) % polish_every == 0:
             y = polish(problem, x, steps=10)
             y_obj = objective(problem, y, rank_bonding)[0]
@@ -143,7 +142,6 @@ def relocate(problem: Problem, frac: torch.Tensor, moves: int, proposals: int = 
             x = torch.where(keep[:, None, None], y, x)
             obj = torch.where(keep, y_obj, obj)
             fc = _structure_factors(problem, x, type_idx, weight)
-            dw = debye_waller(problem, fit_u(problem, fc.abs()))
         gain = obj < best_obj
         best_x = torch.where(gain[:, None, None], x, best_x)
         best_obj = torch.where(gain, obj, best_obj)

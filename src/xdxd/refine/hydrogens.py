@@ -282,7 +282,7 @@ def h_count_choices(cell: gemmi.UnitCell, ops: SymOps, elements: list[str], frac
     (`h_counts` is the first): the alternatives for a model whose geometry is too rough
     (a 2 Å candidate) to tell an NH from a CH₂ alone."""
     nbs = neighbours(cell, ops, elements, frac) if nbs is None else nbs
-    heavy = [k_ for k_, e in enumerate(elements) if not is_hydrogen(e)]
+    heavy = [i for i, e in enumerate(elements) if not is_hydrogen(e)]
     out = []
     for penalty, chosen in ranked_counts([h_options(elements[i], nbs[i]) for i in heavy],
                                          hydrogens, k):

@@ -92,7 +92,7 @@ def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
     """
     from xdxd.model import diffusion
     from xdxd.crystal.statistics import distinct_patterns
-    from xdxd.model.conditioning import agreement_of, amplitudes, bonding_energy, site_pattern
+    from xdxd.model.conditioning import agreement_of_amplitudes, amplitudes, bonding_energy, site_pattern
     from xdxd.model.weights import resolve_weights
     t0 = time.perf_counter()
     path = resolve_weights(weights)
@@ -103,8 +103,9 @@ def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
                                guidance=guidance, seed=seed, rounds=rounds, bonding=bonding,
                                rank_bonding=rank_bonding, relocate_moves=relocate_moves,
                                time_budget_s=budget, **sampler)
-    r1, cc = (t.cpu().numpy() for t in agreement_of(prob, frac))
-    uiso = amplitudes(prob, frac)[1].cpu().numpy()
+    fc, uiso = amplitudes(prob, frac)
+    r1, cc = (t.cpu().numpy() for t in agreement_of_amplitudes(prob, fc))
+    uiso = uiso.cpu().numpy()
     energy = bonding_energy(prob, frac).cpu().numpy()
     order = np.argsort(r1 + rank_bonding * energy, kind="stable")
     keep = distinct_patterns(site_pattern(prob, frac).cpu().numpy(), order, samples)
