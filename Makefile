@@ -12,7 +12,7 @@ DMIN   ?= 1.0 1.5 2.0
 # BENCH_ARGS= (empty) runs all 78 organic structures
 BENCH_ARGS ?= --max-atoms 15 --time-budget-s 60 --threads 1 --jobs 2
 
-.PHONY: install test test-all demo bench bench-diffusion clean data train-gpu train-cpu
+.PHONY: install test test-all demo bench bench-diffusion clean data synth train-gpu train-cpu
 
 install: $(VENV)/.installed
 
@@ -45,8 +45,19 @@ bench-diffusion: install
 	  --out bench-diffusion.jsonl --summary-out bench-diffusion-summary.json \
 	  --markdown $(BENCH_ARGS)
 
-data: install
+# training data: MOSES SMILES (downloaded once), then SYNTH_COUNT crystals packed from them
+SYNTH       ?= data/synth
+SYNTH_COUNT ?= 2000
+SYNTH_SEED  ?= 1
+
+data: data/moses.smi
+
+data/moses.smi: | install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bin/fetch-moses-smiles data/moses.smi
+
+synth: install data
+	$(BIN)/xdxd-synth --smiles data/moses.smi --count $(SYNTH_COUNT) --out $(SYNTH) \
+	  --seed $(SYNTH_SEED) --jobs 2
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
@@ -55,5 +66,7 @@ clean:
 train-gpu: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bin/train-gpu
 
+# (make synth first: shards in $(SYNTH))
 train-cpu: install
-	$(BIN)/xdxd-train --data data/synth-10k --out weights --steps 2000 --threads 1 --workers 1
+	@test -f $(SYNTH)/index.json || { echo "no shards in $(SYNTH): run make synth first" >&2; exit 1; }
+	$(BIN)/xdxd-train --data $(SYNTH) --out weights --steps 2000 --threads 1 --workers 0

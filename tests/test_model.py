@@ -206,6 +206,24 @@ def test_cpu_sampling_on_the_demo_structure(tmp_path):
     assert [c["atoms"] for c in again] == [c["atoms"] for c in cands]
 
 
+def test_a_search_that_ends_early_leaves_its_budget_to_another():
+    """With a time budget, searches from new noise follow one another until it is spent,
+    and the candidates come from all of them (best first, one per site pattern)."""
+    import time
+    from xdxd.prep import prepare_from_model_cif
+    from xdxd.solve import diffusion as solver
+    rec = prepare_from_model_cif(str(DEMO), d_min=2.0)[0]
+    opts = dict(samples=4, steps=3, rounds=0, polish_steps=2, relocate_moves=0, prior=False)
+    t = time.perf_counter()
+    cands, info = solver.sample(rec, time_budget_s=6.0, **opts)
+    assert info["passes"] >= 2 and time.perf_counter() - t < 12.0
+    key = [c["r1"] + info["rank_bonding"] * c["bonding"] for c in cands]
+    assert len(cands) == 4 and key == sorted(key)
+    one, info1 = solver.sample(rec, **opts)  # without a budget: one search, the first pass
+    assert info1["passes"] == 1
+    assert key[0] <= one[0]["r1"] + info["rank_bonding"] * one[0]["bonding"] + 1e-6
+
+
 @pytest.mark.slow
 def test_the_demo_structure_is_solved_at_2A():
     """`make demo` as a library call: 2.0 Å data with 2 % noise, 64 samples, 60 s on the

@@ -26,6 +26,8 @@ from xdxd.crystal import symmetry
 BONDING = 0.0        # weight of the bonding prior in guidance and polish (per unit of energy)
 RANK_BONDING = 0.01  # R1 units per unit of bonding energy in the ranking and relocation moves
 RELOCATE_MOVES = 2000  # relocation moves on the best distinct structures (half the time budget)
+MIN_PASS_S, MIN_PASS_SHARE = 5.0, 0.1  # a search ending with this much budget left (s, share) starts another
+PASS_SEED = 7919       # seed offset of each further search pass
 
 
 @lru_cache(maxsize=4)
@@ -78,7 +80,9 @@ def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
     """Record -> (the `samples` best distinct candidates, info).
 
     `samples` structures are drawn in one batch and searched around for `rounds` rounds
-    (xdxd.model.diffusion.search), or until time_budget_s is spent; of the population
+    (xdxd.model.diffusion.search), or until time_budget_s is spent: a search that ends
+    with more than a tenth of the budget (and 5 s) left is followed by another from new
+    noise (seed + 7919 k), until the budget is spent; of all their populations
     the best are returned, one per site pattern (copies that differ only by an origin
     shift, the enantiomorph or the labels are dropped: crystal.statistics.distinct_patterns). prior=False samples
     without the network (data guidance alone, same schedule and search): the baseline
@@ -90,6 +94,7 @@ def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
     xdxd.model.diffusion.search and sample (keep, restart_sigmas, restart_steps,
     polish_steps, tweedie, resample_every, b_max).
     """
+    import torch
     from xdxd.model import diffusion
     from xdxd.crystal.statistics import distinct_patterns
     from xdxd.model.conditioning import agreement_of_amplitudes, amplitudes, bonding_energy, site_pattern
@@ -98,11 +103,18 @@ def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
     path = resolve_weights(weights)
     model, schedule, meta = _model(str(path), str(device))
     prob = problem_from_record(rec, device, seed)
-    budget = None if time_budget_s is None else max(0.0, time_budget_s - (time.perf_counter() - t0))
-    frac, _ = diffusion.search(model if prior else None, schedule, prob, samples, steps=steps,
-                               guidance=guidance, seed=seed, rounds=rounds, bonding=bonding,
-                               rank_bonding=rank_bonding, relocate_moves=relocate_moves,
-                               time_budget_s=budget, **sampler)
+    passes = []
+    while True:  # a search that ends early leaves its time to another, from new noise
+        left = None if time_budget_s is None else time_budget_s - (time.perf_counter() - t0)
+        if passes and (left is None or left < max(MIN_PASS_S, MIN_PASS_SHARE * time_budget_s)):
+            break
+        x, _ = diffusion.search(model if prior else None, schedule, prob, samples, steps=steps,
+                                guidance=guidance, seed=seed + PASS_SEED * len(passes),
+                                rounds=rounds, bonding=bonding, rank_bonding=rank_bonding,
+                                relocate_moves=relocate_moves,
+                                time_budget_s=None if left is None else max(0.0, left), **sampler)
+        passes.append(x)
+    frac = torch.cat(passes)
     fc, uiso = amplitudes(prob, frac)
     r1, cc = (t.cpu().numpy() for t in agreement_of_amplitudes(prob, fc))
     uiso = uiso.cpu().numpy()
@@ -125,7 +137,7 @@ def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
     info = {"weights": str(path), "weights_steps": meta.get("training", {}).get("total_steps"),
             "steps": steps, "guidance": guidance, "samples": samples, "rounds": rounds,
             "prior": prior, "bonding": bonding, "rank_bonding": rank_bonding,
-            "relocate_moves": relocate_moves,
+            "relocate_moves": relocate_moves, "passes": len(passes),
             "site_orders": [int(round(1 / w)) for w in prob.site_weight.tolist()],
             "seconds": round(time.perf_counter() - t0, 3)}
     return out, info
