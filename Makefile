@@ -69,4 +69,4 @@ train-gpu: install
 # (make synth first: shards in $(SYNTH))
 train-cpu: install
 	@test -f $(SYNTH)/index.json || { echo "no shards in $(SYNTH): run make synth first" >&2; exit 1; }
-	$(BIN)/xdxd-train --data $(SYNTH) --out weights --steps 2000 --threads 1 --workers 0
+	$(BIN)/xdxd-train --data $(SYNTH) --out weights --steps 2000 --threads 1 --workers 1
