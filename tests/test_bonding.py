@@ -187,6 +187,40 @@ def test_relocation_puts_a_misplaced_atom_back_and_never_loses_the_best():
     assert site_match(prob.cell, prob.ops.hall, out[best].numpy(), frac) == 1.0
 
 
+def test_difference_map_peaks_show_where_a_missing_atom_belongs():
+    from xdxd.crystal.fourier import FourierGrid
+    from xdxd.model import moves
+    _, prob, frac = reference_problem("2205750", hydrogens_in_data=False, biso=3.0)
+    x = torch.tensor(frac, dtype=torch.float32)[None].repeat(3, 1, 1)
+    gen = torch.Generator().manual_seed(0)
+    lost = [prob.elements.index("O"), prob.elements.index("N"), len(frac) - 1]
+    for b, j in enumerate(lost):  # one light atom somewhere wrong in each structure
+        x[b, j] = torch.rand(3, generator=gen)
+    fc = moves._structure_factors(prob, x, prob.type_idx.expand(3, -1), prob.site_weight.expand(3, -1))
+    grid = FourierGrid(prob.cell, prob.ops, prob.sf.hkl.numpy())
+    peaks = moves.difference_peaks(prob, grid, fc)  # (3,P,3)
+    for b, j in enumerate(lost):
+        true = torch.tensor(frac[j], dtype=torch.float32)
+        images = torch.einsum("oij,j->oi", prob.rot, true) + prob.tran  # (O,3)
+        d = peaks[b, 0][None] - images
+        d = d - torch.round(d)
+        assert (d @ prob.orth.T).norm(dim=-1).min() < 0.5  # the highest peak is on its site
+
+
+def test_relocation_moves_atoms_on_special_positions_within_their_site_symmetry():
+    from xdxd.model import moves
+    _, prob, frac = reference_problem("2203315", hydrogens_in_data=False, biso=3.0)  # P21/m
+    assert torch.all(prob.site_weight == 0.5)  # the whole molecule lies on the mirror
+    x = torch.tensor(frac, dtype=torch.float32)[None]
+    c = len(frac) - 1
+    wrong = x.clone()
+    wrong[0, c] = torch.remainder(wrong[0, c] + torch.tensor([0.3, 0.0, 0.4]), 1.0)  # still on the mirror
+    out = moves.relocate(prob, wrong.repeat(4, 1, 1), moves=100, proposals=64, seed=0)
+    assert torch.allclose(special_images(prob, out), out, atol=1e-5)
+    best = int(moves.objective(prob, out, 0.01)[0].argmin())
+    assert site_match(prob.cell, prob.ops.hall, out[best].numpy(), frac) == 1.0
+
+
 def test_atom_energy_is_the_change_of_the_bonding_energy():
     from xdxd.model.conditioning import bonding_gradient
     _, prob, frac = reference_problem("2205750")

@@ -449,14 +449,19 @@ def special_images(problem: Problem, frac: torch.Tensor) -> torch.Tensor:
     k = torch.round(1.0 / problem.site_weight).long()  # (N,)
     if bool((k == 1).all()):
         return frac
-    img = expand(problem, frac)  # (B,N,O,3)
-    d = img - frac[:, :, None]
-    d = d - torch.round(d)  # (B,N,O,3) fractional, nearest image
-    dist = (d @ problem.orth.T).norm(dim=-1)  # (B,N,O) Å
-    order = torch.argsort(dist, dim=-1)
-    rank = torch.argsort(order, dim=-1)  # rank of each image by distance, 0 = itself
-    pick = (rank < k[None, :, None]).to(frac.dtype)  # (B,N,O)
-    shift = (pick[..., None] * d).sum(2) / k[None, :, None].to(frac.dtype)
+    return onto_site(problem, frac, k.expand(frac.shape[:-1]))
+
+
+def onto_site(problem: Problem, frac: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Points frac (…,3) moved to the mean of their order (…,) nearest symmetry images
+    (themselves included): onto the nearest site of that stabilizer order. Fractional."""
+    img = torch.einsum("oij,...j->...oi", problem.rot, frac) + problem.tran  # (…,O,3)
+    d = img - frac[..., None, :]
+    d = d - torch.round(d)  # fractional, nearest image
+    dist = (d @ problem.orth.T).norm(dim=-1)  # (…,O) Å
+    rank = torch.argsort(torch.argsort(dist, dim=-1), dim=-1)  # 0 = itself
+    pick = (rank < order[..., None]).to(frac.dtype)
+    shift = (pick[..., None] * d).sum(-2) / order[..., None].to(frac.dtype)
     return torch.remainder(frac + shift, 1.0)
 
 
