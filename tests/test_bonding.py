@@ -190,6 +190,7 @@ def test_relocation_puts_a_misplaced_atom_back_and_never_loses_the_best():
 def test_difference_map_peaks_show_where_a_missing_atom_belongs():
     from xdxd.crystal.fourier import FourierGrid
     from xdxd.model import moves
+    from xdxd.model.conditioning import debye_waller, fit_u
     _, prob, frac = reference_problem("2205750", hydrogens_in_data=False, biso=3.0)
     x = torch.tensor(frac, dtype=torch.float32)[None].repeat(3, 1, 1)
     gen = torch.Generator().manual_seed(0)
@@ -197,6 +198,7 @@ def test_difference_map_peaks_show_where_a_missing_atom_belongs():
     for b, j in enumerate(lost):  # one light atom somewhere wrong in each structure
         x[b, j] = torch.rand(3, generator=gen)
     fc = moves._structure_factors(prob, x, prob.type_idx.expand(3, -1), prob.site_weight.expand(3, -1))
+    fc = fc * debye_waller(prob, fit_u(prob, fc.abs()))  # at each structure's overall U
     grid = FourierGrid(prob.cell, prob.ops, prob.sf.hkl.numpy())
     peaks = moves.difference_peaks(prob, grid, fc)  # (3,P,3)
     for b, j in enumerate(lost):

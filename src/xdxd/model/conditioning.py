@@ -228,8 +228,8 @@ def interpolate_periodic(grid: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 def expand(problem: Problem, frac: torch.Tensor) -> torch.Tensor:
-    """Images of ASU atoms: frac (B,N,3) -> (B,N,O,3), wrapped into [0,1)."""
-    img = torch.einsum("oij,bnj->bnoi", problem.rot, frac) + problem.tran
+    """Images of ASU atoms: frac (…,3) -> (…,O,3), wrapped into [0,1)."""
+    img = torch.einsum("oij,...j->...oi", problem.rot, frac) + problem.tran
     return torch.remainder(img, 1.0)
 
 
@@ -455,8 +455,7 @@ def special_images(problem: Problem, frac: torch.Tensor) -> torch.Tensor:
 def onto_site(problem: Problem, frac: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """Points frac (…,3) moved to the mean of their order (…,) nearest symmetry images
     (themselves included): onto the nearest site of that stabilizer order. Fractional."""
-    img = torch.einsum("oij,...j->...oi", problem.rot, frac) + problem.tran  # (…,O,3)
-    d = img - frac[..., None, :]
+    d = expand(problem, frac) - frac[..., None, :]  # (…,O,3)
     d = d - torch.round(d)  # fractional, nearest image
     dist = (d @ problem.orth.T).norm(dim=-1)  # (…,O) Å
     rank = torch.argsort(torch.argsort(dist, dim=-1), dim=-1)  # 0 = itself

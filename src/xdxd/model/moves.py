@@ -26,6 +26,7 @@ import time
 import torch
 
 from xdxd.crystal.fourier import FourierGrid, find_peaks
+from xdxd.crystal.statistics import scale_factor
 from xdxd.model import bonding
 from xdxd.model.conditioning import (Problem, atom_fit, bonding_energy, debye_waller, fit_u, onto_site,
                                      r1_of, r1_of_amplitudes)
@@ -57,11 +58,10 @@ def _structure_factors(problem: Problem, frac: torch.Tensor, type_idx: torch.Ten
 def difference_peaks(problem: Problem, grid: FourierGrid, fc: torch.Tensor,
                      k: int = MAP_PEAKS) -> torch.Tensor:
     """The k highest peaks (B,k,3) frac of each structure's difference map
-    (|Fo| - s|Fc|) e^{iφc}, fc (B,M) complex at U = 0: where the data want atoms that the
-    model lacks (peaks in the asymmetric-unit brick)."""
-    fc = fc * debye_waller(problem, fit_u(problem, fc.abs()))
+    (|Fo| - s|Fc|) e^{iφc}, fc (B,M) complex at the structure's overall U: where the data
+    want atoms that the model lacks (peaks in the asymmetric-unit brick)."""
     amp = fc.abs()
-    s = (problem.F_obs * amp).sum(-1, keepdim=True) / (amp * amp).sum(-1, keepdim=True).clamp_min(1e-12)
+    s = scale_factor(problem.F_obs, amp)[:, None]  # (B,1)
     coef = (problem.F_obs - s * amp) * fc / amp.clamp_min(1e-12)
     return find_peaks(grid.map(coef.to(torch.complex64)), k, mask=grid.asu_mask).frac
 
@@ -139,7 +139,8 @@ def relocate(problem: Problem, frac: torch.Tensor, moves: int, proposals: int = 
         worst = torch.rand(B, generator=gen).to(dev) < WORST_SHARE
         if bool(worst.any()):  # the atom with the least density under it (atom_fit)
             atom = torch.where(worst, atom_fit(problem, x).argmin(1), atom)
-        peaks = difference_peaks(problem, grid, fc) if grid is not None else None
+        dw = debye_waller(problem, fit_u(problem, fc.abs()))  # (B,M) at each one's overall U
+        peaks = difference_peaks(problem, grid, fc * dw) if grid is not None else None
         pos = propose(problem, x, atom, proposals, gen, peaks)  # (B,K,3)
         K = pos.shape[1]
         t_a = problem.type_idx[atom]
@@ -147,7 +148,6 @@ def relocate(problem: Problem, frac: torch.Tensor, moves: int, proposals: int = 
         f_old = _structure_factors(problem, x[ar, atom][:, None], t_a[:, None], w_a[:, None])
         f_new = _structure_factors(problem, pos.reshape(B * K, 1, 3), t_a.repeat_interleave(K)[:, None],
                                    w_a.repeat_interleave(K)[:, None]).reshape(B, K, -1)
-        dw = debye_waller(problem, fit_u(problem, fc.abs()))  # (B,M) at each one's overall U
         r1 = r1_of_amplitudes(problem, ((fc - f_old)[:, None] + f_new).abs() * dw[:, None])  # (B,K)
         score = r1
         if rank_bonding > 0:
