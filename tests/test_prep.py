@@ -266,9 +266,30 @@ def test_missing_file_and_usage_error(tmp_path):
     assert code == 1  # P2(1)/c is understood; the file is what is missing
 
 
-def test_implausible_adps_are_an_error(tmp_path):
-    """U_ij written in units of 1e-4 Å² (as some old CIFs do) must not simulate |F| ~ 1e179."""
+def test_uij_in_units_of_1e4_are_rescaled(tmp_path):
+    """2000642.cif writes U_ij in units of 1e-4 Å² (U11 = 457) beside U_iso_or_equiv in Å²
+    (0.0417): read as such, with a note; without the Ueq column to vouch for the units the
+    same numbers are refused, never simulated (|F| ~ 1e179)."""
     from xdxd.prep import PrepOptions, prepare
     cif = Path(__file__).parent / "data" / "cod" / "2000642.cif"
-    recs = list(prepare([str(cif)], PrepOptions(d_min_A=1.0, data="simulate")))
+    rec = next(iter(prepare([str(cif)], PrepOptions(d_min_A=1.0, data="simulate"))))
+    assert "error" not in rec, rec.get("error")
+    assert any("divided by 10000" in n for n in rec["metrics"]["notes"])
+    c1 = next(a for a in rec["reference"]["atoms"] if a["label"] == "C(1)")
+    assert c1["uiso"] == pytest.approx(0.0417, abs=2e-3)
+    bad = tmp_path / "no-ueq.cif"
+    bad.write_text("\n".join(_without_ueq(cif.read_text().splitlines())) + "\n")
+    recs = list(prepare([str(bad)], PrepOptions(d_min_A=1.0, data="simulate")))
     assert recs and "implausible displacement" in recs[0]["error"]
+
+
+def _without_ueq(lines: list[str]) -> list[str]:
+    """The atom_site loop's U_iso_or_equiv column (5th) of every Uani site set to '?'."""
+    out = []
+    for ln in lines:
+        f = ln.split()
+        if len(f) == 8 and f[5] == "Uani":
+            f[4] = "?"
+            ln = " ".join(f)
+        out.append(ln)
+    return out

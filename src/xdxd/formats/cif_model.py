@@ -105,6 +105,27 @@ def _resolve_spacegroup(ss: gemmi.SmallStructure, where: str):
     return None, f"{where}: " + "; ".join(problems)
 
 
+UIJ_UNIT_ERRORS = (1e4, 1e2)  # U_ij written in 1e-4 Å² (old CIFs, SHELX-76 listings) or 1e-2 Å²
+
+
+def _rescaled_uij(ss: gemmi.SmallStructure, uani: np.ndarray, notes: list[str]) -> np.ndarray:
+    """U_ij (N,6) Å², divided by 1e4 (or 1e2) when every site that also lists a
+    U_iso_or_equiv has Ueq(U_ij) within 20 % of that factor times it: the file wrote
+    U_ij in units of 1e-4 Å² (as 2000642.cif does, U11 = 457 for Ueq 0.0417). Anything
+    less consistent is left for prep's plausibility check to refuse."""
+    pairs = [(u_equiv(ss.cell, u6), site.u_iso) for site, u6 in zip(ss.sites, uani)
+             if np.isfinite(u6).all() and site.u_iso and math.isfinite(site.u_iso) and site.u_iso > 0]
+    if not pairs:
+        return uani
+    ratio = np.array([ueq / uiso for ueq, uiso in pairs])
+    for factor in UIJ_UNIT_ERRORS:
+        if np.all(np.abs(ratio / factor - 1.0) < 0.2):
+            notes.append(f"U_ij of {len(pairs)} site(s) are {factor:g} times their U_iso_or_equiv: "
+                         f"read as units of {1 / factor:g} Å² and divided by {factor:g}")
+            return uani / factor
+    return uani
+
+
 def _atoms(ss: gemmi.SmallStructure, where: str, notes: list[str]) -> AtomArrays:
     els, labels, frac, uiso, occ, uani = [], [], [], [], [], []
     missing_u: list[str] = []
@@ -134,7 +155,7 @@ def _atoms(ss: gemmi.SmallStructure, where: str, notes: list[str]) -> AtomArrays
     if missing_u:
         notes.append(f"no U or B for {len(missing_u)} site(s) ({', '.join(missing_u[:5])}"
                      f"{', ...' if len(missing_u) > 5 else ''}): Uiso = {DEFAULT_UISO} Å² used")
-    ua = np.array(uani, dtype=float)
+    ua = _rescaled_uij(ss, np.array(uani, dtype=float), notes)
     return AtomArrays(els, np.array(frac), np.array(uiso), np.array(occ), labels,
                       ua if np.isfinite(ua).all(axis=1).any() else None)
 
