@@ -236,3 +236,25 @@ def test_atom_energy_is_the_change_of_the_bonding_energy():
         y[0, 3] = pts[0, k]
         total = bonding_gradient(prob, y)[0] - bonding_gradient(prob, x)[0]
         torch.testing.assert_close(e[0, k:k + 1], total, atol=1e-4, rtol=1e-4)
+
+
+def test_pruned_lattice_cells_give_the_energy_of_all_27(monkeypatch):
+    """Only translations along axes shorter than twice the reach are searched; energies,
+    gradients and single-atom energies equal those over all 27 neighbouring cells, in a
+    cell with one short axis (2205750: 3 cells) and one with two (1100688: 9)."""
+    for cod_id, n_cells in (("2205750", 3), ("1100688", 9)):
+        _, prob, frac = reference_problem(cod_id)
+        assert len(bonding.lattice_cells(prob.orth)[0]) == n_cells
+        gen = torch.Generator().manual_seed(0)
+        x = torch.cat([torch.tensor(frac, dtype=torch.float32)[None],
+                       torch.rand(7, len(frac), 3, generator=gen)])
+        pts = torch.rand(8, 6, 3, generator=gen)
+        atom = torch.randint(0, len(frac), (8,), generator=gen)
+        args = (prob.bonding, prob.rot, prob.tran, prob.orth, prob.site_weight)
+        pruned = (bonding_gradient(prob, x), bonding.atom_energy(pts, atom, x, *args))
+        monkeypatch.setattr(bonding, "lattice_cells", lambda orth, reach_A=None: (bonding._CELLS, 13))
+        full = (bonding_gradient(prob, x), bonding.atom_energy(pts, atom, x, *args))
+        monkeypatch.undo()
+        torch.testing.assert_close(pruned[0][0], full[0][0], atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(pruned[0][1], full[0][1], atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(pruned[1], full[1], atol=1e-3, rtol=1e-5)

@@ -37,6 +37,7 @@ ISOLATED_SOFT = ("O", "F", "Cl", "Br", "I")  # may have no non-H neighbour: wate
 ISOLATED_SOFT_WEIGHT = 0.2
 SELF_IMAGE_A = 0.6    # images of an atom on a special position closer than this coincide
 REACH_A = 3.5         # neighbours considered around each atom
+NEAREST_CAP_A = 2.0   # Å beyond a bond: the most an isolated atom's pull toward its nearest costs
 
 
 @dataclass
@@ -77,11 +78,28 @@ _CELLS = torch.tensor([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k i
                       dtype=torch.float32)  # (27,3), (0,0,0) at 13
 
 
+def lattice_cells(orth: torch.Tensor, reach_A: float = REACH_A + 1.0) -> tuple[torch.Tensor, int]:
+    """The lattice translations (C,3) that can bring an image within reach_A Å of an atom
+    once their fractional difference is wrapped into [-0.5, 0.5], and the row of (0,0,0).
+
+    A translation by ±1 along axis i puts every point at least half the spacing of the
+    (100)-type planes of that axis away (d_i = 1/|a*_i|), so it is needed only where
+    d_i / 2 < reach_A: of the 27 neighbouring cells a 7 × 12 × 15 Å cell needs 3.
+    Distances beyond reach_A never count in the prior (`_terms` clamps them).
+    """
+    spacing = 1.0 / torch.linalg.inv(orth.double()).norm(dim=1)  # (3,) Å: d_100, d_010, d_001
+    short = (0.5 * spacing < reach_A).to(_CELLS.device)
+    keep = ((_CELLS != 0) <= short).all(dim=1)  # only shifts along short axes
+    cells = _CELLS[keep]
+    return cells, int(torch.nonzero((cells == 0).all(dim=1))[0, 0])
+
+
 def neighbour_distances(frac: torch.Tensor, rot: torch.Tensor, tran: torch.Tensor,
                         orth: torch.Tensor, site_weight: torch.Tensor | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distances (B,N,N*O*27) Å from each ASU atom i to every image of every atom j over
-    the 27 nearest lattice translations, and the index j (N*O*27,) of each column.
+    """Distances (B,N,N*O*C) Å from each ASU atom i to every image of every atom j over
+    the C nearest lattice translations that can matter (`lattice_cells`, at most 27), and
+    the index j (N*O*C,) of each column.
 
     An atom's distance to itself is set to infinity, and so are its own images within
     SELF_IMAGE_A when its site weight is below 1 (a special position).
@@ -91,14 +109,16 @@ def neighbour_distances(frac: torch.Tensor, rot: torch.Tensor, tran: torch.Tenso
     img = torch.einsum("oij,bnj->bnoi", rot, frac) + tran  # (B,N,O,3)
     d = img[:, None] - frac[:, :, None, None]  # (B,Ni,Nj,O,3)
     d = d - torch.round(d)
-    cells = _CELLS.to(frac.device, frac.dtype)
-    cart = (d[..., None, :] + cells) @ orth.T  # (B,Ni,Nj,O,27,3)
-    dist = cart.norm(dim=-1).reshape(B, N, N * O * 27)
-    j_of = torch.arange(N, device=frac.device).repeat_interleave(O * 27)  # (N*O*27,)
-    own = j_of[None, :] == torch.arange(N, device=frac.device)[:, None]  # (N, N*O*27)
+    cells, zero = lattice_cells(orth)
+    C = len(cells)
+    cells = cells.to(frac.device, frac.dtype)
+    cart = (d[..., None, :] + cells) @ orth.T  # (B,Ni,Nj,O,C,3)
+    dist = cart.norm(dim=-1).reshape(B, N, N * O * C)
+    j_of = torch.arange(N, device=frac.device).repeat_interleave(O * C)  # (N*O*C,)
+    own = j_of[None, :] == torch.arange(N, device=frac.device)[:, None]  # (N, N*O*C)
     ident = _identity_op(rot, tran)
-    self_col = torch.arange(N, device=frac.device) * O * 27 + ident * 27 + 13
-    mask = torch.zeros(N, N * O * 27, dtype=torch.bool, device=frac.device)
+    self_col = torch.arange(N, device=frac.device) * O * C + ident * C + zero
+    mask = torch.zeros(N, N * O * C, dtype=torch.bool, device=frac.device)
     mask[torch.arange(N), self_col] = True
     mask = mask[None].expand(B, -1, -1)
     if site_weight is not None:
@@ -127,11 +147,14 @@ def _terms(dist: torch.Tensor, r0: torch.Tensor, w_col: torch.Tensor, isolated_w
     gap = (w_col * (4.0 * t * (1.0 - t)) ** 2 * (hi > lo)).sum(-1)
     bonds = (w_col * _smooth_step_down(dist, r0 + BOND_MAX_A, r0 + BOND_FADE_A)).sum(-1)
     # an under-bonded atom is pulled toward its nearest neighbour (a gradient where the
-    # bond count is flat): softmin of the distance beyond a bond, Å
+    # bond count is flat): softmin (0.1 Å) of the distance beyond a bond over the images
+    # within reach, and NEAREST_CAP_A beside them (what an atom with none pays), Å
     excess = (dist - r0 - BOND_MAX_A).clamp_min(0.0)
-    nearest = -0.1 * torch.logsumexp(-excess / 0.1, dim=-1)
+    logits = (-excess / 0.1).masked_fill(dist >= REACH_A + 1.0, float("-inf"))
+    cap = logits.new_full(logits.shape[:-1] + (1,), -NEAREST_CAP_A / 0.1)
+    nearest = -0.1 * torch.logsumexp(torch.cat([logits, cap], dim=-1), dim=-1)
     lonely = (1.0 - bonds).clamp_min(0.0)
-    isolated = isolated_w * (lonely ** 2 + lonely.detach().gt(0.5) * nearest.clamp(max=2.0))
+    isolated = isolated_w * (lonely ** 2 + lonely.detach().gt(0.5) * nearest)
     crowded = (bonds - max_nbr).clamp_min(0.0) ** 2
     return close, gap, isolated, crowded
 
@@ -170,25 +193,27 @@ def atom_energy(points: torch.Tensor, atom: torch.Tensor, frac: torch.Tensor,
     N = frac.shape[1]
     O = rot.shape[0]
     dev = frac.device
-    cells = _CELLS.to(dev, frac.dtype)
+    cells, zero = lattice_cells(orth)
+    S = len(cells)
+    cells = cells.to(dev, frac.dtype)
     ar = torch.arange(B, device=dev)
     img = torch.einsum("oij,bnj->bnoi", rot, frac) + tran  # (B,N,O,3)
     d = img[:, None] - points[:, :, None, None]  # (B,K,N,O,3)
     own = torch.einsum("oij,bkj->bkoi", rot, points) + tran - points[:, :, None]  # (B,K,O,3)
     d = torch.cat([d, own[:, :, None]], dim=2)  # (B,K,N+1,O,3): last row = own images
     d = d - torch.round(d)
-    dist = ((d[..., None, :] + cells) @ orth.T).norm(dim=-1)  # (B,K,N+1,O,27)
+    dist = ((d[..., None, :] + cells) @ orth.T).norm(dim=-1)  # (B,K,N+1,O,S)
     ident = _identity_op(rot, tran)
-    dist[:, :, N, ident, 13] = float("inf")  # itself
+    dist[:, :, N, ident, zero] = float("inf")  # itself
     dist[ar, :, atom] = float("inf")  # its old place and old images
     r = tables.radius
     w = torch.ones(N, device=dev) if site_weight is None else site_weight.to(dev).float()
     r_col = torch.cat([r, r.new_zeros(1)])[None].repeat(B, 1)
     r_col[:, N] = r[atom]
     w_col = torch.cat([w, w.new_ones(1)])
-    C = (N + 1) * O * 27
-    r0 = (r[atom][:, None] + r_col)[:, None, :, None].expand(B, K, N + 1, O * 27).reshape(B, K, C)
-    w_full = w_col[None, None, :, None].expand(B, K, N + 1, O * 27).reshape(B, K, C)
+    C = (N + 1) * O * S
+    r0 = (r[atom][:, None] + r_col)[:, None, :, None].expand(B, K, N + 1, O * S).reshape(B, K, C)
+    w_full = w_col[None, None, :, None].expand(B, K, N + 1, O * S).reshape(B, K, C)
     close, gap, isolated, crowded = _terms(dist.reshape(B, K, C), r0, w_full,
                                            tables.isolated[atom][:, None],
                                            tables.max_nbr[atom][:, None])
