@@ -37,6 +37,7 @@ ISOLATED_SOFT = ("O", "F", "Cl", "Br", "I")  # may have no non-H neighbour: wate
 ISOLATED_SOFT_WEIGHT = 0.2
 SELF_IMAGE_A = 0.6    # images of an atom on a special position closer than this coincide
 REACH_A = 3.5         # neighbours considered around each atom
+CLAMP_A = REACH_A + 1.0  # distances are clamped here: no term sees beyond it
 NEAREST_CAP_A = 2.0   # Å beyond a bond: the most an isolated atom's pull toward its nearest costs
 
 
@@ -78,7 +79,7 @@ _CELLS = torch.tensor([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k i
                       dtype=torch.float32)  # (27,3), (0,0,0) at 13
 
 
-def lattice_cells(orth: torch.Tensor, reach_A: float = REACH_A + 1.0) -> tuple[torch.Tensor, int]:
+def lattice_cells(orth: torch.Tensor, reach_A: float = CLAMP_A) -> tuple[torch.Tensor, int]:
     """The lattice translations (C,3) that can bring an image within reach_A Å of an atom
     once their fractional difference is wrapped into [-0.5, 0.5], and the row of (0,0,0).
 
@@ -140,7 +141,7 @@ def _terms(dist: torch.Tensor, r0: torch.Tensor, w_col: torch.Tensor, isolated_w
     """Per-atom terms from its distances dist (…,C) Å to neighbour images with radius sums
     r0 (…,C) and weights w_col (…,C): (close (…), gap (…), isolated (…), crowded (…)),
     the pair terms summed over the neighbours and counted in full."""
-    dist = dist.clamp(max=REACH_A + 1.0)
+    dist = dist.clamp(max=CLAMP_A)
     close = (w_col * ((CLOSE_FACTOR * r0 - dist).clamp_min(0.0) / CLOSE_WIDTH_A) ** 2).sum(-1)
     lo, hi = r0 + GAP_LO_A, gap_hi(r0)
     t = ((dist - lo) / (hi - lo).clamp_min(1e-3)).clamp(0.0, 1.0)
@@ -150,7 +151,7 @@ def _terms(dist: torch.Tensor, r0: torch.Tensor, w_col: torch.Tensor, isolated_w
     # bond count is flat): softmin (0.1 Å) of the distance beyond a bond over the images
     # within reach, and NEAREST_CAP_A beside them (what an atom with none pays), Å
     excess = (dist - r0 - BOND_MAX_A).clamp_min(0.0)
-    logits = (-excess / 0.1).masked_fill(dist >= REACH_A + 1.0, float("-inf"))
+    logits = (-excess / 0.1).masked_fill(dist >= CLAMP_A, float("-inf"))
     cap = logits.new_full(logits.shape[:-1] + (1,), -NEAREST_CAP_A / 0.1)
     nearest = -0.1 * torch.logsumexp(torch.cat([logits, cap], dim=-1), dim=-1)
     lonely = (1.0 - bonds).clamp_min(0.0)
