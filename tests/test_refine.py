@@ -187,10 +187,11 @@ def test_bond_restraints_pull_bonds_to_tabulated_lengths():
 # ---------------------------------------------------------------------------
 # chemistry
 
-@pytest.mark.parametrize("cod_id", ["2202108", "2205750", "2203315", "2016470"])
+@pytest.mark.parametrize("cod_id", ["2202108", "2205750", "2203315", "2016470", "4021477"])
 def test_chemistry_of_true_structure_is_clean(cod_id):
     """Known organics score near 0, and the valences call for about the right H count
-    (2203315 has every atom on a mirror: coinciding images must count once)."""
+    (2203315 has every atom on a mirror: coinciding images must count once; 4021477's
+    nitrile C#N, 1.14 Å, is a bond, not a too-short contact)."""
     rec = simulate_record(cod_id, 1.0)
     a = heavy_atoms(rec)
     sg = spacegroup_from_record(rec["spacegroup"])
@@ -216,6 +217,30 @@ def test_chemistry_flags_short_contacts_and_bad_valence():
     els[k] = "O"
     c2 = check(cell, ops, els, a.frac, rec["hydrogens"], a.labels)
     assert c2.score > 0.5, c2.issues
+
+
+def test_polar_bonds_of_s_and_p_are_not_over_bonded():
+    """Dimethyl sulfone (S=O 1.44, S-C 1.77 Å) and trimethyl phosphate (P=O 1.45, P-O
+    1.57, O-C 1.44 Å), far apart in a P1 box: S and P keep their valences 6 and 5 (with
+    the covalent radii's sum as the single bond, S=O and P-O read as near-triple bonds)."""
+    tet = np.array([[1, 1, 1], [-1, -1, 1], [1, -1, -1], [-1, 1, -1]]) / math.sqrt(3)
+    s_at, p_at = np.array([4.0, 4.0, 4.0]), np.array([14.0, 14.0, 14.0])
+    xyz = [s_at, s_at + 1.44 * tet[0], s_at + 1.44 * tet[1], s_at + 1.77 * tet[2], s_at + 1.77 * tet[3],
+           p_at, p_at + 1.45 * tet[0]]
+    els = ["S", "O", "O", "C", "C", "P", "O"]
+    for v in tet[1:]:  # P-O-CH3, the C bent away at 118 degrees
+        o = p_at + 1.57 * v
+        side = np.cross(v, [0.0, 0.0, 1.0] if abs(v[2]) < 0.9 else [1.0, 0.0, 0.0])
+        side /= np.linalg.norm(side)
+        ang = math.radians(180 - 118)
+        xyz += [o, o + 1.44 * (math.cos(ang) * v + math.sin(ang) * side)]
+        els += ["O", "C"]
+    cell = gemmi.UnitCell(20, 20, 20, 90, 90, 90)
+    ops = symops(gemmi.find_spacegroup_by_name("P 1"))
+    c = check(cell, ops, els, np.array(xyz) / 20.0, hydrogens=15)
+    assert c.score < 0.3, c.issues
+    assert not any("over-bonded" in s for s in c.issues), c.issues
+    assert 5.0 < c.valence_sum[0] < 6.75 and 4.2 < c.valence_sum[5] < 5.75, c.valence_sum
 
 
 def test_contacts_include_symmetry_images():

@@ -6,13 +6,15 @@ one has been given. This module asks whether that makes chemical sense:
 - contacts / bonds: interatomic distances with symmetry images included (every image
   of every atom around each asymmetric-unit atom, nearest lattice translations);
   a bond is d < r_i + r_j + `BOND_TOL` with gemmi's covalent radii r.
-- valence: a bond order per bond from its length, BO = exp((r_i + r_j + 0.05 - d) / 0.3)
-  (Pauling's relation; 1.54 Å C-C -> 0.9, 1.34 Å C=C -> 1.8, 1.21 Å C=O -> 2.2), summed
+- valence: a bond order per bond from its length, BO = exp((d1 - d) / 0.3) (Pauling's
+  relation; d1 the single-bond length, r_i + r_j + 0.05 Å, or from `SINGLE_BOND_A` for
+  the polar bonds of P, S and Si to O and N, some 0.15 Å shorter than their radii add up
+  to; 1.54 Å C-C -> 0.9, 1.34 Å C=C -> 1.8, 1.21 Å C=O -> 2.2, 1.43 Å S=O -> 1.6), summed
   per atom (the bond-valence sum) and compared with the element's usual valences
   (`VALENCES`); what is missing is taken to be hydrogens, counted against the record's
   `hydrogens` budget.
-- too-short contacts (d < `SHORT_FACTOR` (r_i + r_j)), too many neighbours, and
-  isolated atoms.
+- too-short contacts (d < `SHORT_FACTOR` (r_i + r_j): 1.09 Å for C-N, so that a nitrile's
+  1.14 Å triple bond is a bond), too many neighbours, and isolated atoms.
 
 `chemistry_score` adds these up (0 good, higher worse; roughly one unit per clear
 problem), and `swap_elements` exchanges the elements of pairs of atoms (C/N/O, S/Cl, ...)
@@ -21,6 +23,7 @@ when that lowers R1 plus a chemistry penalty, re-refining after each swap.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import gemmi
 import numpy as np
@@ -28,8 +31,16 @@ import numpy as np
 from xdxd.crystal.symmetry import SymOps
 
 BOND_TOL = 0.45        # Å added to the sum of covalent radii for a bond
-SHORT_FACTOR = 0.80    # a contact shorter than this times r_i + r_j is too short
+SHORT_FACTOR = 0.76    # a contact shorter than this times r_i + r_j is too short (C#N 0.79)
 BO_OFFSET = 0.05       # Å added to r_i + r_j for a bond of order 1
+# single-bond lengths (Å) where r_i + r_j + BO_OFFSET is far off: polar bonds of the
+# third-row elements (Allen et al. 1987: P-O(C) 1.57-1.61, S-O(C) 1.58, Si-O 1.63,
+# P-N 1.63-1.70, S-N 1.63-1.67, Si/P/S-Cl 2.02-2.07; the radius sums give 1.76-1.83, 2.12-2.18)
+SINGLE_BOND_A = {
+    frozenset(("P", "O")): 1.60, frozenset(("S", "O")): 1.58, frozenset(("Si", "O")): 1.64,
+    frozenset(("P", "N")): 1.68, frozenset(("S", "N")): 1.66,
+    frozenset(("Si", "Cl")): 2.05, frozenset(("P", "Cl")): 2.04, frozenset(("S", "Cl")): 2.05,
+}
 BO_SLOPE = 0.30        # Å, Pauling's bond-order slope
 OVERBOND_TOL = 0.75    # bond-valence sum allowed above the largest usual valence
 
@@ -139,9 +150,16 @@ class Chemistry:
                 "issues": self.issues}
 
 
-def bond_order(d: np.ndarray, ri: np.ndarray, rj: np.ndarray) -> np.ndarray:
-    """Pauling bond order from a length d Å and covalent radii r Å."""
-    return np.exp((ri + rj + BO_OFFSET - d) / BO_SLOPE)
+@lru_cache(maxsize=None)
+def single_bond_length(a: str, b: str) -> float:
+    """Length in Å of a single bond between elements a and b (`SINGLE_BOND_A`, or the
+    covalent radii's sum + BO_OFFSET)."""
+    return SINGLE_BOND_A.get(frozenset((a, b)), covalent_radius(a) + covalent_radius(b) + BO_OFFSET)
+
+
+def bond_order(d: np.ndarray, single: np.ndarray) -> np.ndarray:
+    """Pauling bond order of a bond d Å long whose single bond is `single` Å long."""
+    return np.exp((single - d) / BO_SLOPE)
 
 
 def check(cell: gemmi.UnitCell, ops: SymOps, elements: list[str], frac: np.ndarray,
@@ -178,7 +196,7 @@ def check(cell: gemmi.UnitCell, ops: SymOps, elements: list[str], frac: np.ndarr
         if d < SHORT_FACTOR * rsum:
             score += 1.0 + (SHORT_FACTOR * rsum - d) / 0.1
             issues.append(f"short contact {lab[i]}-{lab[j]} {d:.2f} A")
-        bo = float(bond_order(d, r[i], r[j]))
+        bo = float(bond_order(d, single_bond_length(els[i], els[j])))
         bo = min(bo, 3.0)
         n_bonds += 1
         bonds.append((heavy[i], heavy[j], int(o), round(float(d), 3), round(bo, 2)))
