@@ -84,7 +84,8 @@ def test_riding_h_off_when_the_data_have_none():
 
 
 def test_riding_h_fix_labels_that_heavy_atoms_alone_get_wrong():
-    """2016470 (P41) at 2.0 Å: a C/N swap the heavy-atom model keeps, riding H undo."""
+    """2016470 (P41) at 2.0 Å: a C/N swap the heavy-atom model keeps, riding H undo
+    (without bond restraints, which undo it too: they are off here to see the H alone)."""
     rec, _, _, a = _setup("2016470", 2.0)
     i = a.elements.index("N")
     j = next(k for k, e in enumerate(a.elements) if e == "C")
@@ -92,11 +93,30 @@ def test_riding_h_fix_labels_that_heavy_atoms_alone_get_wrong():
     wrong[i], wrong[j] = wrong[j], wrong[i]
     rec["solution"] = {"atoms": records.arrays_to_atoms(
         records.AtomArrays(wrong, a.frac, a.uiso, a.occ, a.labels))}
-    plain = refine_record(rec, source="solution", cycles=10, riding_h=False)["solution"]
-    ride = refine_record(rec, source="solution", cycles=10)["solution"]
+    plain = refine_record(rec, source="solution", cycles=10, riding_h=False, bonds=False)["solution"]
+    ride = refine_record(rec, source="solution", cycles=10, bonds=False)["solution"]
     heavy = lambda s: [x["element"] for x in s["atoms"] if x["element"] != "H"]  # noqa: E731
     assert heavy(plain) != a.elements
     assert heavy(ride) == a.elements and ride["r1"] < plain["r1"]
+
+
+def test_recount_fixes_h_counts_read_off_a_rough_model():
+    """2202108 at 2.0 Å shaken by 0.15 Å: the H counts read off the shaken model are
+    wrong; decided again on the refined parents (recount) they are those of the true
+    geometry, and R1 falls."""
+    from test_refine import data, perturb
+    from xdxd.refine.hydrogens import h_counts, refine_riding
+    rec, cell, ops, a = _setup("2202108", 2.0)
+    hkl, F, sig = data(rec)
+    H = rec["hydrogens"]
+    start = perturb(rec, a.frac, 0.15, seed=2)
+    true = h_counts(cell, ops, a.elements, a.frac, H)
+    assert h_counts(cell, ops, a.elements, start, H) != true
+    runs = [refine_riding(rec["cell"], rec["spacegroup"], hkl, F, sig, a.elements, start, a.uiso,
+                          a.occ, None, H, cycles=10, recount=again, bonds=False) for again in (False, True)]
+    (plain, h0), (recounted, h1) = runs
+    assert list(h0.counts) != true and list(h1.counts) == true
+    assert recounted.r1 < plain.r1 - 0.01
 
 
 def test_riding_solution_rewritten_with_zero_cycles_keeps_its_h():

@@ -184,6 +184,25 @@ def test_bond_restraints_pull_bonds_to_tabulated_lengths():
     assert bond_target("C", "C", 1.41) == 1.39 and bond_target("C", "Xe", 1.5) is None
 
 
+def test_bond_restraints_hold_for_an_atom_crossing_the_cell_edge():
+    """2205750 (Pna2₁, free origin along c) moved along c so that an atom sits at z = 0.999,
+    started at z = 0.001: refining, it crosses the cell edge. The restraint rows are found
+    on positions wrapped into the cell and must see later positions through the same
+    lattice offset; seen through the wrong one, its bond rows pulled it across the cell."""
+    rec = simulate_record("2205750", 2.0)
+    assert rec["spacegroup"]["number"] == 33
+    hkl, F, sig = data(rec)
+    a = heavy_atoms(rec)
+    cell = make_cell(rec["cell"])
+    true = a.frac + np.array([0.0, 0.0, 0.999 - a.frac[0, 2]])
+    start = true.copy()
+    start[0, 2] = 0.001
+    r = refine_structure(rec["cell"], rec["spacegroup"], hkl, F, sig, a.elements, start,
+                         a.uiso, cycles=10, bonds=True)
+    moved = np.linalg.norm(((r.frac - true + 0.5) % 1.0 - 0.5) @ np.array(cell.orth.mat).T, axis=1)
+    assert moved.max() < 0.15 and r.r1 < 0.05, (moved.max(), r.r1)
+
+
 # ---------------------------------------------------------------------------
 # chemistry
 

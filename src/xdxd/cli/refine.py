@@ -50,8 +50,9 @@ def refine(
                                              "(default: on; off with --from reference)."),
     restraints: bool = typer.Option(True, "--restraints/--no-restraints",
                                     help="Anti-bump restraints between non-H atoms."),
-    bonds: bool = typer.Option(False, "--bonds/--no-bonds",
-                               help="Restrain every bond to the nearest tabulated length (sigma 0.03 Å), as DFIX does; for low-resolution data."),
+    bonds: Optional[bool] = typer.Option(None, "--bonds/--no-bonds",
+                                         help="Restrain every bond to the nearest tabulated length (sigma 0.03 Å), "
+                                              "as DFIX does (default: on for data with d_min ≥ 1.5 Å)."),
     riding_h: Optional[bool] = typer.Option(None, "--riding-h/--no-riding-h",
                                             help="Add riding H to a model without H, counts from the "
                                                  "composition, and judge swaps with them (default: on, "

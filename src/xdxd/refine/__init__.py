@@ -24,6 +24,7 @@ from xdxd import records
 from xdxd.crystal.symmetry import make_cell, spacegroup_from_record, symops
 from xdxd.refine.chemistry import CHEM_WEIGHT, check, is_hydrogen, swap_elements
 from xdxd.refine.hydrogens import h_labels, refine_riding, swap_riding
+from xdxd.crystal.structure_factors import inverse_d2
 from xdxd.refine.least_squares import RefinementResult, refine_batch, refine_structure
 
 __all__ = ["refine_record", "refine_structure", "refine_batch", "RefinementResult",
@@ -32,6 +33,7 @@ __all__ = ["refine_record", "refine_structure", "refine_batch", "RefinementResul
 TOP = 8              # candidates refined by default
 RIDING_TOP = 3       # of these, the best (R1 + chemistry) are ranked again with riding H
 RANK_CYCLES = 8      # cycles for the batch that ranks candidates
+BONDS_FROM_DMIN_A = 1.5  # bond-length restraints by default for data that stop here or lower
 
 
 def element_labels(elements: list[str], old: list[str] | None = None) -> list[str]:
@@ -96,6 +98,9 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
     opts: source ("auto" | "candidates" | "solution" | "reference"), swap (True, False
     or None = on except for a reference), restraints (anti-bump, True), bonds
     (bond-length restraints to tabulated lengths, False), refine_uiso
+    (None: on for data with d_min ≥ BONDS_FROM_DMIN_A, 1.5 Å, where a free refinement has
+    2-4 reflections per parameter and lands in different minima from starts 0.1 Å apart;
+    off for finer data), refine_uiso
     (True), refine_hydrogens (False), weight_a (0.1), rank_cycles (8), aniso (True: atoms
     given with `uaniso` keep those ADPs fixed; False: refine them isotropically), riding_h
     (None = on unless metrics.hydrogens_in_data is false; True: a model without H, of a record
@@ -116,7 +121,8 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
         riding_h = rec.get("metrics", {}).get("hydrogens_in_data", True) is not False
     swap = (source != "reference") if swap is None else swap
     rank_cycles = min(cycles, opts.pop("rank_cycles", RANK_CYCLES))
-    lsq = {k: opts.pop(k) for k in ("restraints", "bonds", "refine_uiso", "refine_hydrogens",
+    bonds = opts.pop("bonds", None)
+    lsq = {k: opts.pop(k) for k in ("restraints", "refine_uiso", "refine_hydrogens",
                                     "weight_a", "weight_b") if k in opts}
     if opts:
         raise TypeError(f"refine_record: unknown options {sorted(opts)}")
@@ -125,6 +131,9 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
     sg = spacegroup_from_record(rec["spacegroup"])
     ops = symops(sg)
     hkl, F, sigma = records.reflections_to_arrays(rec["reflections"])
+    if bonds is None:
+        bonds = bool(len(hkl)) and float(inverse_d2(cell, hkl).max()) ** -0.5 >= BONDS_FROM_DMIN_A - 0.02
+    lsq["bonds"] = bool(bonds)
     for e in {a["element"] for _, atoms in picked for a in atoms}:
         if e not in _known_elements():
             raise records.RecordError(f"{rid}: unknown element {e!r} in the model")
@@ -201,7 +210,7 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
                                                   **lsq)
         final, riding = refine_riding(cell, sg, hkl, F, sigma, elements, frac, uiso, r.occ,
                                       r.uaniso, hyd, cycles=cycles, device=device,
-                                      count_frac=count_frac, counts=counts, **lsq)
+                                      count_frac=count_frac, counts=counts, recount=True, **lsq)
         heavy_labels = element_labels(elements, arrays[best].labels)
         labels = heavy_labels + h_labels(heavy_labels, elements, riding)
         parents = [None] * len(elements) + [heavy_labels[p] for p in riding.parent]
@@ -237,7 +246,7 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
     if riding is not None:
         rec["solution"]["riding_h"] = {"placed": int(sum(riding.counts)), "sites": len(riding.frac),
                                        "wanted": hyd}
-    records.add_history(rec, "refine", cycles=cycles, source=source, swap=bool(swap))
+    records.add_history(rec, "refine", cycles=cycles, source=source, swap=bool(swap), bonds=lsq["bonds"])
     return rec
 
 

@@ -387,14 +387,17 @@ def refine_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray
                   uiso: np.ndarray, occ: np.ndarray, uaniso: np.ndarray | None,
                   hydrogens: int | None, cycles: int = 20, rounds: int = RIDING_ROUNDS,
                   device: str = "cpu", count_frac: np.ndarray | None = None,
-                  counts: list[int] | None = None, **opts):
+                  counts: list[int] | None = None, recount: bool = False, **opts):
     """Refine a heavy-atom model (elements, frac (N,3), uiso, occ, uaniso) with riding H:
     each round places the H on the current parents (`place`), refines the heavy atoms with
     the H fixed, and the next round moves the H with their parents; a last placement rides
     them on the final parents (statistics and esds from that model). How many H each atom
     carries is decided once, on the starting model (or on count_frac (N,3), e.g. the
     unrefined candidate's positions), so that the rounds cannot flip it; or given as
-    counts (N,) (what `swap_riding` chose).
+    counts (N,) (what `swap_riding` chose). recount: then decide the counts again on the
+    refined parents and, if they differ, refine once more from there with them; the lower
+    R1 is kept (counts read off a rough 2 Å candidate are often wrong, a CH₃ taken for a
+    CH₂, and cost more R1 than a C/N label).
     Returns (RefinementResult of heavy atoms + H, the placement)."""
     from xdxd.refine.least_squares import refine_structure
     cell_g, sg_g = cell_and_spacegroup(cell, sg)
@@ -413,6 +416,13 @@ def refine_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray
     els, fa, ua, oa, aa, h = _with_h(cell_g, ops, elements, f, u, occ, uaniso, hydrogens, counts)
     res = refine_structure(cell, sg, hkl, F, sigma, els, fa, ua, oa, uaniso=aa, cycles=0,
                            device=device, **opts)
+    if recount and rounds:
+        again = h_counts(cell_g, ops, elements, f, hydrogens)
+        if list(again) != list(h.counts):
+            alt = refine_riding(cell, sg, hkl, F, sigma, elements, f, u, occ, uaniso, hydrogens,
+                                cycles=cycles, rounds=rounds, device=device, counts=again, **opts)
+            if alt[0].r1 < res.r1:
+                return alt
     return res, h
 
 

@@ -32,7 +32,8 @@ found by `chemistry.find_contacts`) shorter than d0 = BUMP_FACTOR (r_i + r_j) (g
 covalent radii; C...C 1.11 Å, C...N 1.09 Å, C...O 1.06 Å, O...O 1.00 Å: shorter than any
 bond between them, a nitrile's 1.14 Å C#N included) adds ((d0 - d)/0.02 Å)² to S, as SHELXL's BUMP does with sigma 0.02 Å.
 
-Bond-length restraints (bonds=True, off by default): every bond the chemistry check sees
+Bond-length restraints (bonds=True; off by default here, refine_record turns them on for
+data with d_min ≥ 1.5 Å): every bond the chemistry check sees
 (d < r_i + r_j + 0.45 Å) is restrained two-sidedly to the tabulated length for its element
 pair (BOND_LENGTHS) nearest its current length, sigma 0.03 Å, as a DFIX per bond would do:
 geometry regularisation for low-resolution data, which never changes a bond's type.
@@ -190,11 +191,16 @@ class _Bumps:
     """Distance restraint rows for a batch, on a contact list fixed within one cycle:
     anti-bump rows (one-sided, d0 = BUMP_FACTOR (r_i + r_j), BUMP_SIGMA) and, with bonds,
     bond-length rows (two-sided, d0 = `bond_target`, BOND_SIGMA) for every bond the
-    chemistry check sees (d < r_i + r_j + BOND_TOL)."""
+    chemistry check sees (d < r_i + r_j + BOND_TOL). frac (B,N,3) as the parameters give
+    it, not wrapped: contacts are found on the positions wrapped into the cell, and
+    `geometry` takes later positions through the same lattice offset (a two-sided bond row
+    seen through the wrong offset pulls an atom across the cell)."""
 
     def __init__(self, data: _Data, elements: list[list[str]], frac: np.ndarray, occ: np.ndarray,
                  enabled: bool, bonds: bool = False):
         B, N, _ = frac.shape
+        offset = np.floor(frac)
+        frac = frac - offset  # in [0, 1)
         rows = []  # (b, i, j, op, shift, d0, sigma, two-sided)
         for b in range(B):
             if not enabled:
@@ -223,6 +229,7 @@ class _Bumps:
         self.d0 = torch.tensor([r[5] for r in rows], **kw)
         self.sigma = torch.tensor([r[6] for r in rows], **kw)
         self.two_sided = torch.tensor([r[7] for r in rows], dtype=torch.bool, device=data.device)
+        self.offset = torch.tensor(offset, **kw)  # (B,N,3) lattice translation taken off
         self.data = data
 
     def _active(self, d: torch.Tensor) -> torch.Tensor:
@@ -231,6 +238,7 @@ class _Bumps:
     def geometry(self, frac: torch.Tensor):
         """Distances (R,) Å and the Å-vector from atom i to the image of j (R,3)."""
         D = self.data
+        frac = frac - self.offset
         xi = frac[self.b, self.i]  # (R,3)
         xj = frac[self.b, self.j]
         img = torch.einsum("rab,rb->ra", D.rot[self.op], xj) + D.tran[self.op] + self.shift
@@ -399,8 +407,7 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
     for cycle in range(cycles):
         n_cycles = cycle + 1
         with torch.no_grad():
-            bumps = _Bumps(data, els, np.mod(frac_of(p).cpu().numpy(), 1.0), occ, restraints,
-                           bonds)
+            bumps = _Bumps(data, els, frac_of(p).cpu().numpy(), occ, restraints, bonds)
         # per-atom contributions and their derivatives along each basis direction
         with torch.no_grad():
             Fa, dF = atom_f_and_derivatives(p, u)
@@ -463,7 +470,7 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
         Fa = atom_f(p, u)
         fc_final = Fa.sum(1).abs()  # (B,M)
         frac_final = np.mod(frac_of(p).cpu().numpy(), 1.0)
-        bumps = _Bumps(data, els, frac_final, occ, restraints)
+        bumps = _Bumps(data, els, frac_of(p).cpu().numpy(), occ, restraints)
         violated = bumps.violated(frac_of(p))
     F_np = data.fo.cpu().numpy()
     sig_np = data.sigma.cpu().numpy()
