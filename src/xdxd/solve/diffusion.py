@@ -27,6 +27,7 @@ BONDING = 0.0        # weight of the bonding prior in guidance and polish (per u
 RANK_BONDING = 0.01  # R1 units per unit of bonding energy in the ranking and relocation moves
 RELOCATE_MOVES = 2000  # relocation moves on the best distinct structures, at most
 RELOCATE_SHARE = 0.2   # ... in this share of the time budget (greedy moves settle: the rest searches)
+RELOCATE_PROPOSALS = 128  # places tried per relocation move (bin/relocation-completion: 32 -> 26/96, 128 -> 31/96)
 MIN_PASS_S, MIN_PASS_SHARE = 5.0, 0.1  # a search ending with this much budget left (s, share) starts another
 PASS_SEED = 7919       # seed offset of each further search pass
 
@@ -78,7 +79,7 @@ def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
            rounds: int = 8, weights: str | None = None, prior: bool = True,
            bonding: float = BONDING, rank_bonding: float = RANK_BONDING,
            relocate_moves: int = RELOCATE_MOVES, relocate_share: float = RELOCATE_SHARE,
-           **sampler) -> tuple[list[dict], dict]:
+           relocate_proposals: int = RELOCATE_PROPOSALS, **sampler) -> tuple[list[dict], dict]:
     """Record -> (the `samples` best distinct candidates, info).
 
     `samples` structures are drawn in one batch and searched around for `rounds` rounds
@@ -92,7 +93,8 @@ def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
     (model.bonding) in the guidance and polish; rank_bonding: R1 units per unit of its
     energy when candidates are ranked and relocations judged (0 and 0: the data alone
     decide); relocate_moves: relocation moves (model.moves) on the best distinct structures
-    after the search, in relocate_share of the time budget (0: none). sampler: further settings of
+    after the search, in relocate_share of the time budget (0: none), relocate_proposals
+    places tried per move. sampler: further settings of
     xdxd.model.diffusion.search and sample (keep, restart_sigmas, restart_steps,
     polish_steps, tweedie, resample_every, b_max).
     """
@@ -114,6 +116,7 @@ def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
                                 guidance=guidance, seed=seed + PASS_SEED * len(passes),
                                 rounds=rounds, bonding=bonding, rank_bonding=rank_bonding,
                                 relocate_moves=relocate_moves, relocate_share=relocate_share,
+                                relocate_proposals=relocate_proposals,
                                 time_budget_s=None if left is None else max(0.0, left), **sampler)
         passes.append(x)
     frac = torch.cat(passes)
@@ -140,6 +143,7 @@ def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
             "steps": steps, "guidance": guidance, "samples": samples, "rounds": rounds,
             "prior": prior, "bonding": bonding, "rank_bonding": rank_bonding,
             "relocate_moves": relocate_moves, "relocate_share": relocate_share,
+            "relocate_proposals": relocate_proposals,
             "passes": len(passes),
             "site_orders": [int(round(1 / w)) for w in prob.site_weight.tolist()],
             "seconds": round(time.perf_counter() - t0, 3)}
