@@ -21,10 +21,10 @@ import math
 import numpy as np
 
 from xdxd import records
+from xdxd.crystal.structure_factors import inverse_d2
 from xdxd.crystal.symmetry import make_cell, spacegroup_from_record, symops
 from xdxd.refine.chemistry import CHEM_WEIGHT, check, is_hydrogen, swap_elements
 from xdxd.refine.hydrogens import h_labels, refine_riding, swap_riding
-from xdxd.crystal.structure_factors import inverse_d2
 from xdxd.refine.least_squares import RefinementResult, refine_batch, refine_structure
 
 __all__ = ["refine_record", "refine_structure", "refine_batch", "RefinementResult",
@@ -33,7 +33,7 @@ __all__ = ["refine_record", "refine_structure", "refine_batch", "RefinementResul
 TOP = 8              # candidates refined by default
 RIDING_TOP = 3       # of these, the best (R1 + chemistry) are ranked again with riding H
 RANK_CYCLES = 8      # cycles for the batch that ranks candidates
-BONDS_FROM_DMIN_A = 1.5  # bond-length restraints by default for data that stop here or lower
+BONDS_FROM_DMIN_A = 1.5  # bond-length restraints by default for data that stop here (± 0.02 Å) or lower
 
 
 def element_labels(elements: list[str], old: list[str] | None = None) -> list[str]:
@@ -97,10 +97,9 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
 
     opts: source ("auto" | "candidates" | "solution" | "reference"), swap (True, False
     or None = on except for a reference), restraints (anti-bump, True), bonds
-    (bond-length restraints to tabulated lengths, False), refine_uiso
-    (None: on for data with d_min ≥ BONDS_FROM_DMIN_A, 1.5 Å, where a free refinement has
-    2-4 reflections per parameter and lands in different minima from starts 0.1 Å apart;
-    off for finer data), refine_uiso
+    (bond-length restraints to tabulated lengths; None: on for data with d_min ≥
+    BONDS_FROM_DMIN_A, 1.5 Å, where a free refinement has 2-4 reflections per parameter
+    and lands in different minima from starts 0.1 Å apart; off for finer data), refine_uiso
     (True), refine_hydrogens (False), weight_a (0.1), rank_cycles (8), aniso (True: atoms
     given with `uaniso` keep those ADPs fixed; False: refine them isotropically), riding_h
     (None = on unless metrics.hydrogens_in_data is false; True: a model without H, of a record

@@ -30,7 +30,8 @@ goes down.
 Anti-bump restraint: every contact between occupied non-H atoms (symmetry images included,
 found by `chemistry.find_contacts`) shorter than d0 = BUMP_FACTOR (r_i + r_j) (gemmi
 covalent radii; C...C 1.11 Å, C...N 1.09 Å, C...O 1.06 Å, O...O 1.00 Å: shorter than any
-bond between them, a nitrile's 1.14 Å C#N included) adds ((d0 - d)/0.02 Å)² to S, as SHELXL's BUMP does with sigma 0.02 Å.
+bond between them, a nitrile's 1.14 Å C#N included) adds ((d0 - d)/0.02 Å)² to S, as
+SHELXL's BUMP does with sigma 0.02 Å.
 
 Bond-length restraints (bonds=True; off by default here, refine_record turns them on for
 data with d_min ≥ 1.5 Å): every bond the chemistry check sees
