@@ -470,9 +470,10 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
     with torch.no_grad():
         Fa = atom_f(p, u)
         fc_final = Fa.sum(1).abs()  # (B,M)
-        frac_final = np.mod(frac_of(p).cpu().numpy(), 1.0)
-        bumps = _Bumps(data, els, frac_of(p).cpu().numpy(), occ, restraints)
-        violated = bumps.violated(frac_of(p))
+        frac_p = frac_of(p)
+        frac_final = np.mod(frac_p.cpu().numpy(), 1.0)
+        bumps = _Bumps(data, els, frac_p.cpu().numpy(), occ, restraints)
+        violated = bumps.violated(frac_p)
     F_np = data.fo.cpu().numpy()
     sig_np = data.sigma.cpu().numpy()
     results = []
