@@ -10,7 +10,7 @@ from xdxd import records
 from xdxd.crystal.symmetry import (apply_ops, frac_distance, make_cell, spacegroup_from_record,
                                    symops, unique_images)
 from xdxd.refine import refine_record
-from xdxd.refine.hydrogens import neighbours, place, xh_distance
+from xdxd.refine.hydrogens import RidingH, h_labels, neighbours, place, xh_distance
 
 
 def _setup(cod_id: str, d_min: float = 1.0):
@@ -74,6 +74,8 @@ def test_riding_h_lower_r1_of_the_true_model():
     h = [x for x in ride["atoms"] if x["element"] == "H"]
     assert len(h) == rec["hydrogens"] and all(x["riding"] in a.labels for x in h)
     assert ride["riding_h"] == {"placed": 3, "sites": 3, "wanted": 3}
+    # the statistics are those of the refinement, not of the pass that places the last H
+    assert 1 <= ride["cycles"] <= 5 and ride["converged"] is True
 
 
 def test_riding_h_off_when_the_data_have_none():
@@ -150,3 +152,16 @@ def test_ranked_counts_lists_the_next_best_assignments():
     assert [c for _, c in ranked] == [[0, 2, 1], [1, 1, 1], [0, 1, 2]]  # NH instead of CH2, ...
     assert [p for p, _ in ranked] == pytest.approx([0.0, 1.7, 3.0])
     assert all(sum(c) == 3 for _, c in ranked)
+
+
+def test_h_labels_are_unique_when_parents_share_a_number():
+    # C2 and O2 both carry H: a CIF or .res must not get two atoms called H2
+    h = RidingH(frac=np.zeros((5, 3)), parent=np.array([0, 1, 2, 2, 2]),
+                uiso_factor=np.full(5, 1.2), counts=[1, 1, 3], wanted=5, unplaced=0)
+    labels = h_labels(["O2", "C2", "N1"], ["O", "C", "N"], h)
+    assert labels == ["H2O", "H2", "H1A", "H1B", "H1C"]
+    h.parent = np.array([0, 1, 1])
+    assert h_labels(["C1", "C2"], ["C", "C"], h) == ["H1", "H2A", "H2B"]
+    h.parent = np.array([0, 1])  # labels that do not start with their element: numbered by site
+    labels = h_labels(["X", "Y"], ["C", "N"], h)
+    assert len(set(labels)) == 2 and labels == ["H1", "H2"]

@@ -359,14 +359,24 @@ def add_to_model(cell: gemmi.UnitCell, ops: SymOps, elements: list[str], frac: n
 
 
 def h_labels(labels: list[str], elements: list[str], h: RidingH) -> list[str]:
-    """SHELX-style H labels from the parent's: H3 on C3, H5A/H5B on C5."""
-    out = []
-    for k in range(len(h.parent)):
-        p = int(h.parent[k])
-        stem = labels[p][len(elements[p]):] or str(p + 1)
-        n = int((h.parent == p).sum())
-        suffix = "" if n == 1 else "ABC"[int((h.parent[:k] == p).sum())]
-        out.append(f"H{stem}{suffix}")
+    """SHELX-style H labels from the parent's, unique: H3 on C3, H5A/H5B on C5; where two
+    parents share a number (C2 and O2) the H on the heteroatom carries its element (H2O,
+    H1NA/H1NB), as many CIFs write them; anything still repeated gets a running number."""
+    stems = [lab[len(e):] if lab.upper().startswith(e.upper()) and lab[len(e):] else str(p + 1)
+             for p, (lab, e) in enumerate(zip(labels, elements))]
+    parents = [int(p) for p in h.parent]
+    shared = {stems[p] for p in set(parents) for q in set(parents) if p != q and stems[p] == stems[q]}
+    out, used = [], set(labels)
+    for k, p in enumerate(parents):
+        stem = stems[p] + (elements[p] if stems[p] in shared and elements[p] != "C" else "")
+        n = parents.count(p)
+        lab = f"H{stem}" + ("" if n == 1 else "ABCDEFGH"[parents[:k].count(p)])
+        base, i = lab, 1
+        while lab in used:
+            i += 1
+            lab = f"{base}_{i}"
+        used.add(lab)
+        out.append(lab)
     return out
 
 
@@ -407,15 +417,18 @@ def refine_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray
     rounds = rounds if cycles > 0 else 0   # cycles 0: only place the H on the model as it is
     if counts is None:
         counts = h_counts(cell_g, ops, elements, f if count_frac is None else count_frac, hydrogens)
+    last = None
     for r in range(rounds):
         els, fa, ua, oa, aa, h = _with_h(cell_g, ops, elements, f, u, occ, uaniso, hydrogens, counts)
-        res = refine_structure(cell, sg, hkl, F, sigma, els, fa, ua, oa, uaniso=aa,
-                               cycles=cycles if r == rounds - 1 else max(4, cycles // 3),
-                               device=device, esd=False, **opts)
-        f, u = res.frac[:n], res.uiso[:n]
+        last = refine_structure(cell, sg, hkl, F, sigma, els, fa, ua, oa, uaniso=aa,
+                                cycles=cycles if r == rounds - 1 else max(4, cycles // 3),
+                                device=device, esd=False, **opts)
+        f, u = last.frac[:n], last.uiso[:n]
     els, fa, ua, oa, aa, h = _with_h(cell_g, ops, elements, f, u, occ, uaniso, hydrogens, counts)
     res = refine_structure(cell, sg, hkl, F, sigma, els, fa, ua, oa, uaniso=aa, cycles=0,
                            device=device, **opts)
+    if last is not None:  # the statistics pass did no cycles: report the last refinement's
+        res.cycles, res.converged = last.cycles, last.converged
     if recount and rounds:
         again = h_counts(cell_g, ops, elements, f, hydrogens)
         if list(again) != list(h.counts):
