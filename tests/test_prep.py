@@ -90,6 +90,16 @@ def test_measured_folder_pairs_hkl_with_its_model(data_dir):
     assert len(rec["reflections"]["I"]) == 2519
 
 
+def test_simulate_from_the_model_of_an_hkl(data_dir, tmp_path):
+    # --data simulate with an .hkl: simulated from its companion model, not its reflections
+    code, recs = run_cli(data_dir / "measured/l-alanine", "--dmin", "2.0", "--data", "simulate", "-q")
+    assert code == 0 and recs[0]["metrics"]["data"] == "simulated"
+    assert recs[0]["source"][1].endswith("iam.cif") and recs[0]["composition"] == {"C": 3, "N": 1, "O": 2}
+    shutil.copy(data_dir / "measured/l-alanine/iam.hkl", tmp_path / "lone.hkl")  # no model beside it
+    code, recs = run_cli(tmp_path / "lone.hkl", "--data", "simulate", "-q")
+    assert code != 0 and "needs a model" in recs[0]["error"]
+
+
 def test_measured_default_dmin_and_res_companion(data_dir):
     code, recs = run_cli(data_dir / "measured/ntd51a/P21c.hkl", "-q")
     assert code == 0

@@ -16,7 +16,8 @@ What each input gives (see man/xdxd-prep.1.md):
 | `.mtz` | measured, merged | the MTZ (cell, symmetry), `--model` for atoms |
 | `.res`/`.ins` | simulated | the file |
 
-`data="simulate"` forces simulation from a CIF that also carries reflections;
+`data="simulate"` forces simulation from a CIF that also carries reflections, and from
+the model of an .hkl or .mtz (companion or `model`) instead of its reflections;
 `data="measured"` refuses to simulate. Overrides (`cell`, `spacegroup`, `formula`,
 `wavelength_A`) win over what files say and supply what they lack.
 
@@ -161,6 +162,12 @@ def run_task(task: dict, opts: PrepOptions) -> dict:
         if opts.data == "measured":
             raise RecordError(f"{path}: a model file without reflections (use it with --model)")
         rec = simulate(_resolved(read_ins_text(_text(path), path, _stem(path)), opts), opts)
+    elif kind in ("hkl", "tonto", "mtz") and opts.data == "simulate":
+        companion = opts.model or task.get("companion")  # simulate from the reflections' model
+        if not companion:
+            raise RecordError(f"{path}: --data simulate needs a model (a companion CIF or --model)")
+        rec = simulate(_resolved(_read_model_file(companion), opts), opts)
+        rec["source"] = [path, companion]
     elif kind in ("hkl", "tonto"):
         text = _text(path)
         obs = read_tonto_text(text, path) if kind == "tonto" else read_hkl_text(text, path)
