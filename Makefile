@@ -12,7 +12,7 @@ DMIN   ?= 1.0 1.5 2.0
 # BENCH_ARGS= (empty) runs all 78 organic structures
 BENCH_ARGS ?= --max-atoms 15 --time-budget-s 60 --threads 1 --jobs 2
 
-.PHONY: install test test-all demo bench bench-diffusion clean data synth train-gpu train-cpu
+.PHONY: install test test-all demo bench bench-diffusion bench-measured clean data synth train-gpu train-cpu
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,13 @@ bench-diffusion: install
 	$(BIN)/xdxd-bench $(COD) --class organic --dmin 2.0 --method dualspace --method diffusion \
 	  --out bench-diffusion.jsonl --summary-out bench-diffusion-summary.json \
 	  --markdown $(BENCH_ARGS)
+
+# both samplers on the real measured data sets, reflections cut at 2.0 Å, equal wall time
+MEASURED ?= ../shared/benchmarks/measured
+bench-measured: install
+	$(BIN)/xdxd-bench $(MEASURED) --data measured --dmin 2.0 --method dualspace --method diffusion \
+	  --out bench-measured.jsonl --summary-out bench-measured-summary.json \
+	  --markdown --time-budget-s 60 --threads 1 --jobs 2
 
 # training data: MOSES SMILES (downloaded once), then SYNTH_COUNT crystals packed from them
 SYNTH       ?= data/synth

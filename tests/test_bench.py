@@ -118,3 +118,18 @@ def test_real_prep_with_an_oracle_sampler():
     (rec,) = run_bench(cfg, pipeline)
     assert rec["bench"]["error"] is None and rec["bench"]["matched_strict"]
     assert rec["d_min_A"] == pytest.approx(1.5, abs=0.01) and len(rec["reflections"]["h"]) > 50
+
+
+def test_measured_data_sets_with_an_oracle_sampler():
+    """--data measured: each subfolder is a data set; its reflections are cut at d_min."""
+    folder = Path(__file__).parent / "data" / "measured"
+    entries = select_structures(str(folder), data="measured", ids=["l-alanine", "xylitol"])
+    assert [e.id for e in entries] == ["xylitol", "l-alanine"]  # shorter ids first, as COD ids
+    pipeline = Pipeline(sample=oracle_sample, refine=first_candidate, preload=())
+    cfg = BenchConfig(folder=str(folder), ids=["l-alanine"], dmins=[2.0], methods=["oracle"],
+                      samples=1, isolate=False, data="measured")
+    (rec,) = run_bench(cfg, pipeline)
+    row = rec["bench"]
+    assert row["error"] is None and row["matched_strict"] and row["data"] == "measured"
+    assert rec["metrics"]["data"] == "measured_intensities" and row["n_atoms"] == 6
+    assert len(rec["reflections"]["h"]) == 39 and rec["d_min_A"] >= 2.0

@@ -1,11 +1,15 @@
 """The benchmark: prep -> sample -> refine -> score over a folder of CIFs, timed.
 
+|F| are simulated from each CIF's model at each d_min (data="simulate"), or, for a
+folder of measured data sets (benchmarks/measured, data="measured"), the measured
+reflections are cut at d_min and the data set's model is the reference.
+
 For every structure, resolution and method, the four stages run in-process on one
 record, as the pipe `xdxd-prep | xdxd-sample | xdxd-refine | xdxd-score` would run
 them (see bin/bench), and the result is the scored record with a `bench` row added:
 
     {"id", "class", "sg", "n_atoms", "dmin", "method", "samples", "seed", "time_budget_s",
-     "device", "seconds", "seconds_total", "stage_s": {...}, "peak_rss_MB", "base_rss_MB", "isolated",
+     "device", "data", "seconds", "seconds_total", "stage_s": {...}, "peak_rss_MB", "base_rss_MB", "isolated",
      "matched_loose", "matched_strict", "matched_sites", "rms_loose", "rmsd_A", "r1", "best_candidate",
      "n_candidates_matched_loose", "error"}
 
@@ -56,19 +60,23 @@ class Entry:
 
 def select_structures(folder: str = DEFAULT_FOLDER, classes: list[str] | None = ("organic",),
                       max_atoms: int | None = None, ids: list[str] | None = None,
-                      limit: int | None = None) -> list[Entry]:
+                      limit: int | None = None, data: str = "simulate") -> list[Entry]:
     """The CIFs of a benchmark folder, filtered, in COD-id order.
 
     With an index.tsv (cod-dev's columns: cod_id, class, spacegroup_hm, n_asu_nonH)
     the class and max_atoms (non-H atoms in the asymmetric unit) filters apply; a
     folder without one yields all its *.cif and ignores those two filters.
+    data="measured" (a folder like benchmarks/measured): each subfolder is one data
+    set (reflections with their model, as xdxd-prep reads a folder), id = its name.
     classes=None keeps every class. ids keeps only those ids; limit keeps the first N.
     """
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"{folder}: no such benchmark folder")
     index = root / "index.tsv"
-    if index.exists():
+    if data == "measured":
+        entries = [Entry(p.name, str(p)) for p in sorted(root.iterdir()) if p.is_dir()]
+    elif index.exists():
         with open(index, newline="") as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
         entries = [Entry(r["cod_id"], str(root / f"{r['cod_id']}.cif"), r.get("class"),
@@ -100,8 +108,18 @@ def _int_or_none(text) -> int | None:
 # ---------------------------------------------------------------------------
 # the stages (the real ones are imported when first called)
 
-def prep_stage(path: str, d_min: float, seed: int) -> dict:
-    """Simulate a problem record from a model CIF at d_min Å (the CIF stays as reference)."""
+def prep_stage(path: str, d_min: float, seed: int, data: str = "simulate") -> dict:
+    """Simulate a problem record from a model CIF at d_min Å (the CIF stays as reference);
+    data="measured": read the measured reflections of a data set (a folder, an .hkl or a
+    CIF with reflections) cut at d_min Å, its model as reference (xdxd-prep --data measured)."""
+    if data != "simulate":
+        from xdxd.prep import PrepOptions, prepare
+        recs = list(prepare([path], PrepOptions(d_min_A=d_min, data=data, seed=seed)))
+        if not recs:
+            raise ValueError(f"{path}: no data set found")
+        if recs[0].get("error"):
+            raise ValueError(recs[0]["error"])
+        return recs[0]
     from xdxd.prep import prepare_from_model_cif
     out = prepare_from_model_cif(path, d_min=d_min)
     if isinstance(out, dict):
@@ -141,7 +159,7 @@ def score_stage(rec: dict) -> dict:
 class Pipeline:
     """The four stages as plain functions, replaceable (tests inject a fake sampler).
 
-    prep(path, d_min, seed) -> record; sample(record, method, samples, seed, time_budget_s,
+    prep(path, d_min, seed[, data]) -> record (data only when not "simulate"); sample(record, method, samples, seed, time_budget_s,
     device) -> record; refine(record, device) -> record; score(record) -> record. preload: modules imported
     before the clock starts, so timings do not include import time. With isolation the
     functions must be importable module-level functions (they are pickled by name).
@@ -168,6 +186,7 @@ class Task:
     time_budget_s: float | None = None  # per structure, given to the sampler
     threads: int = 0                    # torch CPU threads (0: leave torch's default)
     device: str = "cpu"                 # torch device for sample and refine
+    data: str = "simulate"              # simulate from the model, or "measured" reflections
 
 
 def run_one(task: Task, pipeline: Pipeline | None = None, isolated: bool = False) -> dict:
@@ -190,7 +209,8 @@ def run_one(task: Task, pipeline: Pipeline | None = None, isolated: bool = False
     stage_s: dict[str, float] = {}
     rec: dict = {"schema": records.SCHEMA, "id": e.id}
     steps = [
-        ("prep", lambda _: pipeline.prep(e.path, task.dmin, task.seed)),
+        ("prep", lambda _: pipeline.prep(e.path, task.dmin, task.seed)
+         if task.data == "simulate" else pipeline.prep(e.path, task.dmin, task.seed, data=task.data)),
         ("sample", lambda r: pipeline.sample(r, task.method, task.samples, task.seed,
                                              task.time_budget_s, task.device)),
         ("refine", lambda r: pipeline.refine(r, task.device)),
@@ -221,7 +241,7 @@ def run_one(task: Task, pipeline: Pipeline | None = None, isolated: bool = False
         "n_atoms": e.n_atoms if e.n_atoms is not None
         else sum(a.get("element") not in ("H", "D") for a in ref_atoms) or None,
         "dmin": task.dmin, "method": task.method, "samples": task.samples, "seed": task.seed,
-        "time_budget_s": task.time_budget_s, "device": task.device,
+        "time_budget_s": task.time_budget_s, "device": task.device, "data": task.data,
         "seconds": round(seconds, 3), "seconds_total": round(seconds_total, 3),
         "stage_s": stage_s,
         "peak_rss_MB": round(_maxrss_MB(), 1), "base_rss_MB": round(base_rss, 1),
@@ -280,6 +300,7 @@ class BenchConfig:
     device: str = "cpu"                  # torch device for sample and refine
     isolate: bool = True                 # each structure in a fresh process (memory, crashes)
     hard_timeout_s: float | None = None  # kill a structure after this long (isolate only)
+    data: str = "simulate"               # simulate |F| from each model, or "measured" data sets
 
 
 def make_tasks(cfg: BenchConfig, entries: list[Entry]) -> list[Task]:
@@ -288,7 +309,7 @@ def make_tasks(cfg: BenchConfig, entries: list[Entry]) -> list[Task]:
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, cfg.jobs))
     from xdxd.solve import DEFAULT_SAMPLES
     return [Task(e, float(d), m, cfg.samples or DEFAULT_SAMPLES.get(m, 8), cfg.seed,
-                 cfg.time_budget_s, threads, cfg.device)
+                 cfg.time_budget_s, threads, cfg.device, cfg.data)
             for d in cfg.dmins for e in entries for m in cfg.methods]
 
 
@@ -300,7 +321,8 @@ def run_bench(cfg: BenchConfig, pipeline: Pipeline | None = None,
     isolation everything runs here, one at a time.
     """
     if entries is None:
-        entries = select_structures(cfg.folder, cfg.classes, cfg.max_atoms, cfg.ids, cfg.limit)
+        entries = select_structures(cfg.folder, cfg.classes, cfg.max_atoms, cfg.ids, cfg.limit,
+                                    cfg.data)
     tasks = make_tasks(cfg, entries)
     if cfg.isolate:
         yield from _run_isolated(tasks, pipeline or Pipeline(), max(1, cfg.jobs), cfg.hard_timeout_s)
@@ -321,7 +343,7 @@ def _failed(task: Task, message: str) -> dict:
     rec["bench"] = {"id": e.id, "class": e.cls, "sg": e.sg, "n_atoms": e.n_atoms,
                     "dmin": task.dmin, "method": task.method, "samples": task.samples,
                     "seed": task.seed, "time_budget_s": task.time_budget_s, "device": task.device,
-                    "seconds": None, "seconds_total": None, "stage_s": {}, "peak_rss_MB": None, "base_rss_MB": None,
+                    "data": task.data, "seconds": None, "seconds_total": None, "stage_s": {}, "peak_rss_MB": None, "base_rss_MB": None,
                     "isolated": True, "matched_loose": False, "matched_strict": False,
                     "matched_sites": False,
                     "rms_loose": None, "rmsd_A": None, "r1": None, "best_candidate": None,

@@ -2,6 +2,7 @@
 
     xdxd-bench --dmin 1.0 --dmin 1.5 --dmin 2.0 --method dualspace --out bench.jsonl --markdown
     xdxd-bench --ids 2202108,2203315 --dmin 1.0 --samples 4 --no-isolate
+    xdxd-bench ../shared/benchmarks/measured --data measured --dmin 2.0 --method diffusion
 """
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ def bench(
     seed: int = SeedOpt,
     time_budget_s: Optional[float] = typer.Option(None, "--time-budget-s",
                                                   help="Sampler wall-time budget per structure and method, s (equal for all methods)."),
+    data: str = typer.Option("simulate", "--data",
+                             help="simulate: |F| from each CIF's model; measured: each subfolder is a "
+                                  "measured data set (reflections + model), cut at --dmin."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Structures run at the same time."),
     threads: int = ThreadsOpt,
     device: str = DeviceOpt,
@@ -52,6 +56,9 @@ def bench(
     from xdxd.bench import BenchConfig, markdown_table, run_bench, select_structures, summarize_bench
 
     log = Log(quiet)
+    if data not in ("simulate", "measured"):
+        log.error(f"--data must be simulate or measured, not {data!r}")
+        raise typer.Exit(2)
     if hard_timeout_s is None and time_budget_s is not None:
         hard_timeout_s = 3 * time_budget_s + 300
     cfg = BenchConfig(
@@ -59,10 +66,10 @@ def bench(
         ids=[i for s in ids or [] for i in s.split(",") if i] or None, limit=limit,
         dmins=list(dmins), methods=list(methods), samples=samples, seed=seed,
         time_budget_s=time_budget_s, jobs=jobs, threads=threads, device=resolve_device(device),
-        isolate=isolate,
-        hard_timeout_s=hard_timeout_s)
+        isolate=isolate, hard_timeout_s=hard_timeout_s, data=data)
     try:
-        entries = select_structures(cfg.folder, cfg.classes, cfg.max_atoms, cfg.ids, cfg.limit)
+        entries = select_structures(cfg.folder, cfg.classes, cfg.max_atoms, cfg.ids, cfg.limit,
+                                    cfg.data)
     except FileNotFoundError as e:
         log.error(str(e))
         raise typer.Exit(2)
