@@ -165,3 +165,51 @@ def test_h_labels_are_unique_when_parents_share_a_number():
     h.parent = np.array([0, 1])  # labels that do not start with their element: numbered by site
     labels = h_labels(["X", "Y"], ["C", "N"], h)
     assert len(set(labels)) == 2 and labels == ["H1", "H2"]
+
+
+def test_riding_h_move_with_their_parents():
+    """refine_batch(riding=): an H has no parameters of its own; it keeps its offset from
+    its parent (Å) and its Uiso stays factor × the parent's, while the parents refine."""
+    from test_refine import data, perturb
+    from xdxd.refine import refine_batch
+    from xdxd.refine.hydrogens import riders
+    rec, cell, ops, a = _setup("2205750")
+    hkl, F, sig = data(rec)
+    h = place(cell, ops, a.elements, a.frac, rec["hydrogens"])
+    start = perturb(rec, a.frac, 0.2, seed=3)
+    h_start = h.frac + (start - a.frac)[h.parent]  # each H moved with its parent
+    n = len(a)
+    els = a.elements + ["H"] * len(h.frac)
+    frac = np.vstack([start, h_start])
+    uiso = np.concatenate([np.full(n, 0.04), 0.04 * h.uiso_factor])
+    r, = refine_batch(rec["cell"], rec["spacegroup"], hkl, F, sig, els, frac, uiso, cycles=10,
+                      riding=riders(n, h))
+    orth = lambda f: f @ np.array(cell.orth.mat).T  # noqa: E731
+    offset = lambda f: orth(f[n:] - f[h.parent])  # noqa: E731
+    assert np.abs(r.frac[:n] - start).max() > 0.005  # the parents moved ...
+    assert np.allclose(offset(r.frac), offset(frac), atol=1e-9)  # ... and took their H along
+    assert np.allclose(r.uiso[n:], h.uiso_factor * r.uiso[h.parent])
+    assert abs(r.uiso[0] - 0.04) > 1e-3 and r.r1 < 0.01
+
+
+def test_riding_refinement_keeps_the_h_where_they_rode_when_that_fits_better():
+    """Measured L-alanine at 2.0 Å from a start 0.15 Å off: the OH/NH3 H placed afresh on
+    the refined parents turn away from where they rode (R1 0.070 with them); the riding
+    refinement keeps whichever H fit the data better."""
+    from xdxd.bench import prep_stage
+    from test_refine import data, perturb
+    from xdxd.refine.hydrogens import _statistics, _with_h, refine_riding
+    from pathlib import Path
+    rec = prep_stage(str(Path(__file__).parent / "data" / "measured" / "l-alanine"), 2.0, 0,
+                     data="measured")
+    hkl, F, sig = data(rec)
+    a = heavy_atoms(rec)
+    cell, ops = make_cell(rec["cell"]), symops(spacegroup_from_record(rec["spacegroup"]))
+    start = perturb(rec, a.frac, 0.15, seed=6)
+    r, h = refine_riding(rec["cell"], rec["spacegroup"], hkl, F, sig, a.elements, start,
+                         np.full(len(a), 0.04), a.occ, None, rec["hydrogens"], cycles=20)
+    n = len(a)
+    fresh = _statistics(rec["cell"], rec["spacegroup"], hkl, F, sig,
+                        _with_h(cell, ops, a.elements, r.frac[:n], r.uiso[:n], a.occ, None,
+                                rec["hydrogens"], h.counts), n, "cpu")
+    assert r.r1 <= fresh.r1 + 1e-9 and r.r1 < 0.05, (r.r1, fresh.r1)

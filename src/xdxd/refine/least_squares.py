@@ -16,7 +16,9 @@ Parameters (per candidate): positions, 3 per atom, fewer on special positions (x
 B p with B an orthonormal basis of the site's projector from
 `symmetry.special_position_projector`, so constrained coordinates stay exact); Uiso per
 atom, kept in [UISO_MIN, UISO_MAX] Å²; one overall scale k (on F). Hydrogen atoms
-ride along unrefined by default (their positions and Uiso are fixed). Atoms that come
+have no parameters by default: they stay fixed, or, given `riding`, they ride on their
+parents (each moves with its parent's shifts, its Uiso a fixed multiple of the
+parent's, and its derivatives add to the parent's). Atoms that come
 with anisotropic ADPs keep them fixed and refine their positions (anisotropic refinement
 is not implemented; drop `uaniso` to refine such atoms isotropically).
 
@@ -292,7 +294,8 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
                  restraints: bool = True, uaniso: np.ndarray | None = None,
                  refine_hydrogens: bool = False, weight_a: float = WEIGHT_A,
                  weight_b: float = WEIGHT_B, dtype: torch.dtype = torch.float64,
-                 esd: bool = False, bonds: bool = False) -> list[RefinementResult]:
+                 esd: bool = False, bonds: bool = False,
+                 riding: np.ndarray | None = None) -> list[RefinementResult]:
     """Refine B candidate structures of N atoms each against one data set, all at once.
 
     cell: gemmi.UnitCell or [a, b, c, alpha, beta, gamma] (Å, °); sg: gemmi.SpaceGroup or
@@ -302,7 +305,11 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
     chemical occupancies (default 1); uaniso (B,N,6) U_cif Å² (U11 U22 U33 U12 U13 U23), NaN
     rows for isotropic atoms: anisotropic atoms keep these ADPs fixed (anisotropic
     refinement is not implemented) and refine their positions only. frac (N,3) with B
-    element lists refines B element variants of one structure. Large batches are split
+    element lists refines B element variants of one structure. riding (B,N) or (N,):
+    index of the atom each atom rides on, -1 for none: a rider has no parameters of its
+    own; it moves with its parent's shifts and its Uiso stays the given multiple of the
+    parent's (SHELXL's riding model, AFIX/HFIX), so H placed on a rough model stay on
+    their parents while those move. Large batches are split
     so that B*N*M stays under MAX_BATCH_ELEMENTS. Returns B results in input order.
     """
     cell, sg = cell_and_spacegroup(cell, sg)
@@ -320,6 +327,8 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
     occ = np.ones((B, N)) if occ is None else np.broadcast_to(np.asarray(occ, float), (B, N)).copy()
     if uaniso is not None:
         uaniso = np.broadcast_to(np.asarray(uaniso, float), (B, N, 6))
+    if riding is not None:
+        riding = np.broadcast_to(np.asarray(riding, int), (B, N))
     per = max(1, int(MAX_BATCH_ELEMENTS // max(1, N * len(F))))
     if B > per:  # split the batch (memory: ~7 copies of (B,N,M) complex F per cycle)
         kw = dict(cycles=cycles, refine_uiso=refine_uiso, refine_hydrogens=refine_hydrogens,
@@ -329,7 +338,8 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
         for s in range(0, B, per):
             sl = slice(s, s + per)
             out += refine_batch(cell, sg, hkl, F, sigma, els[sl], frac[sl], uiso[sl], occ[sl],
-                                uaniso=None if uaniso is None else uaniso[sl], **kw)
+                                uaniso=None if uaniso is None else uaniso[sl],
+                                riding=None if riding is None else riding[sl], **kw)
         return out
     aniso = None
     if uaniso is not None:
@@ -345,11 +355,20 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
     hydro = np.array([[is_hydrogen(e) for e in row] for row in els]).reshape(B, N)
     fixed = hydro if not refine_hydrogens else np.zeros_like(hydro)
     fixed = fixed | (occ <= 0)  # an empty site (e.g. a missing peak) does not move
+    src = np.tile(np.arange(N), (B, 1))  # whose parameters move each atom: its own or its parent's
+    u_ratio = np.ones((B, N))
+    if riding is not None:
+        rides = riding >= 0
+        src = np.where(rides, riding, src)
+        fixed = fixed | rides
+        parent_u = np.take_along_axis(uiso, src, 1)
+        u_ratio = np.where(rides, uiso / np.maximum(parent_u, 1e-6), 1.0)
     x0 = np.zeros((B, N, 3))
     basis = np.zeros((B, N, 3, 3))
     order = np.ones((B, N))
     for b in range(B):
         x0[b], basis[b], order[b] = _site_constraints(frac[b], ops, cell, ~fixed[b] & (occ[b] > 0.99))
+        basis[b] = basis[b][src[b]]  # a rider shifts along its parent's free directions
     pos_free = (np.abs(basis).sum(axis=2) > 0) & ~fixed[..., None]  # (B,N,3)
     u_free = np.full((B, N), refine_uiso) & ~fixed
     if aniso is not None:
@@ -368,7 +387,18 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
 
     p = torch.zeros(B, N, 3, device=device, dtype=dtype)
     u = t(np.clip(uiso, UISO_MIN, UISO_MAX), dtype=dtype)
-    frac_of = lambda p_: x0_t + torch.einsum("bnij,bnj->bni", basis_t, p_)  # (B,N,3)
+    src_t = t(src)  # (B,N)
+    src3 = src_t[..., None].expand(B, N, 3)
+    ratio_t = t(u_ratio, dtype=dtype)
+    rides_t = src_t != torch.arange(N, device=device)
+
+    def frac_of(p_):
+        """Fractional positions (B,N,3): riders take their parent's shift."""
+        return x0_t + torch.einsum("bnij,bnj->bni", basis_t, p_.gather(1, src3))
+
+    def u_of(u_):
+        """Uiso (B,N): a rider's is its ratio times its parent's."""
+        return torch.where(rides_t, ratio_t * u_.gather(1, src_t), u_)
 
     ua_t = None if aniso is None else t(uaniso, dtype=dtype).reshape(B * N, 1, 6)
     mask_t = None if aniso is None else t(aniso).reshape(B * N, 1)
@@ -376,7 +406,7 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
     def atom_f(p_, u_):
         """Contribution of each atom to F, (B,N,M) complex."""
         fr = frac_of(p_).reshape(B * N, 1, 3)
-        Fa = data.sf.calc(fr, tidx.reshape(B * N, 1), u_.reshape(B * N, 1), weight_t.reshape(B * N, 1),
+        Fa = data.sf.calc(fr, tidx.reshape(B * N, 1), u_of(u_).reshape(B * N, 1), weight_t.reshape(B * N, 1),
                           uaniso=ua_t, aniso_mask=mask_t)
         return Fa.reshape(B, N, M)
 
@@ -421,6 +451,10 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
             # dr/dtheta = -sqrt(w) k² d|Fc|²/dtheta,  d|Fc|² = 2 Re(conj(Fc) dFc)
             dpos = torch.stack([2 * (Fc.conj()[:, None] * d).real for d in dF], -1)  # (B,N,M,3)
             du = 2 * (Fc.conj()[:, None] * (-2 * math.pi ** 2 * s2) * Fa).real  # (B,N,M)
+            if riding is not None:  # a rider's derivatives belong to its parent's parameters
+                dpos = torch.zeros_like(dpos).scatter_add_(1, src_t[:, :, None, None].expand_as(dpos), dpos)
+                du = torch.zeros_like(du).scatter_add_(1, src_t[:, :, None].expand_as(du),
+                                                       du * ratio_t[..., None])
             k2 = k[:, None, None] ** 2
             J = torch.cat([k2 * dpos.permute(0, 2, 1, 3).reshape(B, M, 3 * N),
                            k2 * du.permute(0, 2, 1),
@@ -480,7 +514,7 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
     for b in range(B):
         ag = agreement(F_np, sig_np, fc_final[b].cpu().numpy(), int(n_params[b]), weight_a, weight_b)
         res = RefinementResult(
-            elements=els[b], frac=frac_final[b], uiso=u[b].cpu().numpy().copy(), occ=occ[b].copy(),
+            elements=els[b], frac=frac_final[b], uiso=u_of(u)[b].cpu().numpy().copy(), occ=occ[b].copy(),
             scale=float(ag.scale), agreement=ag, n_params=int(n_params[b]), n_reflections=M,
             cycles=n_cycles, converged=bool(done[b]), bumps=int(np.sum(violated == b)),
             fc=float(ag.scale) * fc_final[b].cpu().numpy(),
