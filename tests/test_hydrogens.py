@@ -213,3 +213,35 @@ def test_riding_refinement_keeps_the_h_where_they_rode_when_that_fits_better():
                         _with_h(cell, ops, a.elements, r.frac[:n], r.uiso[:n], a.occ, None,
                                 rec["hydrogens"], h.counts), n, "cpu")
     assert r.r1 <= fresh.r1 + 1e-9 and r.r1 < 0.05, (r.r1, fresh.r1)
+
+
+def test_final_refinement_decides_between_close_labellings(monkeypatch):
+    """swap_riding's runners-up (labellings whose 4-cycle score came within CLOSE_MARGIN
+    of its choice) are refined in full too, and the best of them is kept; here the swaps
+    are made to choose a C/N swap of 2016470 (P41, 2.0 Å) with the true labels close."""
+    import xdxd.refine as refine
+    from xdxd.refine.hydrogens import swap_riding
+    rec, _, _, a = _setup("2016470", 2.0)
+    i = a.elements.index("N")
+    j = next(k for k, e in enumerate(a.elements) if e == "C")
+    wrong = list(a.elements)
+    wrong[i], wrong[j] = wrong[j], wrong[i]
+    rec["solution"] = {"atoms": records.arrays_to_atoms(
+        records.AtomArrays(a.elements, a.frac, a.uiso, a.occ, a.labels))}
+    back = {"i": i, "j": j, "from": [wrong[i], wrong[j]], "objective": 0.05, "riding_h": True}
+    monkeypatch.setattr(refine, "swap_riding",
+                        lambda *args, **kw: (wrong, [], None, [(list(a.elements), None, [back])]))
+    s = refine_record(rec, source="solution", cycles=10)["solution"]
+    assert [x["element"] for x in s["atoms"] if x["element"] != "H"] == a.elements
+    assert s["swaps"] == [dict(back, by="final refinement")]
+    # swap_riding's runners-up: the last round's labellings, best first, not its choice
+    monkeypatch.undo()
+    from test_refine import data
+    import xdxd.refine.hydrogens as hydrogens
+    monkeypatch.setattr(hydrogens, "CLOSE_MARGIN", 1.0)  # every labelling is close
+    hkl, F, sig = data(rec)
+    els, swaps, _, close = swap_riding(rec["cell"], rec["spacegroup"], hkl, F, sig, wrong, a.frac,
+                                       a.uiso, a.occ, rec["hydrogens"], count_frac=a.frac)
+    assert els == a.elements and len(close) == 2 and all(e != els for e, _, _ in close)
+    scores = [sw[-1]["objective"] for _, _, sw in close]
+    assert scores == sorted(scores) and scores[0] > swaps[-1]["objective"] - 1e-4  # none was better

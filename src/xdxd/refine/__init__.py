@@ -204,12 +204,24 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
                                    hyd, cycles=rank_cycles, rounds=2, device=device,
                                    count_frac=count_frac, **lsq)
             frac, uiso = pre.frac[:n], pre.uiso[:n]
-            elements, swaps, counts = swap_riding(cell, sg, hkl, F, sigma, elements, frac, uiso,
-                                                  r.occ, hyd, device=device, count_frac=count_frac,
-                                                  **lsq)
-        final, riding = refine_riding(cell, sg, hkl, F, sigma, elements, frac, uiso, r.occ,
-                                      r.uaniso, hyd, cycles=cycles, device=device,
-                                      count_frac=count_frac, counts=counts, recount=True, **lsq)
+            elements, swaps, counts, close = swap_riding(cell, sg, hkl, F, sigma, elements, frac,
+                                                         uiso, r.occ, hyd, device=device,
+                                                         count_frac=count_frac, **lsq)
+        else:
+            close = []
+        # the labelling the swaps chose, and those that scored about as well, refined in
+        # full (H counts decided again on the refined parents); the best of them is kept
+        best_final = None
+        for k, (els, cts, sws) in enumerate([(elements, counts, swaps)] + close):
+            if k:  # a runner-up: its last swap did not lower the 4-cycle objective
+                sws = sws[:-1] + [dict(sws[-1], by="final refinement")]
+            fin = refine_riding(cell, sg, hkl, F, sigma, els, frac, uiso, r.occ, r.uaniso, hyd,
+                                cycles=cycles, device=device, count_frac=count_frac, counts=cts,
+                                recount=True, **lsq)
+            score = fin[0].r1 + CHEM_WEIGHT * check(cell, ops, els, fin[0].frac[:n], hyd).score
+            if best_final is None or score < best_final[0] - 1e-9:
+                best_final = (score, els, sws, fin)
+        _, elements, swaps, (final, riding) = best_final
         heavy_labels = element_labels(elements, arrays[best].labels)
         labels = heavy_labels + h_labels(heavy_labels, elements, riding)
         parents = [None] * len(elements) + [heavy_labels[p] for p in riding.parent]

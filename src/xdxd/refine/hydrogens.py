@@ -483,13 +483,15 @@ def _fresh_or_ridden(cell, sg, hkl, F, sigma, fresh: tuple, last, h_last: Riding
 COUNT_CHOICES = 3      # H-count assignments tried with a labelling in swap_riding
 COUNT_SHORTLIST = 3    # swap variants of a round that get all COUNT_CHOICES
 COUNT_WEIGHT = 0.005   # R1 units per unit of H-count penalty (h_options) in swap_riding
+CLOSE_MARGIN = 0.001   # R1 units: swap_riding's runners-up within this of its choice ...
+CLOSE_LABELLINGS = 2   # ... (at most this many) get the final refinement too
 
 
 def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
                 uiso: np.ndarray, occ: np.ndarray, hydrogens: int | None,
                 max_rounds: int = 6, cycles: int = 4, device: str = "cpu",
-                count_frac: np.ndarray | None = None, **opts
-                ) -> tuple[list[str], list[dict], list[int] | None]:
+                count_frac: np.ndarray | None = None, close: int = CLOSE_LABELLINGS, **opts
+                ) -> tuple[list[str], list[dict], list[int] | None, list[tuple]]:
     """Greedy C/N/O (Si/P/S/Cl, ...) element swaps of a heavy-atom model, each variant with
     its own riding H: the swap that most lowers R1 + CHEM_WEIGHT × chemistry score is
     kept, until none helps. With count_frac (N,3) the current labels and the
@@ -498,7 +500,11 @@ def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
     (`h_count_choices`; + COUNT_WEIGHT × their penalty) and judged by the best: a 2 Å
     candidate is too rough to tell an NH from a CH₂ by geometry, and H counts decided on
     it alone made a wrong C/N swap win (1100656). Returns (elements, swaps, the H counts
-    chosen with them or None)."""
+    chosen with them or None, runners-up): up to `close` labellings of the last round
+    that scored within CLOSE_MARGIN of the chosen one, each (elements, counts, swaps), for
+    the final refinement to decide (4-cycle scores that close are a coin toss: on a 2 Å
+    diffusion solution of 2006609 the search swapped an O and a C at 0.0841 against 0.0848
+    for keeping them, and only the full refinement prefers the right labels)."""
     from xdxd.refine.chemistry import CHEM_WEIGHT, check, swap_variants
     from xdxd.refine.least_squares import refine_batch
     cell_g, sg_g = cell_and_spacegroup(cell, sg)
@@ -535,9 +541,14 @@ def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
                 out[v] = (scores[t], c)
         return out
 
+    def swap(i: int, j: int, before: list[str], score: float) -> dict:
+        return {"i": i, "j": j, "from": [before[i], before[j]], "objective": round(float(score), 5),
+                "riding_h": True}
+
     els = list(elements)
     best, counts = evaluate([els], COUNT_CHOICES)[0]
     swaps: list[dict] = []
+    last: list[tuple] = []  # the last round's labellings: (score, elements, counts, swaps)
     for _ in range(max_rounds):
         pairs, variants = swap_variants(els)
         if not pairs:
@@ -547,11 +558,11 @@ def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
             short = [int(v) for v in np.argsort([sc for sc, _ in scores], kind="stable")[:COUNT_SHORTLIST]]
             for v, sc in zip(short, evaluate([variants[v] for v in short], COUNT_CHOICES)):
                 scores[v] = min(scores[v], sc, key=lambda t: t[0])
+        last = [(sc, variants[v], c, swaps + [swap(*pairs[v], els, sc)]) for v, (sc, c) in enumerate(scores)]
         k = int(np.argmin([sc for sc, _ in scores]))
         if not scores[k][0] < best - 1e-4:
             break
-        i, j = pairs[k]
-        swaps.append({"i": i, "j": j, "from": [els[i], els[j]], "objective": round(float(scores[k][0]), 5),
-                      "riding_h": True})
+        swaps.append(swap(*pairs[k], els, scores[k][0]))
         (best, counts), els = scores[k], variants[k]
-    return els, swaps, counts
+    runners = sorted((t for t in last if t[1] != els and t[0] < best + CLOSE_MARGIN), key=lambda t: t[0])
+    return els, swaps, counts, [(e, c, sw) for _, e, c, sw in runners[:close]]
