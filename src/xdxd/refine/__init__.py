@@ -10,9 +10,9 @@
 3. try element swaps on the best (`chemistry.swap_elements`; on by default for
    candidates and solutions, off for a reference); a model without H whose composition
    has H gets riding H atoms first (`hydrogens`), and each swap variant its own;
-4. refine the winner to convergence with esds (`least_squares.refine_structure`) and
-   write it as the record's `solution`; each refined candidate gets `r1_refined` and
-   `chemistry_score`.
+4. refine the winner to convergence with esds (`least_squares.refine_structure`; with
+   riding H, also the swap search's near-ties, keeping the best) and write it as the
+   record's `solution`; each refined candidate gets `r1_refined` and `chemistry_score`.
 """
 from __future__ import annotations
 
