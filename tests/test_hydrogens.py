@@ -28,6 +28,15 @@ def _cell_h(cell, ops, frac, occ) -> float:
     return float(sum(occ[k] for k in owner))
 
 
+def _cn_swapped(elements: list[str]) -> tuple[int, int, list[str]]:
+    """(i, j, elements with the first N and the first C exchanged)."""
+    i = elements.index("N")
+    j = elements.index("C")
+    wrong = list(elements)
+    wrong[i], wrong[j] = wrong[j], wrong[i]
+    return i, j, wrong
+
+
 @pytest.mark.parametrize("cod_id", ["2205750", "2000724", "2016470", "2202108"])
 def test_placed_h_match_the_published_ones(cod_id):
     rec, cell, ops, a = _setup(cod_id)
@@ -89,10 +98,7 @@ def test_riding_h_fix_labels_that_heavy_atoms_alone_get_wrong():
     """2016470 (P41) at 2.0 Å: a C/N swap the heavy-atom model keeps, riding H undo
     (without bond restraints, which undo it too: they are off here to see the H alone)."""
     rec, _, _, a = _setup("2016470", 2.0)
-    i = a.elements.index("N")
-    j = next(k for k, e in enumerate(a.elements) if e == "C")
-    wrong = list(a.elements)
-    wrong[i], wrong[j] = wrong[j], wrong[i]
+    i, j, wrong = _cn_swapped(a.elements)
     rec["solution"] = {"atoms": records.arrays_to_atoms(
         records.AtomArrays(wrong, a.frac, a.uiso, a.occ, a.labels))}
     plain = refine_record(rec, source="solution", cycles=10, riding_h=False, bonds=False)["solution"]
@@ -222,10 +228,7 @@ def test_final_refinement_decides_between_close_labellings(monkeypatch):
     import xdxd.refine as refine
     from xdxd.refine.hydrogens import swap_riding
     rec, _, _, a = _setup("2016470", 2.0)
-    i = a.elements.index("N")
-    j = next(k for k, e in enumerate(a.elements) if e == "C")
-    wrong = list(a.elements)
-    wrong[i], wrong[j] = wrong[j], wrong[i]
+    i, j, wrong = _cn_swapped(a.elements)
     rec["solution"] = {"atoms": records.arrays_to_atoms(
         records.AtomArrays(a.elements, a.frac, a.uiso, a.occ, a.labels))}
     back = {"i": i, "j": j, "from": [wrong[i], wrong[j]], "objective": 0.05, "riding_h": True}

@@ -469,11 +469,7 @@ def _fresh_or_ridden(cell, sg, hkl, F, sigma, fresh: tuple, last, h_last: Riding
     measured on L-alanine at 2.0 Å, R1 0.031 after the refinement, 0.10 with the H placed
     again on the same parents."""
     from dataclasses import replace
-    occ = fresh[3][:n]
-    ua = fresh[4]
-    ridden = (list(last.elements), last.frac, last.uiso,
-              np.concatenate([occ, np.ones(len(h_last.frac))]),
-              None if ua is None else np.vstack([ua[:n], np.full((len(h_last.frac), 6), np.nan)]),
+    ridden = (list(last.elements), last.frac, last.uiso, last.occ, last.uaniso,
               replace(h_last, frac=last.frac[n:].copy()))
     a = _statistics(cell, sg, hkl, F, sigma, fresh, n, device, **opts)
     b = _statistics(cell, sg, hkl, F, sigma, ridden, n, device, **opts)
