@@ -248,3 +248,26 @@ def test_final_refinement_decides_between_close_labellings(monkeypatch):
     assert els == a.elements and len(close) == 2 and all(e != els for e, _, _ in close)
     scores = [sw[-1]["objective"] for _, _, sw in close]
     assert scores == sorted(scores) and scores[0] > swaps[-1]["objective"] - 1e-4  # none was better
+
+
+def test_swap_search_screens_many_variants_before_refining(monkeypatch):
+    """With more swap variants than `screen`, all are judged as they stand (0 cycles) and
+    only the `screen` best are refined; the wrong C/N pair of 2016470 is still put right."""
+    import xdxd.refine.least_squares as least_squares
+    from test_refine import data
+    from xdxd.refine.hydrogens import swap_riding
+    rec, _, _, a = _setup("2016470", 2.0)
+    _, _, wrong = _cn_swapped(a.elements)
+    calls = []
+    real = least_squares.refine_batch
+
+    def spy(*args, cycles=10, **kw):
+        calls.append((cycles, len(args[6])))
+        return real(*args, cycles=cycles, **kw)
+    monkeypatch.setattr(least_squares, "refine_batch", spy)
+    hkl, F, sig = data(rec)
+    els, swaps, _, _ = swap_riding(rec["cell"], rec["spacegroup"], hkl, F, sig, wrong, a.frac,
+                                   a.uiso, a.occ, rec["hydrogens"], screen=4)
+    assert els == a.elements and len(swaps) == 1
+    screened = sum(b for c, b in calls if c == 0)
+    assert screened > 4 and all(b <= 4 for c, b in calls if c > 0)
