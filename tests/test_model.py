@@ -304,7 +304,8 @@ def test_inpainting_keeps_the_held_atoms_and_atom_fit_finds_the_moved_one():
 
 def test_sample_cli_without_the_prior(tmp_path):
     """xdxd-sample --no-prior: the same search on the data alone (info says prior false);
-    with the dual-space method the flag is a usage error."""
+    with the dual-space method the flag is a usage error. --time-budget-s (xdxd-bench's
+    name) is accepted as --time-budget."""
     import json
     from typer.testing import CliRunner
     from xdxd.cli.sample import app
@@ -313,7 +314,7 @@ def test_sample_cli_without_the_prior(tmp_path):
     src.write_text(json.dumps(prepare_from_model_cif(str(DEMO), d_min=2.0)[0]) + "\n")
     out = tmp_path / "c.jsonl"
     res = CliRunner().invoke(app, [str(src), "-o", str(out), "--no-prior", "-n", "4", "--steps", "3",
-                                   "--rounds", "0", "--time-budget", "3", "--device", "cpu", "-q"])
+                                   "--rounds", "0", "--time-budget-s", "3", "--device", "cpu", "-q"])
     assert res.exit_code == 0, res.output
     rec = json.loads(out.read_text())
     sampled = [h for h in rec["history"] if h["stage"] == "sample"][-1]
