@@ -271,3 +271,40 @@ def test_swap_search_screens_many_variants_before_refining(monkeypatch):
     assert els == a.elements and len(swaps) == 1
     screened = sum(b for c, b in calls if c == 0)
     assert screened > 4 and all(b <= 4 for c, b in calls if c > 0)
+
+
+def test_swap_search_runs_again_from_the_final_refinement(monkeypatch):
+    """Once the swaps changed labels, the search runs a second time from the full
+    refinement of the labels chosen (not from the positions the wrong labels left), and
+    what it finds is kept only if the final score is better: here the first pass puts the
+    C/N pair of 2016470 (P41, 2.0 Å) right; a second pass made to swap it back is refused."""
+    import xdxd.refine as refine
+    real = refine.swap_riding
+    rec, _, _, a = _setup("2016470", 2.0)
+    i, j, wrong = _cn_swapped(a.elements)
+    rec["solution"] = {"atoms": records.arrays_to_atoms(
+        records.AtomArrays(wrong, a.frac, a.uiso, a.occ, a.labels))}
+    calls = []
+
+    def spy(cell, sg, hkl, F, sigma, elements, frac, *args, **kw):
+        calls.append((list(elements), np.array(frac)))
+        if len(calls) == 1:
+            return real(cell, sg, hkl, F, sigma, elements, frac, *args, **kw)
+        back = {"i": i, "j": j, "from": [elements[i], elements[j]], "objective": 0.0, "riding_h": True}
+        return wrong, [back], None, []
+    monkeypatch.setattr(refine, "swap_riding", spy)
+    s = refine_record(rec, source="solution", cycles=10)["solution"]
+    assert len(calls) == 2 and calls[1][0] == a.elements
+    heavy = [x for x in s["atoms"] if not x.get("riding")]
+    assert [x["element"] for x in heavy] == a.elements and len(s["swaps"]) == 1
+    # the second pass started from the final refinement of the first pass's labels
+    assert not np.allclose(calls[1][1], calls[0][1], atol=1e-4)
+    final = np.array([x["xyz"] for x in heavy])
+    assert np.allclose(calls[1][1], final, atol=2e-6)
+    # right labels from the start: no swaps, no second pass
+    calls.clear()
+    rec["solution"] = {"atoms": records.arrays_to_atoms(
+        records.AtomArrays(a.elements, a.frac, a.uiso, a.occ, a.labels))}
+    monkeypatch.setattr(refine, "swap_riding", lambda *args, **kw: (calls.append(1), real(*args, **kw))[1])
+    s = refine_record(rec, source="solution", cycles=10)["solution"]
+    assert len(calls) == 1 and s["swaps"] == []

@@ -11,7 +11,8 @@
    candidates and solutions, off for a reference); a model without H whose composition
    has H gets riding H atoms first (`hydrogens`), and each swap variant its own;
 4. refine the winner to convergence with esds (`least_squares.refine_structure`; with
-   riding H, also the swap search's near-ties, keeping the best) and write it as the
+   riding H, also the swap search's near-ties, keeping the best, and if the swaps changed
+   labels, search once more from that refinement, SWAP_PASSES in all) and write it as the
    record's `solution`; each refined candidate gets `r1_refined` and `chemistry_score`.
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = ["refine_record", "refine_structure", "refine_batch", "RefinementResul
 TOP = 8              # candidates refined by default
 RIDING_TOP = 3       # of these, the best (R1 + chemistry) are ranked again with riding H
 RANK_CYCLES = 8      # cycles for the batch that ranks candidates
+SWAP_PASSES = 2      # swap searches, each from the full refinement of the last one's labels
 BONDS_FROM_DMIN_A = 1.5  # bond-length restraints by default for data that stop here (± 0.02 Å) or lower
 
 
@@ -204,23 +206,31 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
                                    hyd, cycles=rank_cycles, rounds=2, device=device,
                                    count_frac=count_frac, **lsq)
             frac, uiso = pre.frac[:n], pre.uiso[:n]
+        close = []  # labellings that scored about as well as the swaps' choice
+        if swap:
             elements, swaps, counts, close = swap_riding(cell, sg, hkl, F, sigma, elements, frac,
                                                          uiso, r.occ, hyd, device=device,
                                                          count_frac=count_frac, **lsq)
-        else:
-            close = []
-        # the labelling the swaps chose, and those that scored about as well, refined in
-        # full (H counts decided again on the refined parents); the best of them is kept
-        best_final = None
-        for k, (els, cts, sws) in enumerate([(elements, counts, swaps)] + close):
-            if k:  # a runner-up: its last swap did not lower the 4-cycle objective
-                sws = sws[:-1] + [dict(sws[-1], by="final refinement")]
-            fin = refine_riding(cell, sg, hkl, F, sigma, els, frac, uiso, r.occ, r.uaniso, hyd,
-                                cycles=cycles, device=device, count_frac=count_frac, counts=cts,
-                                recount=True, **lsq)
-            score = fin[0].r1 + CHEM_WEIGHT * check(cell, ops, els, fin[0].frac[:n], hyd).score
-            if best_final is None or score < best_final[0] - 1e-9:
-                best_final = (score, els, sws, fin)
+        best_final = _finish_riding(cell, sg, hkl, F, sigma, ops, elements, counts, swaps, close,
+                                    frac, uiso, r, hyd, cycles, device, count_frac, lsq)
+        for _ in range(SWAP_PASSES - 1 if swap else 0):
+            # a 2 Å refinement with wrong labels pulls bonds to wrong lengths, which can hide
+            # the right swap (2006609): once swaps were made, the search runs again from the
+            # full refinement of the labels chosen, and its result is kept if it scores better
+            score, els, sws, (fin, _) = best_final
+            if not sws:
+                break
+            frac, uiso = fin.frac[:n], fin.uiso[:n]
+            els, more, counts, close = swap_riding(cell, sg, hkl, F, sigma, els, frac, uiso, r.occ,
+                                                   hyd, device=device, count_frac=count_frac, **lsq)
+            if not more:
+                break
+            again = _finish_riding(cell, sg, hkl, F, sigma, ops, els, counts, sws + more,
+                                   [(e, c, sws + sw) for e, c, sw in close], frac, uiso, r, hyd,
+                                   cycles, device, count_frac, lsq)
+            if not again[0] < score - 1e-9:
+                break
+            best_final = again
         _, elements, swaps, (final, riding) = best_final
         heavy_labels = element_labels(elements, arrays[best].labels)
         labels = heavy_labels + h_labels(heavy_labels, elements, riding)
@@ -259,6 +269,26 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
                                        "wanted": hyd}
     records.add_history(rec, "refine", cycles=cycles, source=source, swap=bool(swap), bonds=lsq["bonds"])
     return rec
+
+
+def _finish_riding(cell, sg, hkl, F, sigma, ops, elements, counts, swaps, close, frac, uiso, r,
+                   hyd, cycles, device, count_frac, lsq) -> tuple:
+    """The labelling the swaps chose and those that scored about as well (`close`), each
+    refined in full with riding H (H counts decided again on the refined parents):
+    (score, elements, swaps, (result, riding H)) of the best, score R1 + CHEM_WEIGHT ×
+    chemistry score."""
+    n = len(elements)
+    best = None
+    for k, (els, cts, sws) in enumerate([(elements, counts, swaps)] + close):
+        if k:  # a runner-up: its last swap did not lower the 4-cycle objective
+            sws = sws[:-1] + [dict(sws[-1], by="final refinement")]
+        fin = refine_riding(cell, sg, hkl, F, sigma, els, frac, uiso, r.occ, r.uaniso, hyd,
+                            cycles=cycles, device=device, count_frac=count_frac, counts=cts,
+                            recount=True, **lsq)
+        score = fin[0].r1 + CHEM_WEIGHT * check(cell, ops, els, fin[0].frac[:n], hyd).score
+        if best is None or score < best[0] - 1e-9:
+            best = (score, els, sws, fin)
+    return best
 
 
 def _known_elements() -> set[str]:

@@ -513,8 +513,8 @@ def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
     n = len(elements)
     frac, uiso, occ = np.asarray(frac, float), np.asarray(uiso, float), np.asarray(occ, float)
 
-    def evaluate(variants: list[list[str]], choices: int = 1,
-                 cycles: int = cycles) -> list[tuple[float, list[int] | None]]:
+    def evaluate(variants: list[list[str]], choices: int = 1, cycles: int = cycles
+                 ) -> list[tuple[float, list[int] | None, np.ndarray, np.ndarray]]:
         tries = []  # (variant index, penalty, counts)
         for v, els in enumerate(variants):
             if count_frac is None:
@@ -525,6 +525,7 @@ def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
         built = [_with_h(cell_g, ops, variants[v], frac, uiso, occ, None, hydrogens, c)
                  for v, _, c in tries]
         scores = [np.inf] * len(tries)
+        moved = [(frac, uiso)] * len(tries)  # heavy-atom frac, uiso after the cycles
         by_n: dict[int, list[int]] = {}
         for t, b in enumerate(built):
             by_n.setdefault(len(b[0]), []).append(t)
@@ -537,10 +538,11 @@ def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
                 v, penalty, _ = tries[t]
                 scores[t] = (r.r1 + CHEM_WEIGHT * check(cell_g, ops, variants[v], r.frac[:n], hydrogens).score
                              + COUNT_WEIGHT * penalty)
-        out: list[tuple[float, list[int] | None]] = [(np.inf, None)] * len(variants)
+                moved[t] = (r.frac[:n], r.uiso[:n])
+        out = [(np.inf, None, frac, uiso)] * len(variants)
         for t, (v, _, c) in enumerate(tries):
             if scores[t] < out[v][0]:
-                out[v] = (scores[t], c)
+                out[v] = (scores[t], c, *moved[t])
         return out
 
     def swap(i: int, j: int, before: list[str], score: float) -> dict:
@@ -548,29 +550,33 @@ def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
                 "riding_h": True}
 
     els = list(elements)
-    best, counts = evaluate([els], COUNT_CHOICES)[0]
     swaps: list[dict] = []
     last: list[tuple] = []  # the last round's labellings: (score, elements, counts, swaps)
     for _ in range(max_rounds):
+        # the current labels, from where the last kept swap's cycles left the atoms: the
+        # score to beat (a 2 Å refinement with wrong labels pulls bonds to the wrong
+        # lengths; judged from those positions, the right swap of 2006609 looked worse)
+        best, counts, _, _ = evaluate([els], COUNT_CHOICES)[0]
         pairs, variants = swap_variants(els)
         if not pairs:
             break
         if len(variants) > screen:  # the rest are judged as they stand (0 cycles) and dropped
-            rough = np.argsort([sc for sc, _ in evaluate(variants, cycles=0)], kind="stable")
-            scores = [(np.inf, None)] * len(variants)
+            rough = np.argsort([sc[0] for sc in evaluate(variants, cycles=0)], kind="stable")
+            scores = [(np.inf, None, frac, uiso)] * len(variants)
             for v, sc in zip(rough[:screen], evaluate([variants[v] for v in rough[:screen]])):
                 scores[int(v)] = sc
         else:
             scores = evaluate(variants)
         if count_frac is not None:
-            short = [int(v) for v in np.argsort([sc for sc, _ in scores], kind="stable")[:COUNT_SHORTLIST]]
+            short = [int(v) for v in np.argsort([sc[0] for sc in scores], kind="stable")[:COUNT_SHORTLIST]]
             for v, sc in zip(short, evaluate([variants[v] for v in short], COUNT_CHOICES)):
                 scores[v] = min(scores[v], sc, key=lambda t: t[0])
-        last = [(sc, variants[v], c, swaps + [swap(*pairs[v], els, sc)]) for v, (sc, c) in enumerate(scores)]
-        k = int(np.argmin([sc for sc, _ in scores]))
+        last = [(sc[0], variants[v], sc[1], swaps + [swap(*pairs[v], els, sc[0])])
+                for v, sc in enumerate(scores)]
+        k = int(np.argmin([sc[0] for sc in scores]))
         if not scores[k][0] < best - 1e-4:
             break
         swaps.append(swap(*pairs[k], els, scores[k][0]))
-        (best, counts), els = scores[k], variants[k]
+        (best, counts, frac, uiso), els = scores[k], variants[k]
     runners = sorted((t for t in last if t[1] != els and t[0] < best + CLOSE_MARGIN), key=lambda t: t[0])
     return els, swaps, counts, [(e, c, sw) for _, e, c, sw in runners[:close]]
