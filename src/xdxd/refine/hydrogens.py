@@ -492,7 +492,9 @@ def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
                 ) -> tuple[list[str], list[dict], list[int] | None, list[tuple]]:
     """Greedy C/N/O (Si/P/S/Cl, ...) element swaps of a heavy-atom model, each variant with
     its own riding H: the swap that most lowers R1 + CHEM_WEIGHT × chemistry score is
-    kept, until none helps. With count_frac (N,3) the current labels and the
+    kept, until none helps; each round starts from the positions the kept swap's cycles
+    left (frac, uiso: heavy atoms), with the current labels judged again there. With
+    count_frac (N,3) the current labels and the
     COUNT_SHORTLIST best variants of each round (judged first with their likeliest H
     counts) are tried with their COUNT_CHOICES likeliest H counts in that geometry
     (`h_count_choices`; + COUNT_WEIGHT × their penalty) and judged by the best: a 2 Å
