@@ -206,13 +206,30 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
                                    hyd, cycles=rank_cycles, rounds=2, device=device,
                                    count_frac=count_frac, **lsq)
             frac, uiso = pre.frac[:n], pre.uiso[:n]
+
+        def finish(els: list[str], counts, swaps: list[dict], close: list[tuple], frac, uiso) -> tuple:
+            """The labelling the swaps chose and those that scored about as well (`close`),
+            each refined in full from frac, uiso (H counts decided again on the refined
+            parents): (R1 + CHEM_WEIGHT × chemistry, elements, swaps, (result, riding H))
+            of the best."""
+            kept = None
+            for k, (e, cts, sws) in enumerate([(els, counts, swaps)] + close):
+                if k:  # a runner-up: its last swap did not lower the 4-cycle objective
+                    sws = sws[:-1] + [dict(sws[-1], by="final refinement")]
+                fin = refine_riding(cell, sg, hkl, F, sigma, e, frac, uiso, r.occ, r.uaniso, hyd,
+                                    cycles=cycles, device=device, count_frac=count_frac,
+                                    counts=cts, recount=True, **lsq)
+                score = fin[0].r1 + CHEM_WEIGHT * check(cell, ops, e, fin[0].frac[:n], hyd).score
+                if kept is None or score < kept[0] - 1e-9:
+                    kept = (score, e, sws, fin)
+            return kept
+
         close = []  # labellings that scored about as well as the swaps' choice
         if swap:
             elements, swaps, counts, close = swap_riding(cell, sg, hkl, F, sigma, elements, frac,
                                                          uiso, r.occ, hyd, device=device,
                                                          count_frac=count_frac, **lsq)
-        best_final = _finish_riding(cell, sg, hkl, F, sigma, ops, elements, counts, swaps, close,
-                                    frac, uiso, r, hyd, cycles, device, count_frac, lsq)
+        best_final = finish(elements, counts, swaps, close, frac, uiso)
         for _ in range(SWAP_PASSES - 1 if swap else 0):
             # a 2 Å refinement with wrong labels pulls bonds to wrong lengths, which can hide
             # the right swap (2006609): once swaps were made, the search runs again from the
@@ -225,9 +242,8 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
                                                    hyd, device=device, count_frac=count_frac, **lsq)
             if not more:
                 break
-            again = _finish_riding(cell, sg, hkl, F, sigma, ops, els, counts, sws + more,
-                                   [(e, c, sws + sw) for e, c, sw in close], frac, uiso, r, hyd,
-                                   cycles, device, count_frac, lsq)
+            again = finish(els, counts, sws + more, [(e, c, sws + sw) for e, c, sw in close],
+                           frac, uiso)
             if not again[0] < score - 1e-9:
                 break
             best_final = again
@@ -269,26 +285,6 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
                                        "wanted": hyd}
     records.add_history(rec, "refine", cycles=cycles, source=source, swap=bool(swap), bonds=lsq["bonds"])
     return rec
-
-
-def _finish_riding(cell, sg, hkl, F, sigma, ops, elements, counts, swaps, close, frac, uiso, r,
-                   hyd, cycles, device, count_frac, lsq) -> tuple:
-    """The labelling the swaps chose and those that scored about as well (`close`), each
-    refined in full with riding H (H counts decided again on the refined parents):
-    (score, elements, swaps, (result, riding H)) of the best, score R1 + CHEM_WEIGHT ×
-    chemistry score."""
-    n = len(elements)
-    best = None
-    for k, (els, cts, sws) in enumerate([(elements, counts, swaps)] + close):
-        if k:  # a runner-up: its last swap did not lower the 4-cycle objective
-            sws = sws[:-1] + [dict(sws[-1], by="final refinement")]
-        fin = refine_riding(cell, sg, hkl, F, sigma, els, frac, uiso, r.occ, r.uaniso, hyd,
-                            cycles=cycles, device=device, count_frac=count_frac, counts=cts,
-                            recount=True, **lsq)
-        score = fin[0].r1 + CHEM_WEIGHT * check(cell, ops, els, fin[0].frac[:n], hyd).score
-        if best is None or score < best[0] - 1e-9:
-            best = (score, els, sws, fin)
-    return best
 
 
 def _known_elements() -> set[str]:

@@ -23,6 +23,7 @@ geometry alone. Coordinates are fractional, distances Å.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import gemmi
 import numpy as np
@@ -481,6 +482,16 @@ COUNT_SHORTLIST = 3    # swap variants of a round that get all COUNT_CHOICES
 COUNT_WEIGHT = 0.005   # R1 units per unit of H-count penalty (h_options) in swap_riding
 CLOSE_MARGIN = 0.001   # R1 units: swap_riding's runners-up within this of its choice ...
 CLOSE_LABELLINGS = 2   # ... (at most this many) get the final refinement too
+
+
+class Judged(NamedTuple):
+    """A labelling as swap_riding judged it: score (R1 + chemistry + H-count penalty), the
+    H counts that gave it (None: decided by geometry), and the heavy atoms' frac (N,3) and
+    uiso (N,) Å² after its refinement cycles."""
+    score: float
+    counts: list[int] | None
+    frac: np.ndarray
+    uiso: np.ndarray
 SWAP_SCREEN = 24       # swap variants of a round refined for 4 cycles; more are screened first
 
 
@@ -515,8 +526,7 @@ def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
     n = len(elements)
     frac, uiso, occ = np.asarray(frac, float), np.asarray(uiso, float), np.asarray(occ, float)
 
-    def evaluate(variants: list[list[str]], choices: int = 1, cycles: int = cycles
-                 ) -> list[tuple[float, list[int] | None, np.ndarray, np.ndarray]]:
+    def evaluate(variants: list[list[str]], choices: int = 1, cycles: int = cycles) -> list[Judged]:
         tries = []  # (variant index, penalty, counts)
         for v, els in enumerate(variants):
             if count_frac is None:
@@ -541,10 +551,10 @@ def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
                 scores[t] = (r.r1 + CHEM_WEIGHT * check(cell_g, ops, variants[v], r.frac[:n], hydrogens).score
                              + COUNT_WEIGHT * penalty)
                 moved[t] = (r.frac[:n], r.uiso[:n])
-        out = [(np.inf, None, frac, uiso)] * len(variants)
+        out = [Judged(np.inf, None, frac, uiso)] * len(variants)
         for t, (v, _, c) in enumerate(tries):
-            if scores[t] < out[v][0]:
-                out[v] = (scores[t], c, *moved[t])
+            if scores[t] < out[v].score:
+                out[v] = Judged(scores[t], c, *moved[t])
         return out
 
     def swap(i: int, j: int, before: list[str], score: float) -> dict:
@@ -563,22 +573,22 @@ def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
         if not pairs:
             break
         if len(variants) > screen:  # the rest are judged as they stand (0 cycles) and dropped
-            rough = np.argsort([sc[0] for sc in evaluate(variants, cycles=0)], kind="stable")
-            scores = [(np.inf, None, frac, uiso)] * len(variants)
+            rough = np.argsort([sc.score for sc in evaluate(variants, cycles=0)], kind="stable")
+            scores = [Judged(np.inf, None, frac, uiso)] * len(variants)
             for v, sc in zip(rough[:screen], evaluate([variants[v] for v in rough[:screen]])):
                 scores[int(v)] = sc
         else:
             scores = evaluate(variants)
         if count_frac is not None:
-            short = [int(v) for v in np.argsort([sc[0] for sc in scores], kind="stable")[:COUNT_SHORTLIST]]
+            short = [int(v) for v in np.argsort([sc.score for sc in scores], kind="stable")[:COUNT_SHORTLIST]]
             for v, sc in zip(short, evaluate([variants[v] for v in short], COUNT_CHOICES)):
-                scores[v] = min(scores[v], sc, key=lambda t: t[0])
-        last = [(sc[0], variants[v], sc[1], swaps + [swap(*pairs[v], els, sc[0])])
+                scores[v] = min(scores[v], sc, key=lambda t: t.score)
+        last = [(sc.score, variants[v], sc.counts, swaps + [swap(*pairs[v], els, sc.score)])
                 for v, sc in enumerate(scores)]
-        k = int(np.argmin([sc[0] for sc in scores]))
-        if not scores[k][0] < best - 1e-4:
+        k = int(np.argmin([sc.score for sc in scores]))
+        if not scores[k].score < best - 1e-4:
             break
-        swaps.append(swap(*pairs[k], els, scores[k][0]))
+        swaps.append(swap(*pairs[k], els, scores[k].score))
         (best, counts, frac, uiso), els = scores[k], variants[k]
     runners = sorted((t for t in last if t[1] != els and t[0] < best + CLOSE_MARGIN), key=lambda t: t[0])
     return els, swaps, counts, [(e, c, sw) for _, e, c, sw in runners[:close]]
