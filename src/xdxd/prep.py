@@ -43,7 +43,7 @@ import numpy as np
 
 from xdxd import records
 from xdxd.crystal.structure_factors import inverse_d2, structure_factors_of_atoms
-from xdxd.crystal.symmetry import (SpaceGroupError, find_spacegroup, site_multiplicity_factor,
+from xdxd.crystal.symmetry import (SpaceGroupError, find_spacegroup, stabilizer_order,
                                    spacegroup_to_record, symops)
 from xdxd.formats import hkl_cif
 from xdxd.formats.adp import b_to_u
@@ -309,7 +309,7 @@ def _cell_contents(model: CrystalModel, opts: PrepOptions) -> dict | None:
         cell = gemmi.UnitCell(*model.cell)
         ops = symops(model.spacegroup)
         frac = np.asarray(model.atoms.frac, dtype=float)[heavy]
-        per_site = len(ops) / site_multiplicity_factor(frac, ops, cell)
+        per_site = len(ops) / stabilizer_order(frac, ops, cell)
         counts: dict[str, float] = {}
         for k, n in zip(heavy, per_site):
             e = model.atoms.elements[k]

@@ -24,7 +24,7 @@ import gemmi
 import numpy as np
 import torch
 
-from xdxd.crystal.symmetry import SymOps
+from xdxd.crystal.symmetry import SymOps, apply_ops
 
 
 def good_fft_size(n_min: int, factor: int = 1) -> int:
@@ -152,7 +152,7 @@ def asu_brick_mask(ops: SymOps, shape: tuple[int, int, int],
         return full
     rng = np.random.default_rng(0)
     pts = rng.random((2000, 3))
-    images = np.mod(np.einsum("oij,nj->noi", ops.rot, pts) + ops.tran, 1.0)  # (n,O,3)
+    images = apply_ops(pts, ops)                                            # (n,O,3)
     inside = np.all(images <= upper + 1e-9, axis=-1).any(axis=1)
     if not inside.all():
         return full
@@ -220,7 +220,7 @@ def image_distances(frac: torch.Tensor, ops: SymOps, orth: torch.Tensor) -> torc
     frac (B,K,3) -> (B,K,K): d[b,i,j] = min over operations and lattice translations of
     |x_i - (R x_j + t)|. The diagonal is the distance of a point to its own nearest
     image other than itself under the identity (0 for the identity, so use
-    `self_image_order` for special positions).
+    `symmetry.stabilizer_order_torch` for special positions).
     """
     rot = torch.as_tensor(ops.rot, dtype=frac.dtype, device=frac.device)    # (O,3,3)
     tran = torch.as_tensor(ops.tran, dtype=frac.dtype, device=frac.device)  # (O,3)
@@ -232,20 +232,6 @@ def image_distances(frac: torch.Tensor, ops: SymOps, orth: torch.Tensor) -> torc
         dist = torch.linalg.vector_norm(d @ orth.T, dim=-1)                 # (B,K,K) Å
         best = dist if best is None else torch.minimum(best, dist)
     return best
-
-
-def self_image_order(frac: torch.Tensor, ops: SymOps, orth: torch.Tensor, tol_A: float) -> torch.Tensor:
-    """Number of operations that map each point to within tol_A Å of itself (B,K) >= 1.
-
-    1 on a general position, the order of the site's stabilizer on a special one.
-    """
-    rot = torch.as_tensor(ops.rot, dtype=frac.dtype, device=frac.device)
-    tran = torch.as_tensor(ops.tran, dtype=frac.dtype, device=frac.device)
-    img = torch.einsum("oij,bkj->bkoi", rot, frac) + tran                   # (B,K,O,3)
-    d = frac[:, :, None, :] - img
-    d = d - torch.round(d)
-    dist = torch.linalg.vector_norm(d @ orth.T, dim=-1)                     # (B,K,O)
-    return (dist < tol_A).sum(-1)
 
 
 def merge_images(peaks: Peaks, ops: SymOps, cell: gemmi.UnitCell, tol_A: float = 0.5) -> Peaks:

@@ -147,10 +147,10 @@ def structure_factors_of_atoms(cell: gemmi.UnitCell, ops: SymOps, hkl: np.ndarra
     Site stabilizers are found here, so occupancies are chemical (1 for a full site,
     whether on a special position or not).
     """
-    from xdxd.crystal.symmetry import site_multiplicity_factor
+    from xdxd.crystal.symmetry import stabilizer_order
     types = sorted(set(elements))
     sf = StructureFactors(cell, ops, hkl, types, dtype=dtype)
-    stab = site_multiplicity_factor(np.asarray(frac), ops, cell)
+    stab = stabilizer_order(np.asarray(frac), ops, cell)
     t = lambda a: torch.tensor(np.asarray(a, dtype=float), dtype=dtype)[None]
     mask = None
     ua = None

@@ -2,6 +2,10 @@
 
 Operations come from gemmi (every symmetry operation combined with every centring
 vector). Conventions: fractional coordinates, an operation maps x -> R x + t.
+
+Every symmetry expansion of positions goes through `apply_ops` (numpy) or
+`apply_ops_torch` (torch, batched), and every stabilizer order through `stabilizer_order`
+(numpy) or `stabilizer_order_torch`.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from functools import lru_cache
 
 import gemmi
 import numpy as np
+import torch
 
 
 class SpaceGroupError(ValueError):
@@ -70,6 +75,16 @@ class SymOps:
     def __len__(self) -> int:
         return len(self.rot)
 
+    def take(self, idx, shift: np.ndarray | None = None) -> "SymOps":
+        """The operations idx (K,), each translation plus a lattice shift (K,3) if given."""
+        tran = self.tran[idx] if shift is None else self.tran[idx] + shift
+        return SymOps(self.rot[idx], tran, self.centrosymmetric, self.sohncke, self.hall)
+
+
+# the 27 lattice translations around a cell, (27,3) fractional; (0,0,0) is row 13
+NEIGHBOUR_CELLS = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)],
+                           dtype=float)
+
 
 @lru_cache(maxsize=512)
 def _symops_cached(hall: str) -> SymOps:
@@ -83,10 +98,19 @@ def symops(sg: gemmi.SpaceGroup) -> SymOps:
     return _symops_cached(sg.hall)
 
 
-def apply_ops(frac: np.ndarray, ops: SymOps) -> np.ndarray:
-    """All images of fractional positions (N,3) -> (N,O,3), wrapped into [0,1)."""
+def apply_ops(frac: np.ndarray, ops: SymOps, wrap: bool = True) -> np.ndarray:
+    """All images R x + t of fractional positions (N,3) -> (N,O,3), wrapped into [0,1)
+    unless wrap=False."""
     images = np.einsum("oij,nj->noi", ops.rot, frac) + ops.tran[None]
-    return np.mod(images, 1.0)
+    return np.mod(images, 1.0) if wrap else images
+
+
+def apply_ops_torch(frac: torch.Tensor, rot: torch.Tensor, tran: torch.Tensor,
+                    wrap: bool = False) -> torch.Tensor:
+    """All images R x + t of fractional positions frac (...,3) under the operations
+    rot (O,3,3), tran (O,3) -> (...,O,3), wrapped into [0,1) if wrap (torch, batched)."""
+    images = torch.einsum("oij,...j->...oi", rot, frac) + tran
+    return torch.remainder(images, 1.0) if wrap else images
 
 
 def frac_distance(a: np.ndarray, b: np.ndarray, cell: gemmi.UnitCell) -> np.ndarray:
@@ -103,10 +127,21 @@ def stabilizer(frac_xyz: np.ndarray, ops: SymOps, cell: gemmi.UnitCell, tol: flo
     return np.nonzero(frac_distance(images, frac_xyz[None], cell) < tol)[0]
 
 
-def site_multiplicity_factor(frac: np.ndarray, ops: SymOps, cell: gemmi.UnitCell,
-                             tol: float = 0.1) -> np.ndarray:
-    """Order of each site's stabilizer (N,): 1 for a general position, 2 on a 2-fold axis..."""
+def stabilizer_order(frac: np.ndarray, ops: SymOps, cell: gemmi.UnitCell,
+                     tol: float = 0.1) -> np.ndarray:
+    """Order of each site's stabilizer (N,) float: 1 for a general position, 2 on a 2-fold
+    axis, ...; the operations mapping a site within tol Å of itself."""
     return np.array([len(stabilizer(x, ops, cell, tol)) for x in frac], dtype=float)
+
+
+def stabilizer_order_torch(frac: torch.Tensor, rot: torch.Tensor, tran: torch.Tensor,
+                           orth: torch.Tensor, tol_A: float) -> torch.Tensor:
+    """`stabilizer_order` in torch: the operations rot (O,3,3), tran (O,3) that map each
+    point of frac (B,K,3) within tol_A Å of itself, (B,K) >= 1; orth (3,3) frac -> Å."""
+    d = frac[:, :, None, :] - apply_ops_torch(frac, rot, tran)              # (B,K,O,3)
+    d = d - torch.round(d)
+    dist = torch.linalg.vector_norm(d @ orth.T, dim=-1)                     # (B,K,O)
+    return (dist < tol_A).sum(-1)
 
 
 def special_position_projector(frac_xyz: np.ndarray, ops: SymOps, cell: gemmi.UnitCell,
@@ -198,8 +233,7 @@ def _stabilizer_orders(hall: str) -> tuple[int, ...]:
     ops = symops(sg)
     g = np.arange(24) / 24.0  # every special position has coordinates in 1/24ths
     pts = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
-    img = np.einsum("oij,pj->poi", ops.rot, pts) + ops.tran[None]
-    d = img - pts[:, None]
+    d = apply_ops(pts, ops, wrap=False) - pts[:, None]
     fixed = np.all(np.abs(d - np.round(d)) < 1e-6, axis=-1).sum(-1)  # (P,)
     return tuple(sorted(set(int(k) for k in fixed if k > 1)))
 

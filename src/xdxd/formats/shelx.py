@@ -178,8 +178,8 @@ def read_ins_text(text: str, source: str, name: str | None = None) -> CrystalMod
         if model.spacegroup is not None:
             # SHELX occupancies are crystallographic (0.5 on a 2-fold axis); records hold
             # chemical ones, so multiply by the order of each site's stabilizer.
-            from xdxd.crystal.symmetry import site_multiplicity_factor, symops
-            mult = site_multiplicity_factor(model.atoms.frac, symops(model.spacegroup), cell)
+            from xdxd.crystal.symmetry import stabilizer_order, symops
+            mult = stabilizer_order(model.atoms.frac, symops(model.spacegroup), cell)
             model.atoms.occ = np.minimum(model.atoms.occ * mult, 1.0)
     return model
 

@@ -28,7 +28,7 @@ import gemmi
 import numpy as np
 
 from xdxd import __version__
-from xdxd.crystal.symmetry import make_cell, spacegroup_from_record, stabilizer, symops
+from xdxd.crystal.symmetry import make_cell, spacegroup_from_record, stabilizer_order, symops
 from xdxd.formats.write_cif import solution_to_write
 
 LATT_NUMBER = {"P": 1, "I": 2, "R": 3, "F": 4, "A": 5, "B": 6, "C": 7}
@@ -89,7 +89,7 @@ def res_text(rec: dict, solution: dict | None = None) -> str:
     unit = {e: 0.0 for e in sfac}
     order = []
     for a in atoms:
-        k = len(stabilizer(np.array(a["xyz"], float), ops, cell))
+        k = int(stabilizer_order(np.array([a["xyz"]], float), ops, cell)[0])
         order.append(k)
         unit[a["element"]] += n_ops * float(a.get("occ", 1.0)) / k
     if hyd and not any(a["element"] == "H" for a in atoms):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from xdxd.crystal.symmetry import SymOps
+from xdxd.crystal.symmetry import NEIGHBOUR_CELLS, SymOps, apply_ops_torch
 
 CLOSE_FACTOR = 0.75   # shortest allowed contact, times r0
 CLOSE_WIDTH_A = 0.1   # Å inside the limit that costs one unit
@@ -75,8 +75,7 @@ def _identity_op(ops_rot: torch.Tensor, ops_tran: torch.Tensor) -> int:
     return int(torch.nonzero(hit)[0, 0])
 
 
-_CELLS = torch.tensor([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)],
-                      dtype=torch.float32)  # (27,3), (0,0,0) at 13
+_CELLS = torch.tensor(NEIGHBOUR_CELLS, dtype=torch.float32)  # (27,3), (0,0,0) at 13
 
 
 def lattice_cells(orth: torch.Tensor, reach_A: float = CLAMP_A) -> tuple[torch.Tensor, int]:
@@ -107,7 +106,7 @@ def neighbour_distances(frac: torch.Tensor, rot: torch.Tensor, tran: torch.Tenso
     """
     B, N, _ = frac.shape
     O = rot.shape[0]
-    img = torch.einsum("oij,bnj->bnoi", rot, frac) + tran  # (B,N,O,3)
+    img = apply_ops_torch(frac, rot, tran)  # (B,N,O,3)
     d = img[:, None] - frac[:, :, None, None]  # (B,Ni,Nj,O,3)
     d = d - torch.round(d)
     cells, zero = lattice_cells(orth)
@@ -198,9 +197,9 @@ def atom_energy(points: torch.Tensor, atom: torch.Tensor, frac: torch.Tensor,
     S = len(cells)
     cells = cells.to(dev, frac.dtype)
     ar = torch.arange(B, device=dev)
-    img = torch.einsum("oij,bnj->bnoi", rot, frac) + tran  # (B,N,O,3)
+    img = apply_ops_torch(frac, rot, tran)  # (B,N,O,3)
     d = img[:, None] - points[:, :, None, None]  # (B,K,N,O,3)
-    own = torch.einsum("oij,bkj->bkoi", rot, points) + tran - points[:, :, None]  # (B,K,O,3)
+    own = apply_ops_torch(points, rot, tran) - points[:, :, None]  # (B,K,O,3)
     d = torch.cat([d, own[:, :, None]], dim=2)  # (B,K,N+1,O,3): last row = own images
     d = d - torch.round(d)
     dist = ((d[..., None, :] + cells) @ orth.T).norm(dim=-1)  # (B,K,N+1,O,S)

@@ -28,7 +28,7 @@ import torch
 
 from xdxd.crystal.statistics import epsilon_factors, expected_intensity, normalized_e, wilson_scale
 from xdxd.crystal.structure_factors import StructureFactors, inverse_d2
-from xdxd.crystal.symmetry import SymOps, find_spacegroup, symops
+from xdxd.crystal.symmetry import NEIGHBOUR_CELLS, SymOps, apply_ops_torch, find_spacegroup, symops
 from xdxd.model.bonding import BondingTables, bonding_tables
 
 EIGHT_PI2 = 8.0 * math.pi ** 2
@@ -227,12 +227,6 @@ def interpolate_periodic(grid: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def expand(problem: Problem, frac: torch.Tensor) -> torch.Tensor:
-    """Images of ASU atoms: frac (…,3) -> (…,O,3), wrapped into [0,1)."""
-    img = torch.einsum("oij,...j->...oi", problem.rot, frac) + problem.tran
-    return torch.remainder(img, 1.0)
-
-
 @dataclass
 class Graph:
     """The symmetry-expanded cell as a k-nearest-neighbour graph, K = N*O images.
@@ -252,10 +246,6 @@ class Graph:
     cutoff: torch.Tensor
 
 
-NEIGHBOUR_CELLS = torch.tensor([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1)
-                                for k in (-1, 0, 1)], dtype=torch.float32)  # (27,3), (0,0,0) at 13
-
-
 def build_graph(problem: Problem, frac: torch.Tensor, knn: int) -> Graph:
     """Graph over all images of frac (B,N,3); edges to the knn nearest images (periodic).
 
@@ -266,8 +256,8 @@ def build_graph(problem: Problem, frac: torch.Tensor, knn: int) -> Graph:
     B, N, _ = frac.shape
     O = problem.n_ops
     K = N * O
-    img = expand(problem, frac).reshape(B, K, 3)  # (B,K,3)
-    cells = NEIGHBOUR_CELLS.to(frac.device)
+    img = apply_ops_torch(frac, problem.rot, problem.tran, wrap=True).reshape(B, K, 3)  # (B,K,3)
+    cells = torch.tensor(NEIGHBOUR_CELLS, dtype=torch.float32, device=frac.device)  # (27,3)
     C = len(cells)
     k = min(knn, C * K - 2)
     self_edge = torch.zeros(K, K, C, device=frac.device)
@@ -455,7 +445,7 @@ def special_images(problem: Problem, frac: torch.Tensor) -> torch.Tensor:
 def onto_site(problem: Problem, frac: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """Points frac (…,3) moved to the mean of their order (…,) nearest symmetry images
     (themselves included): onto the nearest site of that stabilizer order. Fractional."""
-    d = expand(problem, frac) - frac[..., None, :]  # (…,O,3)
+    d = apply_ops_torch(frac, problem.rot, problem.tran, wrap=True) - frac[..., None, :]  # (…,O,3)
     d = d - torch.round(d)  # fractional, nearest image
     dist = (d @ problem.orth.T).norm(dim=-1)  # (…,O) Å
     rank = torch.argsort(torch.argsort(dist, dim=-1), dim=-1)  # 0 = itself

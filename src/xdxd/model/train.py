@@ -30,7 +30,7 @@ import torch
 
 from xdxd.crystal.structure_factors import structure_factors_of_atoms
 from xdxd.crystal.symmetry import (SymOps, apply_ops, find_spacegroup, origin_shifts,
-                                   site_multiplicity_factor, symops)
+                                   stabilizer_order, symops)
 from xdxd.model.conditioning import Problem, make_problem
 from xdxd.model.diffusion import (NoiseSchedule, add_noise, denoiser_eps, polish, sample,
                                   wrapped_normal_eps)
@@ -119,7 +119,7 @@ def usable(s: Structure, cfg: TrainConfig) -> bool:
     if n * len(ops) > cfg.max_images:
         return False
     cell = gemmi.UnitCell(*s.cell)
-    return bool(np.all(site_multiplicity_factor(s.frac[heavy], ops, cell) == 1))
+    return bool(np.all(stabilizer_order(s.frac[heavy], ops, cell) == 1))
 
 
 @dataclass

@@ -28,7 +28,7 @@ from functools import lru_cache
 import gemmi
 import numpy as np
 
-from xdxd.crystal.symmetry import SymOps
+from xdxd.crystal.symmetry import NEIGHBOUR_CELLS, SymOps, apply_ops
 
 BOND_TOL = 0.45        # Å added to the sum of covalent radii for a bond
 SHORT_FACTOR = 0.76    # a contact shorter than this times r_i + r_j is too short (C#N 0.79)
@@ -101,11 +101,11 @@ def find_contacts(cell: gemmi.UnitCell, ops: SymOps, frac: np.ndarray, cutoff: f
     """
     frac = np.asarray(frac, dtype=float).reshape(-1, 3)
     orth = np.array(cell.orth.mat)
-    img = np.einsum("oab,jb->joa", ops.rot, frac) + ops.tran[None]  # (N,O,3)
+    img = apply_ops(frac, ops, wrap=False)  # (N,O,3)
     raw = img[None, :, :, :] - frac[:, None, None, :]  # (N_i,N_j,O,3)
     base = -np.round(raw)  # lattice translation to the nearest image
     diff = raw + base
-    grid = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)], float)
+    grid = NEIGHBOUR_CELLS
     cart = (diff[..., None, :] + grid) @ orth.T  # (N,N,O,27,3) Å
     d = np.linalg.norm(cart, axis=-1)  # (N,N,O,27)
     out = {k: [] for k in ("i", "j", "op", "shift", "d")}

@@ -56,8 +56,8 @@ import torch
 
 from xdxd.crystal.statistics import Agreement, agreement
 from xdxd.crystal.structure_factors import StructureFactors
-from xdxd.crystal.symmetry import (SymOps, cell_and_spacegroup, special_position_projector, stabilizer,
-                                   symops)
+from xdxd.crystal.symmetry import (SymOps, cell_and_spacegroup, special_position_projector,
+                                   stabilizer_order, symops)
 from xdxd.refine.chemistry import (BOND_TOL, SHORT_FACTOR, covalent_radius, find_contacts,
                                    is_hydrogen)
 
@@ -165,14 +165,14 @@ def _site_constraints(frac: np.ndarray, ops: SymOps, cell: gemmi.UnitCell, snap:
     for n, x in enumerate(np.asarray(frac, float)):
         tol = SPECIAL_TOL if snap[n] else 0.1
         for _ in range(4):
-            if len(stabilizer(x, ops, cell, tol)) == 1:
+            if stabilizer_order(x[None], ops, cell, tol)[0] == 1:
                 break
             x_new, _ = special_position_projector(x, ops, cell, tol)
             moved = np.abs(x_new - x).max()
             x = x_new
             if moved < 1e-9:
                 break
-        order[n] = len(stabilizer(x, ops, cell, 0.01))
+        order[n] = stabilizer_order(x[None], ops, cell, 0.01)[0]
         if order[n] == 1:
             x0[n], basis[n] = x, np.eye(3)
             continue

@@ -149,6 +149,8 @@ class DualSpace:
         self.grid = fourier.FourierGrid(prob.cell, prob.ops, prob.hkl[self.strong],
                                         d_min_A=_d_min(prob), device=self.device, dtype=opts.dtype)
         self.orth = torch.tensor(np.array(prob.cell.orth.mat), **kw)
+        self.rot = torch.tensor(prob.ops.rot, **kw)                           # (O,3,3)
+        self.tran = torch.tensor(prob.ops.tran, **kw)                         # (O,3)
 
     # -- one cycle -----------------------------------------------------------------
     def e_calc(self, frac: torch.Tensor, weight: torch.Tensor, strong: bool) -> torch.Tensor:
@@ -177,7 +179,8 @@ class DualSpace:
 
     def site_weight(self, pk: fourier.Peaks) -> torch.Tensor:
         """1 / (stabilizer order) for each peak, 0 for missing peaks (B,K)."""
-        order = fourier.self_image_order(pk.frac, self.prob.ops, self.orth, 0.5 * self.opts.merge_A)
+        order = symmetry.stabilizer_order_torch(pk.frac, self.rot, self.tran, self.orth,
+                                                0.5 * self.opts.merge_A)
         w = 1.0 / order.to(pk.frac.dtype)
         return torch.where(torch.isfinite(pk.height), w, torch.zeros_like(w))
 

@@ -36,8 +36,8 @@ from functools import lru_cache
 import gemmi
 import numpy as np
 
-from xdxd.crystal.symmetry import (SymOps, apply_ops, find_spacegroup, make_cell, symops,
-                                   unique_images)
+from xdxd.crystal.symmetry import (SymOps, apply_ops, find_spacegroup, make_cell, stabilizer_order,
+                                   symops, unique_images)
 from xdxd.synth.molecules import Molecule3D
 
 # Space-group frequencies (%) of organic crystal structures, rounded. Sources: CSD space-group
@@ -336,7 +336,7 @@ def _near_images(cell: gemmi.UnitCell, mols: list[_RigidMolecule], ops: SymOps,
             n = np.ceil(centres / spacing).astype(int)
             grid = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in n], indexing="ij"),
                             -1).reshape(-1, 3)                          # (T,3)
-            c_img = np.einsum("oij,j->oi", ops.rot, mj.centre) + ops.tran  # (O,3)
+            c_img = apply_ops(mj.centre[None], ops, wrap=False)[0]        # (O,3)
             shift = np.round(mi.centre - c_img)[:, None, :] + grid[None]  # (O,T,3)
             dc = c_img[:, None, :] + shift - mi.centre                   # (O,T,3) frac
             dist_c = np.linalg.norm(dc @ orth.T, axis=-1)                 # (O,T) Å
@@ -361,7 +361,7 @@ def closest_contact_ratio(cell: gemmi.UnitCell, mols: list[_RigidMolecule], ops:
     fr = [m.centre + m.offsets @ frac_m.T for m in mols]  # (n,3) fractional, unwrapped
     best = np.inf
     for (i, j), (o_idx, shift) in _near_images(cell, mols, ops).items():
-        img = np.einsum("oij,nj->oni", ops.rot[o_idx], fr[j]) + (ops.tran[o_idx] + shift)[:, None]
+        img = apply_ops(fr[j], ops.take(o_idx, shift), wrap=False).transpose(1, 0, 2)  # (K,nj,3)
         d = (img[:, None, :, :] - fr[i][None, :, None, :]) @ orth.T   # (K,ni,nj,3) Å
         ratio = np.sqrt((d * d).sum(-1)) / limits[i, j][None]
         best = min(best, float(ratio.min()))
@@ -384,7 +384,7 @@ def _contact_pairs(cell_par: np.ndarray, mols: list[_RigidMolecule], ops: SymOps
     cols = {k: [] for k in keys}
     cart = [f @ orth.T for f in fr]
     for (i, j), (o_idx, shift) in _near_images(cell, mols, ops, reach=cutoff).items():
-        img = np.einsum("oij,nj->oni", ops.rot[o_idx], fr[j]) + (ops.tran[o_idx] + shift)[:, None]
+        img = apply_ops(fr[j], ops.take(o_idx, shift), wrap=False).transpose(1, 0, 2)  # (K,nj,3)
         img = img @ orth.T                                                # (K,nj,3) Å
         d2 = ((cart[i] ** 2).sum(-1)[None, :, None] + (img ** 2).sum(-1)[:, None, :]
               - 2 * (img @ cart[i].T).transpose(0, 2, 1))                  # (K,ni,nj) Å²
@@ -443,17 +443,11 @@ def _site_freedom(centre: np.ndarray, ops: SymOps, orth: np.ndarray, tol: float 
     inversion centre the molecule turns freely and stays put, on a 2-fold axis it turns
     about and slides along the axis, on a mirror it turns about the normal and slides in
     the plane; on a general position it moves freely."""
-    d = np.einsum("oij,j->oi", ops.rot, centre) + ops.tran - centre
+    d = apply_ops(centre[None], ops, wrap=False)[0] - centre
     rot = ops.rot[np.abs(d - np.round(d)).max(axis=1) < tol]
     cart = np.einsum("ij,ojk,kl->oil", orth, rot, np.linalg.inv(orth))
     det = np.linalg.det(rot)
     return rot.mean(axis=0), (det[:, None, None] * cart).mean(axis=0)
-
-
-def _site_order(centre: np.ndarray, ops: SymOps, tol: float = 1e-3) -> int:
-    """Number of operations that map the fractional point `centre` onto itself."""
-    d = np.einsum("oij,j->oi", ops.rot, centre) + ops.tran - centre
-    return int((np.abs(d - np.round(d)).max(axis=1) < tol).sum())
 
 
 def _row_index(index: np.ndarray) -> np.ndarray:
@@ -775,7 +769,8 @@ def pack(molecules: list[Molecule3D], counts: list[int], sg_number: int,
         fr.append(np.mod(f[m.asu], 1.0))
     z = np.concatenate(zs)
     frac = np.mod(np.concatenate(fr), 1.0)
-    n_cell = sum(len(m.z) * len(ops) // _site_order(m.centre, ops) for m in mols)
+    n_cell = sum(len(m.z) * len(ops) // int(stabilizer_order(m.centre[None], ops, cell, 0.01)[0])
+                 for m in mols)
     if len(unique_images(frac, ops, cell, tol=0.3)[0]) != n_cell:
         # e.g. a molecule with more symmetry than its site: the halves are not told apart
         raise RuntimeError("asymmetric unit does not expand to the packed cell")
