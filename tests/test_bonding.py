@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from xdxd.crystal.symmetry import (find_spacegroup, site_multiplicity_factor,
+from xdxd.crystal.symmetry import (find_spacegroup, stabilizer_order,
                                    site_orders, spacegroup_from_record, spglib_number,
                                    stabilizer_orders, symops, unique_images)
 from xdxd.model import bonding
@@ -28,7 +28,7 @@ def reference_problem(cod_id: str, d_min: float = 2.0, **prep):
     sg = spacegroup_from_record(rec["spacegroup"])
     cell = gemmi.UnitCell(*rec["cell"])
     frac = np.array([a["xyz"] for a in atoms]) % 1.0
-    orders = site_multiplicity_factor(frac, symops(sg), cell)
+    orders = stabilizer_order(frac, symops(sg), cell)
     refl = rec["reflections"]
     hkl = np.stack([refl["h"], refl["k"], refl["l"]], 1)
     prob = make_problem(cell, sg.hall, [a["element"] for a in atoms], hkl, np.array(refl["F"]),
@@ -112,7 +112,7 @@ def test_special_images_put_atoms_on_the_mirror_and_samples_keep_the_group():
     # P 1 21/m 1 has order-2 sites only: the mirrors y = 1/4, 3/4 and the inversion centres;
     # each atom goes to the nearest, at most half the distance to its nearest image
     for f, f0 in zip(on.numpy().astype(float), x.numpy().astype(float)):
-        assert np.all(site_multiplicity_factor(f, prob.ops, prob.cell, tol=1e-3) == 2)
+        assert np.all(stabilizer_order(f, prob.ops, prob.cell, tol=1e-3) == 2)
         moved = np.linalg.norm(((f - f0 + 0.5) % 1.0 - 0.5) @ np.array(prob.cell.orth.mat).T, axis=1)
         assert np.all(moved < 0.5 * min(prob.cell.a, prob.cell.b, prob.cell.c))
     on_mirror = torch.minimum((on[..., 1] - 0.25).abs(), (on[..., 1] - 0.75).abs()) < 1e-5
@@ -121,7 +121,7 @@ def test_special_images_put_atoms_on_the_mirror_and_samples_keep_the_group():
                                steps=6, seed=1, bonding=0.05)
     z = np.array([gemmi.Element(e).atomic_number for e in prob.elements])
     for f in out.numpy().astype(float):
-        assert np.all(site_multiplicity_factor(f, prob.ops, prob.cell, tol=1e-3) == 2)
+        assert np.all(stabilizer_order(f, prob.ops, prob.cell, tol=1e-3) == 2)
         images, owner = unique_images(f, prob.ops, prob.cell, tol=1e-3)
         assert len(images) == 2 * prob.n_atoms  # two images per site, not four
         assert spglib_number(prob.cell, images, z[owner]) == sg.number

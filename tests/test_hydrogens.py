@@ -10,7 +10,8 @@ from xdxd import records
 from xdxd.crystal.symmetry import (apply_ops, frac_distance, make_cell, spacegroup_from_record,
                                    symops, unique_images)
 from xdxd.refine import refine_record
-from xdxd.refine.hydrogens import RidingH, h_labels, neighbours, place, xh_distance
+from xdxd.crystal.chemistry import xh_distance
+from xdxd.refine.hydrogens import RidingH, h_labels, neighbours, place
 
 
 def _setup(cod_id: str, d_min: float = 1.0):

@@ -20,7 +20,8 @@ from xdxd import records
 from xdxd.crystal.structure_factors import structure_factors_of_atoms
 from xdxd.crystal.symmetry import make_cell, spacegroup_from_record, spacegroup_to_record, symops
 from xdxd.refine import refine_batch, refine_record, refine_structure
-from xdxd.refine.chemistry import check, find_contacts, swap_elements
+from xdxd.crystal.chemistry import find_contacts
+from xdxd.refine.chemistry import check, swap_elements
 
 COD = Path(__file__).parent / "data" / "cod"
 MEASURED = Path(os.environ.get("XDXD_MEASURED", Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "measured"))
@@ -162,7 +163,7 @@ def test_bond_restraints_pull_bonds_to_tabulated_lengths():
     """At 2.0 Å a structure shaken by 0.15 Å refines back with bonds nearer their
     tabulated lengths when bonds are restrained (and no worse an R1 than 0.1)."""
     from xdxd.refine.chemistry import check
-    from xdxd.refine.least_squares import bond_target
+    from xdxd.crystal.chemistry import bond_target
     rec = simulate_record("2205750", 2.0)
     hkl, F, sig = data(rec)
     a = heavy_atoms(rec)
@@ -395,7 +396,7 @@ def test_measured_model_refines_to_its_reported_r1(folder, cif_r1):
 def test_swap_groups_link_elements_a_low_resolution_map_confuses():
     """Si/Cl (14 and 17 electrons) were left out once, and a 2.0 Å diffusion solution of
     cod-dev 2100345 (Me2SiCl2-like, Pmn21) kept Si and Cl exchanged."""
-    from xdxd.refine.chemistry import swappable
+    from xdxd.crystal.chemistry import swappable
     assert swappable("Si", "Cl") and swappable("C", "N") and swappable("O", "F")
     assert swappable("Se", "Br") and swappable("P", "S")
     assert not swappable("C", "C") and not swappable("C", "Cl") and not swappable("I", "Br")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from xdxd.crystal.symmetry import (SpaceGroupError, find_spacegroup, make_cell, origin_shifts,
-                                   site_multiplicity_factor, special_position_projector,
+                                   stabilizer_order, special_position_projector,
                                    spacegroup_from_record, spacegroup_to_record, symops,
                                    unique_images)
 
@@ -25,7 +25,7 @@ def test_expansion_counts_special_positions_once():
     frac = np.array([[0.1, 0.2, 0.3], [0.0, 0.31, 0.25], [0.0, 0.0, 0.0]])
     pos, owner = unique_images(frac, ops, cell)
     assert np.bincount(owner).tolist() == [8, 4, 4]  # general, 2-fold axis, inversion centre
-    assert site_multiplicity_factor(frac, ops, cell).tolist() == [1, 2, 2]
+    assert stabilizer_order(frac, ops, cell).tolist() == [1, 2, 2]
 
 
 def test_special_position_projector_keeps_site_on_axis():
@@ -35,7 +35,7 @@ def test_special_position_projector_keeps_site_on_axis():
     assert np.allclose(x0, [0.0, 0.31, 0.25], atol=1e-9)
     moved = x0 + P @ np.array([0.05, 0.05, 0.05])
     assert np.allclose(moved[[0, 2]], [0.0, 0.25])  # still on the 2-fold axis along b
-    assert site_multiplicity_factor(moved[None], ops, cell)[0] == 2
+    assert stabilizer_order(moved[None], ops, cell)[0] == 2
 
 
 def test_origin_shifts():

@@ -9,7 +9,7 @@ still obeys, whatever its bonds, is a short list of distance rules between non-H
   (O-N-O 2.16 Å, O-C-O 2.2 Å; longer around S, Cl, Br, I): GAP_LO + r0 to gap_hi(r0);
 - every atom that forms bonds has at least one neighbour (soft for O and halogens,
   which may be water or anions) and no more than its element allows
-  (refine.chemistry.MAX_NEIGHBOURS).
+  (crystal.chemistry.MAX_NEIGHBOURS).
 
 Each violation costs about one unit, so `energy` reads as a count of clear faults (0 for
 a sensible model); its gradient (Cartesian, Å⁻¹) steers the diffusion sampler and the
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from xdxd.crystal.chemistry import MAX_NEIGHBOURS, MAY_BE_ISOLATED, VALENCES, covalent_radius
 from xdxd.crystal.symmetry import NEIGHBOUR_CELLS, SymOps, apply_ops_torch
 
 CLOSE_FACTOR = 0.75   # shortest allowed contact, times r0
@@ -33,7 +34,6 @@ BOND_FADE_A = 0.40    # Å above r0: no longer a bond (the count fades to zero b
 GAP_LO_A = 0.25       # Å above r0 where the forbidden gap begins
 GAP_HI_FACTOR = 0.76  # the gap ends at 0.76 (r0 + 2 r_O): the shortest 1-3 distance i-m-k
 GAP_HI_MIDDLE_A = 1.32  # 2 r_O, the smallest middle atom (O-N-O 2.16 Å, P-N-P 2.7 Å)
-ISOLATED_SOFT = ("O", "F", "Cl", "Br", "I")  # may have no non-H neighbour: water, anions
 ISOLATED_SOFT_WEIGHT = 0.2
 SELF_IMAGE_A = 0.6    # images of an atom on a special position closer than this coincide
 REACH_A = 3.5         # neighbours considered around each atom
@@ -53,10 +53,10 @@ class BondingTables:
 
 
 def bonding_tables(elements: list[str], device="cpu") -> BondingTables:
-    from xdxd.refine.chemistry import MAX_NEIGHBOURS, VALENCES, covalent_radius
     radius = [covalent_radius(e) for e in elements]
     max_nbr = [MAX_NEIGHBOURS.get(e, 12) for e in elements]
-    isolated = [ISOLATED_SOFT_WEIGHT if e in ISOLATED_SOFT else (1.0 if e in VALENCES else 0.0) for e in elements]
+    isolated = [ISOLATED_SOFT_WEIGHT if e in MAY_BE_ISOLATED else (1.0 if e in VALENCES else 0.0)
+                for e in elements]
     kw = dict(device=device, dtype=torch.float32)
     return BondingTables(torch.tensor(radius, **kw), torch.tensor(max_nbr, **kw),
                          torch.tensor(isolated, **kw))

@@ -25,6 +25,7 @@ import time
 
 import torch
 
+from xdxd.crystal.chemistry import swap_pairs
 from xdxd.crystal.fourier import FourierGrid, find_peaks
 from xdxd.crystal.statistics import scale_factor
 from xdxd.model import bonding
@@ -180,23 +181,16 @@ def relocate(problem: Problem, frac: torch.Tensor, moves: int, proposals: int = 
     return best_x
 
 
-def swap_pairs(problem: Problem) -> torch.Tensor:
-    """Pairs (P,2) of atoms i < j with different elements and the same site order, whose
-    positions a label swap exchanges."""
-    els = problem.elements
-    w = problem.site_weight.tolist()
-    pairs = [(i, j) for i in range(len(els)) for j in range(i + 1, len(els))
-             if els[i] != els[j] and abs(w[i] - w[j]) < 1e-6]
-    return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
-
-
 def swap_labels(problem: Problem, frac: torch.Tensor, rank_bonding: float = 0.0,
                 rounds: int = 3, chunk: int = 4096) -> torch.Tensor:
     """Greedy label swaps: for each structure (B,N,3), try exchanging the places of every
-    two atoms of different elements (`swap_pairs`: S onto a C site, N with O, ...) and keep
+    two atoms of different elements on sites of the same order (`chemistry.swap_pairs`: S
+    onto a C site, N with O, ...) and keep
     the single swap that lowers `objective` most; up to `rounds` swaps per structure.
     A heavy atom that ended on a light atom's site moves where the density wants it."""
-    pairs = swap_pairs(problem).to(frac.device)
+    orders = torch.round(1.0 / problem.site_weight).long().tolist()
+    pairs = torch.tensor(swap_pairs(problem.elements, groups=False, orders=orders),
+                         dtype=torch.long, device=frac.device).reshape(-1, 2)
     if len(pairs) == 0:
         return frac
     x = frac.clone()

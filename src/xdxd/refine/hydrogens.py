@@ -29,22 +29,9 @@ import gemmi
 import numpy as np
 
 from xdxd.crystal.symmetry import SymOps, apply_ops, cell_and_spacegroup, frac_distance, symops
-from xdxd.refine.chemistry import BOND_TOL, covalent_radius, find_contacts, is_hydrogen
+from xdxd.crystal.chemistry import find_bonds, find_contacts, is_hydrogen, xh_distance
 
 TETRAHEDRAL = np.degrees(np.arccos(-1.0 / 3.0))   # 109.47°
-
-
-def xh_distance(element: str, n_neighbours: int, n_h: int) -> float:
-    """X–H riding distance (Å), SHELXL's room-temperature defaults: C–H 0.93 aromatic,
-    sp² and ≡C–H, 0.98 methine, 0.97 CH₂, 0.96 CH₃; N–H 0.86 (0.89 NH₃⁺); O–H 0.82;
-    S–H 1.20; 0.96 otherwise."""
-    if element == "C":
-        if n_h == 3:
-            return 0.96
-        if n_h == 2:
-            return 0.93 if n_neighbours == 1 else 0.97
-        return 0.98 if n_neighbours == 3 else 0.93
-    return {"N": 0.89 if n_h == 3 else 0.86, "O": 0.82, "S": 1.20}.get(element, 0.96)
 
 
 @dataclass
@@ -62,19 +49,18 @@ def neighbours(cell: gemmi.UnitCell, ops: SymOps, elements: list[str],
     image once: an atom on a mirror sees both its neighbour and the neighbour's image."""
     frac = np.asarray(frac, float).reshape(-1, 3)
     heavy = [k for k, e in enumerate(elements) if not is_hydrogen(e)]
-    r = np.array([covalent_radius(elements[k]) for k in heavy])
     out = [Neighbours(np.zeros((0, 3)), [], []) for _ in elements]
     if not heavy:
         return out
     x = frac[heavy]
-    c = find_contacts(cell, ops, x, cutoff=2 * r.max() + BOND_TOL, both_ways=True)
+    c = find_bonds(cell, ops, [elements[k] for k in heavy], x, both_ways=True)
     orth = np.array(cell.orth.mat)
     vec: dict[int, list] = {k: [] for k in range(len(heavy))}
     for i, j, o, s, d in zip(c.i, c.j, c.op, c.shift, c.d):
-        if d < r[i] + r[j] + BOND_TOL and d >= 0.5:
+        if d >= 0.5:
             xj = ops.rot[o] @ x[j] + ops.tran[o] + s
             vec[i].append(((xj - x[i]) @ orth.T, j))
-    for k, lst in vec.items():  # find_contacts lists each distinct image once
+    for k, lst in vec.items():  # find_bonds lists each distinct image once
         out[heavy[k]] = Neighbours(np.array([v for v, _ in lst]).reshape(-1, 3),
                                    [elements[heavy[j]] for _, j in lst], [heavy[j] for _, j in lst])
     return out

@@ -30,7 +30,7 @@ The normal matrix J^T J is solved with Marquardt damping, and a step is kept onl
 goes down.
 
 Anti-bump restraint: every contact between occupied non-H atoms (symmetry images included,
-found by `chemistry.find_contacts`) shorter than d0 = BUMP_FACTOR (r_i + r_j) (gemmi
+found by `crystal.chemistry.find_contacts`) shorter than d0 = BUMP_FACTOR (r_i + r_j) (gemmi
 covalent radii; C...C 1.11 Å, C...N 1.09 Å, C...O 1.06 Å, O...O 1.00 Å: shorter than any
 bond between them, a nitrile's 1.14 Å C#N included) adds ((d0 - d)/0.02 Å)² to S, as
 SHELXL's BUMP does with sigma 0.02 Å.
@@ -38,7 +38,7 @@ SHELXL's BUMP does with sigma 0.02 Å.
 Bond-length restraints (bonds=True; off by default here, refine_record turns them on for
 data with d_min ≥ 1.5 Å): every bond the chemistry check sees
 (d < r_i + r_j + 0.45 Å) is restrained two-sidedly to the tabulated length for its element
-pair (BOND_LENGTHS) nearest its current length, sigma 0.03 Å, as a DFIX per bond would do:
+pair (crystal.chemistry.BOND_LENGTHS) nearest its current length, sigma 0.03 Å, as a DFIX per bond would do:
 geometry regularisation for low-resolution data, which never changes a bond's type.
 
 Many candidates are refined at once (a leading batch dimension B everywhere):
@@ -58,8 +58,8 @@ from xdxd.crystal.statistics import Agreement, agreement
 from xdxd.crystal.structure_factors import StructureFactors
 from xdxd.crystal.symmetry import (SymOps, cell_and_spacegroup, special_position_projector,
                                    stabilizer_order, symops)
-from xdxd.refine.chemistry import (BOND_TOL, SHORT_FACTOR, covalent_radius, find_contacts,
-                                   is_hydrogen)
+from xdxd.crystal.chemistry import (SHORT_FACTOR, bond_target, covalent_radius, find_contacts,
+                                    is_bond, is_hydrogen, longest_bond)
 
 WEIGHT_A = 0.1          # SHELXL WGHT a
 WEIGHT_B = 0.0          # SHELXL WGHT b
@@ -69,19 +69,6 @@ UISO_START = 0.04       # Å², Uiso of atoms that come without one
 BUMP_FACTOR = SHORT_FACTOR  # d0 = BUMP_FACTOR * (r_i + r_j), Å
 BUMP_SIGMA = 0.02       # Å, sigma of the anti-bump restraint
 BOND_SIGMA = 0.03       # Å, sigma of a bond-length restraint (SHELXL DFIX default 0.02)
-# typical lengths (Å) of bonds between non-H atoms, single to multiple and aromatic
-# (Allen et al., J. Chem. Soc. Perkin Trans. 2 (1987) S1; International Tables C, 9.5),
-# rounded; a restrained bond is pulled to the one nearest its current length
-BOND_LENGTHS = {
-    ("C", "C"): (1.20, 1.34, 1.39, 1.47, 1.53), ("C", "N"): (1.15, 1.28, 1.34, 1.40, 1.47),
-    ("C", "O"): (1.21, 1.31, 1.36, 1.43), ("C", "S"): (1.67, 1.74, 1.81),
-    ("C", "F"): (1.34,), ("C", "Cl"): (1.74,), ("Br", "C"): (1.90,), ("C", "I"): (2.10,),
-    ("N", "N"): (1.12, 1.24, 1.35, 1.42), ("N", "O"): (1.22, 1.36, 1.42),
-    ("O", "S"): (1.44, 1.58), ("N", "S"): (1.56, 1.63, 1.68), ("O", "P"): (1.48, 1.58),
-    ("C", "P"): (1.80,), ("S", "S"): (2.04,), ("C", "Si"): (1.86,), ("O", "Si"): (1.63,),
-    ("B", "C"): (1.57,), ("B", "F"): (1.38,), ("B", "O"): (1.37,), ("N", "P"): (1.66,),
-    ("C", "Se"): (1.94,), ("O", "O"): (1.48,),
-}
 LAMBDA_START = 1e-3     # initial Marquardt damping
 STOP_DECREASE = 1e-6    # stop when S falls by less than this fraction in a cycle
 MAX_BATCH_ELEMENTS = 4e6  # B*N*M per batch at most (larger batches are split)
@@ -183,18 +170,11 @@ def _site_constraints(frac: np.ndarray, ops: SymOps, cell: gemmi.UnitCell, snap:
     return np.mod(x0, 1.0), basis, order
 
 
-def bond_target(a: str, b: str, d: float) -> float | None:
-    """The tabulated length (Å) nearest to d of a bond between elements a and b, or None
-    when the pair has no entry (BOND_LENGTHS)."""
-    lengths = BOND_LENGTHS.get(tuple(sorted((a, b))))
-    return None if lengths is None else min(lengths, key=lambda x: abs(x - d))
-
-
 class _Bumps:
     """Distance restraint rows for a batch, on a contact list fixed within one cycle:
     anti-bump rows (one-sided, d0 = BUMP_FACTOR (r_i + r_j), BUMP_SIGMA) and, with bonds,
-    bond-length rows (two-sided, d0 = `bond_target`, BOND_SIGMA) for every bond the
-    chemistry check sees (d < r_i + r_j + BOND_TOL). frac (B,N,3) as the parameters give
+    bond-length rows (two-sided, d0 = `chemistry.bond_target`, BOND_SIGMA) for every bond
+    (`chemistry.is_bond`). frac (B,N,3) as the parameters give
     it, not wrapped: contacts are found on the positions wrapped into the cell, and
     `geometry` takes later positions through the same lattice offset (a two-sided bond row
     seen through the wrong offset pulls an atom across the cell)."""
@@ -213,12 +193,12 @@ class _Bumps:
                 continue
             els = [elements[b][n] for n in heavy]
             r = np.array([covalent_radius(e) for e in els])
-            reach = 2 * r.max() + BOND_TOL if bonds else BUMP_FACTOR * 2 * r.max() + 0.3
+            reach = longest_bond(r) if bonds else BUMP_FACTOR * 2 * r.max() + 0.3
             c = find_contacts(data.cell, data.ops, frac[b, heavy], cutoff=reach)
             for i, j, o, s, d in zip(c.i, c.j, c.op, c.shift, c.d):
                 d0 = BUMP_FACTOR * (r[i] + r[j])
                 target = bond_target(els[i], els[j], d) if bonds else None
-                if bonds and d < r[i] + r[j] + BOND_TOL and target is not None and d > d0:
+                if bonds and is_bond(d, r[i] + r[j]) and target is not None and d > d0:
                     rows.append((b, heavy[i], heavy[j], o, s, target, BOND_SIGMA, True))
                 elif d < d0 + 0.3:
                     rows.append((b, heavy[i], heavy[j], o, s, d0, BUMP_SIGMA, False))

@@ -32,6 +32,7 @@ import torch
 
 from xdxd import records
 from xdxd.crystal import fourier, statistics, symmetry
+from xdxd.crystal.chemistry import swap_pairs
 from xdxd.crystal.structure_factors import StructureFactors, inverse_d2
 from xdxd.refine.least_squares import refine_batch
 
@@ -362,7 +363,7 @@ def swap_elements(prob: Problem, elements: list[str], frac: np.ndarray, uiso: np
     fo = prob.F
     els = list(elements)
     for _ in range(rounds):
-        pairs = [(i, j) for i in range(len(els)) for j in range(i + 1, len(els)) if els[i] != els[j]]
+        pairs = swap_pairs(els, groups=False)
         if not pairs:
             break
         # each swap against the same atoms unswapped, both with the pair's Uiso set to the

@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 import gemmi
 import numpy as np
 
+from xdxd.crystal.chemistry import covalent_radius, vdw_radius
 from xdxd.crystal.symmetry import find_spacegroup, make_cell, symops, unique_images
 
 CONTACT_PAIRS = ["C..C", "C..H", "H..H", "H..O", "H..N", "C..O", "O..O", "N..O"]
@@ -51,7 +52,7 @@ def structure_metrics(s: dict, rng: np.random.Generator, cutoff: float = 4.0,
     big_shift = np.repeat(shifts, len(pos), axis=0)
     tree = cKDTree(big)
     central = pos @ orth.T
-    cov = np.array([e.covalent_r for e in el])
+    cov = np.array([covalent_radius(e) for e in names])
     bonds, contacts = [], []
     for i, nb in enumerate(tree.query_ball_point(central, cutoff)):
         for k in nb:
@@ -92,7 +93,7 @@ def structure_metrics(s: dict, rng: np.random.Generator, cutoff: float = 4.0,
             bond_len[_pair(names[i], names[j], "-")].append(d)
     # packing coefficient: random points of the cell inside any vdW sphere
     pts = rng.random((mc_points, 3)) @ orth.T
-    vdw = np.array([e.vdw_r for e in el])[big_atom]
+    vdw = np.array([vdw_radius(e) for e in names])[big_atom]
     inside = np.zeros(mc_points, bool)
     for r in np.unique(vdw):
         sel = vdw == r

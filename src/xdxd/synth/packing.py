@@ -36,6 +36,7 @@ from functools import lru_cache
 import gemmi
 import numpy as np
 
+from xdxd.crystal.chemistry import vdw_radius
 from xdxd.crystal.symmetry import (SymOps, apply_ops, find_spacegroup, make_cell, stabilizer_order,
                                    symops, unique_images)
 from xdxd.synth.molecules import Molecule3D
@@ -212,7 +213,7 @@ def _axis_groups(sg: gemmi.SpaceGroup) -> list[list[int]]:
 
 
 def _vdw(z: np.ndarray) -> np.ndarray:
-    return np.array([gemmi.Element(int(k)).vdw_r for k in z])
+    return np.array([vdw_radius(int(k)) for k in z])
 
 
 def _limit_matrix(z1, pol1, z2, pol2, rules: ContactRules) -> np.ndarray:
