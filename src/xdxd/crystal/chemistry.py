@@ -112,11 +112,12 @@ def bond_target(a: str, b: str, d: float) -> float | None:
     return None if lengths is None else min(lengths, key=lambda x: abs(x - d))
 
 
-def xh_distance(element: str, n_neighbours: int, n_h: int) -> float:
+def xh_distance(element: str, n_neighbours: int, n_h: int, default: float | None = 0.96
+                ) -> float | None:
     """X–H riding distance (Å), SHELXL's room-temperature defaults (Sheldrick, Acta Cryst.
     C71 (2015) 3; X-ray sees the H electron shifted toward X, ~0.1 Å shorter than the
     nuclear distance): C–H 0.93 aromatic, sp² and ≡C–H, 0.98 methine, 0.97 CH₂, 0.96 CH₃;
-    N–H 0.86 (0.89 NH₃⁺); O–H 0.82; S–H 1.20; B–H 1.10; 0.96 otherwise.
+    N–H 0.86 (0.89 NH₃⁺); O–H 0.82; S–H 1.20; B–H 1.10; `default` for other X.
     n_neighbours: heavy-atom neighbours of X; n_h: H atoms on X."""
     if element == "C":
         if n_h == 3:
@@ -124,7 +125,7 @@ def xh_distance(element: str, n_neighbours: int, n_h: int) -> float:
         if n_h == 2:
             return 0.93 if n_neighbours == 1 else 0.97
         return 0.98 if n_neighbours == 3 else 0.93
-    return {"N": 0.89 if n_h == 3 else 0.86, "O": 0.82, "S": 1.20, "B": 1.10}.get(element, 0.96)
+    return {"N": 0.89 if n_h == 3 else 0.86, "O": 0.82, "S": 1.20, "B": 1.10}.get(element, default)
 
 
 def swappable(a: str, b: str) -> bool:

@@ -2,8 +2,9 @@
 
 Per structure: packing coefficient (share of the cell inside Bondi vdW spheres, Monte Carlo),
 density (g/cm³), cell volume over the Hofmann (2002) estimate, atoms per asymmetric unit,
-space group, covalent bond lengths by element pair, and the shortest intermolecular contact
-by element pair (atoms in different molecules; molecules = covalent fragments, periodic).
+space group, covalent bond lengths by element pair (bonds: `chemistry.is_bond`), and the
+shortest intermolecular contact by element pair (atoms in different molecules; molecules =
+covalent fragments, periodic).
 `compare` gives table rows (median and 10-90 % range of each set) and, optionally, a PNG.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections import Counter, defaultdict
 import gemmi
 import numpy as np
 
-from xdxd.crystal.chemistry import covalent_radius, vdw_radius
+from xdxd.crystal.chemistry import covalent_radius, is_bond, vdw_radius
 from xdxd.crystal.symmetry import find_spacegroup, make_cell, symops, unique_images
 
 CONTACT_PAIRS = ["C..C", "C..H", "H..H", "H..O", "H..N", "C..O", "O..O", "N..O"]
@@ -60,7 +61,7 @@ def structure_metrics(s: dict, rng: np.random.Generator, cutoff: float = 4.0,
             if j == i and not big_shift[k].any():
                 continue
             d = float(np.linalg.norm(big[k] - central[i]))
-            bonded = d < 1.15 * (cov[i] + cov[j]) and not (z[i] == 1 and z[j] == 1)
+            bonded = is_bond(d, cov[i] + cov[j]) and not (z[i] == 1 and z[j] == 1)
             (bonds if bonded else contacts).append((i, j, tuple(big_shift[k]), d))
     # molecules: covalent fragments with a lattice offset per atom (periodic BFS)
     adj = defaultdict(list)

@@ -19,6 +19,8 @@ from importlib import resources
 
 import numpy as np
 
+from xdxd.crystal.chemistry import xh_distance
+
 # side chains of the 20 amino acids as they sit in a peptide: N[C@@H](R)C(=O)
 AMINO_ACIDS = {
     "G": None, "A": "C", "V": "C(C)C", "L": "CC(C)C", "I": "[C@@H](C)CC", "F": "Cc1ccccc1",
@@ -37,22 +39,16 @@ SOLVENTS = {
 }
 
 
-# X-H lengths (Å) as X-ray refinements put them (riding H, SHELXL AFIX defaults at room
-# temperature; Sheldrick, Acta Cryst. C71 (2015) 3): X-ray sees the electron, shifted toward
-# X, so these are ~0.1 Å shorter than the nuclear distances a force field gives.
-XRAY_XH = {6: 0.96, 7: 0.86, 8: 0.82, 16: 1.20, 5: 1.10}
-XRAY_CH_AROMATIC = 0.93
-
-
 def xray_hydrogens(mol, xyz: np.ndarray) -> np.ndarray:
-    """Move every H along its bond to the X-ray X-H length (XRAY_XH); (n,3) Å."""
+    """Move every H along its bond to the X-ray X-H length (`chemistry.xh_distance`, SHELXL's
+    riding distances; an X without one keeps the force field's); (n,3) Å."""
     xyz = xyz.copy()
     for a in mol.GetAtoms():
         if a.GetAtomicNum() != 1 or a.GetDegree() != 1:
             continue
         x = a.GetNeighbors()[0]
-        target = XRAY_CH_AROMATIC if (x.GetAtomicNum() == 6 and x.GetIsAromatic()) \
-            else XRAY_XH.get(x.GetAtomicNum())
+        heavy = sum(1 for n in x.GetNeighbors() if n.GetAtomicNum() > 1)
+        target = xh_distance(x.GetSymbol(), heavy, x.GetTotalNumHs(includeNeighbors=True), default=None)
         if target is None:
             continue
         i, j = a.GetIdx(), x.GetIdx()

@@ -36,7 +36,7 @@ from functools import lru_cache
 import gemmi
 import numpy as np
 
-from xdxd.crystal.chemistry import vdw_radius
+from xdxd.crystal.chemistry import covalent_radius, is_bond, vdw_radius
 from xdxd.crystal.symmetry import (SymOps, apply_ops, find_spacegroup, make_cell, stabilizer_order,
                                    symops, unique_images)
 from xdxd.synth.molecules import Molecule3D
@@ -821,13 +821,14 @@ def make_crystal(main: Molecule3D, rng: np.random.Generator, solvent: Molecule3D
     raise RuntimeError(f"{crystal_id}: no crystal after {tries} tries ({last_err})")
 
 
-def rigid_from_structure(s: dict, bond_A: float = 1.9) -> list[_RigidMolecule]:
-    """The asymmetric unit of a shard structure dict as rigid molecules (covalent fragments,
-    atoms joined below bond_A Å through the nearest lattice image), for relaxing a real
-    crystal with `squeeze` or scoring it with `energy_per_asu`."""
+def rigid_from_structure(s: dict) -> list[_RigidMolecule]:
+    """The asymmetric unit of a shard structure dict as rigid molecules (covalent fragments:
+    atoms joined by `chemistry.is_bond` through the nearest lattice image), for relaxing a
+    real crystal with `squeeze` or scoring it with `energy_per_asu`."""
     cell = make_cell(s["cell"])
     orth = np.array(cell.orth.mat)
     z = np.asarray(s["atomic_number"])
+    radius = np.array([covalent_radius(int(k)) for k in z])
     frac = np.asarray(s["frac"], float)
     unplaced = set(range(len(z)))
     mols = []
@@ -842,8 +843,9 @@ def rigid_from_structure(s: dict, bond_A: float = 1.9) -> list[_RigidMolecule]:
                 d = frac[i] - np.array([pos[k] for k in members])
                 d -= np.round(d)
                 dist = np.linalg.norm(d @ orth.T, axis=1)
-                k = int(dist.argmin())
-                if dist[k] < bond_A:
+                bonded = is_bond(dist, radius[i] + radius[members])
+                if bonded.any():
+                    k = int(np.where(bonded, dist, np.inf).argmin())
                     pos[i] = pos[members[k]] + d[k]
                     members.append(i)
                     unplaced.remove(i)
