@@ -45,10 +45,20 @@ def r1(fo, fc, scale=None, mask=None) -> torch.Tensor:
     return (fo - k * fc).abs().sum(-1) / fo.abs().sum(-1).clamp_min(1e-12)
 
 
-def shelx_weights(fo2, sig_fo2, fc2, a: float = 0.1, b: float = 0.0) -> torch.Tensor:
-    """SHELXL weights w = 1/(sigma²(Fo²) + (aP)² + bP), P = (max(Fo²,0) + 2Fc²)/3."""
+def shelx_weights(fo2, sig_fo2, fc2, a: float = 0.1, b: float = 0.0,
+                  floor: float = 0.0) -> torch.Tensor:
+    """SHELXL weights w = 1/(sigma²(Fo²) + (aP)² + bP + floor), P = (max(Fo²,0) + 2Fc²)/3;
+    floor, a variance added to every reflection, keeps Fo = Fc = 0 from an infinite weight."""
     P = (fo2.clamp_min(0) + 2 * fc2) / 3
-    return 1.0 / (sig_fo2 ** 2 + (a * P) ** 2 + b * P).clamp_min(1e-12)
+    return 1.0 / (sig_fo2 ** 2 + (a * P) ** 2 + b * P + floor).clamp_min(1e-12)
+
+
+def pearson(x, y) -> torch.Tensor:
+    """Correlation coefficient along the last axis: x (M,) or (…,M) with y (…,M) -> (…,)."""
+    x, y = _t(x), _t(y)
+    x = x - x.mean(-1, keepdim=True)
+    y = y - y.mean(-1, keepdim=True)
+    return (x * y).sum(-1) / (x.norm(dim=-1) * y.norm(dim=-1)).clamp_min(1e-12)
 
 
 @dataclass

@@ -26,7 +26,9 @@ import gemmi
 import numpy as np
 import torch
 
-from xdxd.crystal.statistics import epsilon_factors, expected_intensity, normalized_e, wilson_scale
+from xdxd.crystal import statistics
+from xdxd.crystal.statistics import (epsilon_factors, expected_intensity, normalized_e, pearson,
+                                     scale_factor, wilson_scale)
 from xdxd.crystal.structure_factors import StructureFactors, inverse_d2
 from xdxd.crystal.symmetry import NEIGHBOUR_CELLS, SymOps, apply_ops_torch, find_spacegroup, symops
 from xdxd.model.bonding import BondingTables, bonding_tables
@@ -321,7 +323,7 @@ def misfit_gradient(problem: Problem, frac: torch.Tensor, b_extra: torch.Tensor
         fo = problem.F_obs[None] * torch.exp(-b * problem.s2[None] / 4.0)  # (B,M)
         u = fit_u(problem, fc0.detach(), fo)
         fc = fc0 * debye_waller(problem, u)
-        k = (fo * fc).sum(-1, keepdim=True) / (fc * fc).sum(-1, keepdim=True).clamp_min(1e-12)
+        k = scale_factor(fo, fc).unsqueeze(-1)  # (B,1)
         misfit = ((fo - k * fc) ** 2).sum(-1) / (fo * fo).sum(-1).clamp_min(1e-12)  # (B,)
         (g,) = torch.autograd.grad(misfit.sum(), x)
     return misfit.detach(), g @ problem.deorth  # dL/dcart = dL/dfrac . d(frac)/d(cart)
@@ -372,21 +374,14 @@ def agreement_of_amplitudes(problem: Problem, fc: torch.Tensor) -> tuple[torch.T
     """(R1 (B,), CC (B,)) of |Fc| (B,M): R1 on |F| with the least-squares scale, CC the
     Pearson correlation of |Fo|² and |Fc|²."""
     with torch.no_grad():
-        fo = problem.F_obs[None]
-        r1 = r1_of_amplitudes(problem, fc)
-        a = fo ** 2 - (fo ** 2).mean(-1, keepdim=True)
-        b = fc ** 2 - (fc ** 2).mean(-1, keepdim=True)
-        cc = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
-        return r1, cc
+        return r1_of_amplitudes(problem, fc), pearson(problem.F_obs[None] ** 2, fc ** 2)
 
 
 def r1_of_amplitudes(problem: Problem, fc: torch.Tensor, fo: torch.Tensor | None = None
                      ) -> torch.Tensor:
     """R1 (…,) of calculated amplitudes |Fc| (…,M) against fo (…,M; default F_obs),
     least-squares scale."""
-    fo = problem.F_obs if fo is None else fo
-    k = (fo * fc).sum(-1, keepdim=True) / (fc * fc).sum(-1, keepdim=True).clamp_min(1e-12)
-    return (fo - k * fc).abs().sum(-1) / fo.sum(-1)
+    return statistics.r1(problem.F_obs if fo is None else fo, fc)
 
 
 def atom_fit(problem: Problem, frac: torch.Tensor) -> torch.Tensor:
@@ -406,7 +401,7 @@ def atom_fit(problem: Problem, frac: torch.Tensor) -> torch.Tensor:
         fa = fa.reshape(B, N, -1)  # (B,N,M) complex
         fc = fa.sum(1)  # (B,M)
         fo = problem.F_obs[None]
-        k = (fo * fc.abs()).sum(-1) / (fc.abs() ** 2).sum(-1).clamp_min(1e-12)  # (B,)
+        k = scale_factor(fo, fc.abs())  # (B,)
         fo_phased = fo * fc / fc.abs().clamp_min(1e-12)  # (B,M)
         num = (fa.conj() * fo_phased[:, None]).real.sum(-1)  # (B,N)
         return num / (k[:, None] * (fa.abs() ** 2).sum(-1)).clamp_min(1e-12)

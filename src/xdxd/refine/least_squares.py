@@ -54,7 +54,7 @@ import gemmi
 import numpy as np
 import torch
 
-from xdxd.crystal.statistics import Agreement, agreement
+from xdxd.crystal.statistics import Agreement, agreement, scale_factor, shelx_weights
 from xdxd.crystal.structure_factors import StructureFactors
 from xdxd.crystal.symmetry import (SymOps, cell_and_spacegroup, special_position_projector,
                                    stabilizer_order, symops)
@@ -132,8 +132,7 @@ class _Data:
 
     def weights(self, fc2_scaled: torch.Tensor, a: float, b: float) -> torch.Tensor:
         """SHELXL weights (B,M) for k²|Fc|² (B,M)."""
-        P = (self.fo2.clamp_min(0) + 2 * fc2_scaled) / 3
-        return 1.0 / (self.sig_fo2 ** 2 + (a * P) ** 2 + b * P + self.var_floor)
+        return shelx_weights(self.fo2, self.sig_fo2, fc2_scaled, a, b, self.var_floor)
 
 
 def _site_constraints(frac: np.ndarray, ops: SymOps, cell: gemmi.UnitCell, snap: np.ndarray):
@@ -404,7 +403,7 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
 
     with torch.no_grad():
         fc = atom_f(p, u).sum(1).abs()
-        k = ((data.fo * fc).sum(-1) / (fc * fc).sum(-1).clamp_min(1e-12)).clamp_min(1e-8)  # (B,)
+        k = scale_factor(data.fo, fc).clamp_min(1e-8)  # (B,)
 
     def cost(p_, u_, k_, w, bumps):
         fc2 = atom_f(p_, u_).sum(1).abs() ** 2

@@ -110,13 +110,6 @@ class SearchState:
     cc_weak: list = field(default_factory=list)
 
 
-def _pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Correlation along the last axis: x (M,) or (B,M), y (B,M) -> (B,)."""
-    x = x - x.mean(-1, keepdim=True)
-    y = y - y.mean(-1, keepdim=True)
-    return (x * y).sum(-1) / (x.norm(dim=-1) * y.norm(dim=-1)).clamp_min(1e-12)
-
-
 class DualSpace:
     """The search for one problem, on one device; `run_batch` runs B trials."""
 
@@ -188,8 +181,8 @@ class DualSpace:
     def figures_of_merit(self, frac: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """CC_all and CC_weak (B,) between E_obs² and E_calc² (equal point atoms)."""
         ec2 = self.e_calc(frac, weight, strong=False).abs() ** 2 / self.eps_all  # (B,M)
-        cc_all = _pearson(self.e2_all, ec2)
-        cc_weak = _pearson(self.e2_all[self.weak_idx], ec2[:, self.weak_idx])
+        cc_all = statistics.pearson(self.e2_all, ec2)
+        cc_weak = statistics.pearson(self.e2_all[self.weak_idx], ec2[:, self.weak_idx])
         return cc_all, cc_weak
 
     def run_batch(self, B: int, gen: torch.Generator):
