@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from xdxd.crystal.dataset import DataSet
 from xdxd.crystal.symmetry import (find_spacegroup, stabilizer_order,
                                    site_orders, spacegroup_from_record, spglib_number,
                                    stabilizer_orders, symops, unique_images)
@@ -31,7 +32,8 @@ def reference_problem(cod_id: str, d_min: float = 2.0, **prep):
     orders = stabilizer_order(frac, symops(sg), cell)
     refl = rec["reflections"]
     hkl = np.stack([refl["h"], refl["k"], refl["l"]], 1)
-    prob = make_problem(cell, sg.hall, [a["element"] for a in atoms], hkl, np.array(refl["F"]),
+    F = np.array(refl["F"])
+    prob = make_problem(DataSet(cell, sg, hkl, F, np.zeros_like(F)), [a["element"] for a in atoms],
                         site_orders=[int(k) for k in orders])
     return rec, prob, frac
 

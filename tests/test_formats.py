@@ -10,7 +10,8 @@ from xdxd.crystal.symmetry import symops
 from xdxd.formats import hkl_cif
 from xdxd.formats.adp import u_equiv
 from xdxd.formats.cif_model import parse_formula, read_cif_document, read_model_cif
-from xdxd.formats.merge import asu_indices, french_wilson, merge, systematically_absent
+from xdxd.crystal.symmetry import systematically_absent
+from xdxd.formats.merge import asu_indices, french_wilson, merge
 from xdxd.formats.mtz import read_mtz
 from xdxd.formats.reflections import AMPLITUDE, INTENSITY, Observations
 from xdxd.formats.shelx import read_hkl, read_hkl_text, read_ins, read_ins_text, spacegroup_from_latt_symm

@@ -9,7 +9,7 @@ from test_refine import heavy_atoms, one_thread, simulate_record  # noqa: F401 (
 from xdxd import records
 from xdxd.crystal.symmetry import (apply_ops, frac_distance, make_cell, spacegroup_from_record,
                                    symops, unique_images)
-from xdxd.refine import refine_record
+from xdxd.refine import LsqOptions, refine_record
 from xdxd.crystal.chemistry import xh_distance
 from xdxd.refine.hydrogens import RidingH, h_labels, neighbours, place
 
@@ -116,13 +116,13 @@ def test_recount_fixes_h_counts_read_off_a_rough_model():
     from test_refine import data, perturb
     from xdxd.refine.hydrogens import h_counts, refine_riding
     rec, cell, ops, a = _setup("2202108", 2.0)
-    hkl, F, sig = data(rec)
+    d = data(rec)
     H = rec["hydrogens"]
     start = perturb(rec, a.frac, 0.15, seed=2)
     true = h_counts(cell, ops, a.elements, a.frac, H)
     assert h_counts(cell, ops, a.elements, start, H) != true
-    runs = [refine_riding(rec["cell"], rec["spacegroup"], hkl, F, sig, a.elements, start, a.uiso,
-                          a.occ, None, H, cycles=10, recount=again, bonds=False) for again in (False, True)]
+    runs = [refine_riding(d, a.elements, start, a.uiso,
+                          a.occ, None, H, cycles=10, recount=again) for again in (False, True)]
     (plain, h0), (recounted, h1) = runs
     assert list(h0.counts) != true and list(h1.counts) == true
     assert recounted.r1 < plain.r1 - 0.01
@@ -181,7 +181,7 @@ def test_riding_h_move_with_their_parents():
     from xdxd.refine import refine_batch
     from xdxd.refine.hydrogens import riders
     rec, cell, ops, a = _setup("2205750")
-    hkl, F, sig = data(rec)
+    d = data(rec)
     h = place(cell, ops, a.elements, a.frac, rec["hydrogens"])
     start = perturb(rec, a.frac, 0.2, seed=3)
     h_start = h.frac + (start - a.frac)[h.parent]  # each H moved with its parent
@@ -189,7 +189,7 @@ def test_riding_h_move_with_their_parents():
     els = a.elements + ["H"] * len(h.frac)
     frac = np.vstack([start, h_start])
     uiso = np.concatenate([np.full(n, 0.04), 0.04 * h.uiso_factor])
-    r, = refine_batch(rec["cell"], rec["spacegroup"], hkl, F, sig, els, frac, uiso, cycles=10,
+    r, = refine_batch(d, els, frac, uiso, cycles=10,
                       riding=riders(n, h))
     orth = lambda f: f @ np.array(cell.orth.mat).T  # noqa: E731
     offset = lambda f: orth(f[n:] - f[h.parent])  # noqa: E731
@@ -209,16 +209,15 @@ def test_riding_refinement_keeps_the_h_where_they_rode_when_that_fits_better():
     from pathlib import Path
     rec = prep_stage(str(Path(__file__).parent / "data" / "measured" / "l-alanine"), 2.0, 0,
                      data="measured")
-    hkl, F, sig = data(rec)
+    d = data(rec)
     a = heavy_atoms(rec)
     cell, ops = make_cell(rec["cell"]), symops(spacegroup_from_record(rec["spacegroup"]))
     start = perturb(rec, a.frac, 0.15, seed=6)
-    r, h = refine_riding(rec["cell"], rec["spacegroup"], hkl, F, sig, a.elements, start,
+    r, h = refine_riding(d, a.elements, start,
                          np.full(len(a), 0.04), a.occ, None, rec["hydrogens"], cycles=20)
     n = len(a)
-    fresh = _statistics(rec["cell"], rec["spacegroup"], hkl, F, sig,
-                        _with_h(cell, ops, a.elements, r.frac[:n], r.uiso[:n], a.occ, None,
-                                rec["hydrogens"], h.counts), n, "cpu")
+    fresh = _statistics(d, _with_h(cell, ops, a.elements, r.frac[:n], r.uiso[:n], a.occ, None,
+                                   rec["hydrogens"], h.counts), n, LsqOptions())
     assert r.r1 <= fresh.r1 + 1e-9 and r.r1 < 0.05, (r.r1, fresh.r1)
 
 
@@ -243,8 +242,8 @@ def test_final_refinement_decides_between_close_labellings(monkeypatch):
     from test_refine import data
     import xdxd.refine.hydrogens as hydrogens
     monkeypatch.setattr(hydrogens, "CLOSE_MARGIN", 1.0)  # every labelling is close
-    hkl, F, sig = data(rec)
-    els, swaps, _, close = swap_riding(rec["cell"], rec["spacegroup"], hkl, F, sig, wrong, a.frac,
+    d = data(rec)
+    els, swaps, _, close = swap_riding(d, wrong, a.frac,
                                        a.uiso, a.occ, rec["hydrogens"], count_frac=a.frac)
     assert els == a.elements and len(close) == 2 and all(e != els for e, _, _ in close)
     scores = [sw[-1]["objective"] for _, _, sw in close]
@@ -254,20 +253,20 @@ def test_final_refinement_decides_between_close_labellings(monkeypatch):
 def test_swap_search_screens_many_variants_before_refining(monkeypatch):
     """With more swap variants than `screen`, all are judged as they stand (0 cycles) and
     only the `screen` best are refined; the wrong C/N pair of 2016470 is still put right."""
-    import xdxd.refine.least_squares as least_squares
+    import xdxd.refine.hydrogens as hydrogens
     from test_refine import data
     from xdxd.refine.hydrogens import swap_riding
     rec, _, _, a = _setup("2016470", 2.0)
     _, _, wrong = _cn_swapped(a.elements)
     calls = []
-    real = least_squares.refine_batch
+    real = hydrogens.refine_batch
 
     def spy(*args, cycles=10, **kw):
-        calls.append((cycles, len(args[6])))
+        calls.append((cycles, len(args[2])))
         return real(*args, cycles=cycles, **kw)
-    monkeypatch.setattr(least_squares, "refine_batch", spy)
-    hkl, F, sig = data(rec)
-    els, swaps, _, _ = swap_riding(rec["cell"], rec["spacegroup"], hkl, F, sig, wrong, a.frac,
+    monkeypatch.setattr(hydrogens, "refine_batch", spy)
+    d = data(rec)
+    els, swaps, _, _ = swap_riding(d, wrong, a.frac,
                                    a.uiso, a.occ, rec["hydrogens"], screen=4)
     assert els == a.elements and len(swaps) == 1
     screened = sum(b for c, b in calls if c == 0)
@@ -287,10 +286,10 @@ def test_swap_search_runs_again_from_the_final_refinement(monkeypatch):
         records.AtomArrays(wrong, a.frac, a.uiso, a.occ, a.labels))}
     calls = []
 
-    def spy(cell, sg, hkl, F, sigma, elements, frac, *args, **kw):
+    def spy(data, elements, frac, *args, **kw):
         calls.append((list(elements), np.array(frac)))
         if len(calls) == 1:
-            return real(cell, sg, hkl, F, sigma, elements, frac, *args, **kw)
+            return real(data, elements, frac, *args, **kw)
         back = {"i": i, "j": j, "from": [elements[i], elements[j]], "objective": 0.0, "riding_h": True}
         return wrong, [back], None, []
     monkeypatch.setattr(refine, "swap_riding", spy)

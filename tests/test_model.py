@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from xdxd.crystal.dataset import DataSet
 from xdxd.crystal.structure_factors import structure_factors_of_atoms
 from xdxd.crystal.symmetry import (apply_ops, find_spacegroup, origin_shifts, spglib_number,
                                    symops)
@@ -38,7 +39,7 @@ def toy_problem(hm: str, n: int = 5, seed: int = 0, d_min: float = 1.5):
     frac = rng.random((n, 3))
     hkl = gemmi.make_miller_array(cell, sg, d_min).astype(np.int64)
     F = np.abs(structure_factors_of_atoms(cell, ops, hkl, els, frac, np.full(n, 0.04), np.ones(n)))
-    prob = make_problem(cell, sg.hall, els, hkl, F, 0.01 * F, max_tokens=TINY.max_tokens,
+    prob = make_problem(DataSet(cell, sg, hkl, F, 0.01 * F), els, max_tokens=TINY.max_tokens,
                         generator=torch.Generator().manual_seed(0))
     return prob, frac, sg
 

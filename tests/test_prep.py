@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from xdxd.cli.prep import app
-from xdxd.formats.merge import asu_indices, systematically_absent
+from xdxd.crystal.symmetry import systematically_absent
+from xdxd.formats.merge import asu_indices
 from xdxd.prep import PrepOptions, prepare, prepare_from_model_cif
 from xdxd.records import reflections_to_arrays
 

@@ -19,7 +19,8 @@ import torch
 from xdxd import records
 from xdxd.crystal.structure_factors import structure_factors_of_atoms
 from xdxd.crystal.symmetry import make_cell, spacegroup_from_record, spacegroup_to_record, symops
-from xdxd.refine import refine_batch, refine_record, refine_structure
+from xdxd.crystal.dataset import DataSet
+from xdxd.refine import LsqOptions, refine_batch, refine_record, refine_structure
 from xdxd.crystal.chemistry import find_contacts
 from xdxd.refine.chemistry import check, swap_elements
 
@@ -77,8 +78,8 @@ def perturb(rec: dict, frac: np.ndarray, shift_A: float, seed: int) -> np.ndarra
     return frac + d @ np.array(make_cell(rec["cell"]).frac.mat).T
 
 
-def data(rec):
-    return records.reflections_to_arrays(rec["reflections"])
+def data(rec) -> DataSet:
+    return DataSet.from_record(rec)
 
 
 # ---------------------------------------------------------------------------
@@ -86,21 +87,21 @@ def data(rec):
 
 def test_true_structure_refines_below_r1_002():
     rec = simulate_record("2205750", 1.0)
-    hkl, F, sig = data(rec)
+    d = data(rec)
     a = heavy_atoms(rec)
-    r = refine_structure(rec["cell"], rec["spacegroup"], hkl, F, sig, a.elements, a.frac, a.uiso)
+    r = refine_structure(d, a.elements, a.frac, a.uiso)
     assert r.r1 < 0.02, r.stats()
     assert r.n_params == 4 * len(a) + 1  # Pna21: all general positions, + scale
-    assert r.n_reflections == len(F)
+    assert r.n_reflections == len(d)
     assert r.frac_esd is not None and r.frac_esd.shape == (len(a), 3)
 
 
 def test_perturbed_candidate_refines_back():
     """Atoms moved by 0.3 Å, Uiso unknown: back to R1 < 0.05 at 1.0 Å."""
     rec = simulate_record("2205750", 1.0)
-    hkl, F, sig = data(rec)
+    d = data(rec)
     a = heavy_atoms(rec)
-    r = refine_structure(rec["cell"], rec["spacegroup"], hkl, F, sig, a.elements,
+    r = refine_structure(d, a.elements,
                          perturb(rec, a.frac, 0.3, seed=1))
     assert r.r1 < 0.05, r.stats()
     assert r.bumps == 0
@@ -108,10 +109,10 @@ def test_perturbed_candidate_refines_back():
 
 def test_batch_refines_many_candidates_at_once():
     rec = simulate_record("2205750", 1.0)
-    hkl, F, sig = data(rec)
+    d = data(rec)
     a = heavy_atoms(rec)
     frac = np.stack([perturb(rec, a.frac, 0.25, seed=s) for s in range(3)])
-    out = refine_batch(rec["cell"], rec["spacegroup"], hkl, F, sig, a.elements, frac, cycles=12)
+    out = refine_batch(d, a.elements, frac, cycles=12)
     assert len(out) == 3
     assert all(r.r1 < 0.05 for r in out), [r.r1 for r in out]
 
@@ -119,11 +120,11 @@ def test_batch_refines_many_candidates_at_once():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu():
     rec = simulate_record("2203315", 1.0)
-    hkl, F, sig = data(rec)
+    d = data(rec)
     a = heavy_atoms(rec)
     start = perturb(rec, a.frac, 0.2, seed=4)
-    cpu, gpu = (refine_structure(rec["cell"], rec["spacegroup"], hkl, F, sig, a.elements, start,
-                                 cycles=8, device=dev) for dev in ("cpu", "cuda"))
+    cpu, gpu = (refine_structure(d, a.elements, start,
+                                 cycles=8, opts=LsqOptions(device=dev)) for dev in ("cpu", "cuda"))
     assert abs(cpu.r1 - gpu.r1) < 1e-6 and np.allclose(cpu.frac, gpu.frac, atol=1e-6)
 
 
@@ -131,9 +132,9 @@ def test_special_positions_stay_exact():
     """P 21/m with every atom on the mirror y = 1/4: a start 0.3 Å off it is put back on it,
     and y is not a parameter."""
     rec = simulate_record("2203315", 1.0)
-    hkl, F, sig = data(rec)
+    d = data(rec)
     a = heavy_atoms(rec)
-    r = refine_structure(rec["cell"], rec["spacegroup"], hkl, F, sig, a.elements,
+    r = refine_structure(d, a.elements,
                          perturb(rec, a.frac, 0.3, seed=2))
     assert r.r1 < 0.05, r.stats()
     on_mirror = np.isclose(a.frac[:, 1] % 0.5, 0.25)
@@ -146,15 +147,14 @@ def test_special_positions_stay_exact():
 def test_anti_bump_separates_collapsed_atoms():
     """Two atoms started 0.4 Å apart: the restraint pushes them beyond 0.8 (r_i + r_j)."""
     rec = simulate_record("2205750", 1.0)
-    hkl, F, sig = data(rec)
+    d = data(rec)
     a = heavy_atoms(rec)
     cell = make_cell(rec["cell"])
     frac = a.frac.copy()
     i, j = 0, 2  # two carbons
     v = np.array([0.4, 0, 0]) @ np.array(cell.frac.mat).T
     frac[j] = frac[i] + v
-    r = refine_batch(rec["cell"], rec["spacegroup"], hkl, F, sig, a.elements, frac, cycles=6,
-                     restraints=True)[0]
+    r = refine_batch(d, a.elements, frac, cycles=6, opts=LsqOptions(restraints=True))[0]
     d = np.linalg.norm(((r.frac[j] - r.frac[i] + 0.5) % 1 - 0.5) @ np.array(cell.orth.mat).T)
     assert d > 1.0, d
 
@@ -165,7 +165,7 @@ def test_bond_restraints_pull_bonds_to_tabulated_lengths():
     from xdxd.refine.chemistry import check
     from xdxd.crystal.chemistry import bond_target
     rec = simulate_record("2205750", 2.0)
-    hkl, F, sig = data(rec)
+    d = data(rec)
     a = heavy_atoms(rec)
     cell = make_cell(rec["cell"])
     ops = symops(spacegroup_from_record(rec["spacegroup"]))
@@ -177,8 +177,9 @@ def test_bond_restraints_pull_bonds_to_tabulated_lengths():
                if bond_target(a.elements[i], a.elements[j], d) is not None]
         return float(np.sqrt(np.mean(np.square(err))))
 
-    plain, restrained = (refine_structure(rec["cell"], rec["spacegroup"], hkl, F, sig, a.elements,
-                                          start, cycles=15, bonds=b) for b in (False, True))
+    plain, restrained = (refine_structure(d, a.elements,
+                                          start, cycles=15, opts=LsqOptions(bonds=b))
+                         for b in (False, True))
     assert restrained.r1 < 0.1
     assert bond_error(restrained.frac) < 0.03 < bond_error(plain.frac) or \
         bond_error(restrained.frac) < 0.6 * bond_error(plain.frac)
@@ -192,14 +193,14 @@ def test_bond_restraints_hold_for_an_atom_crossing_the_cell_edge():
     lattice offset; seen through the wrong one, its bond rows pulled it across the cell."""
     rec = simulate_record("2205750", 2.0)
     assert rec["spacegroup"]["number"] == 33
-    hkl, F, sig = data(rec)
+    d = data(rec)
     a = heavy_atoms(rec)
     cell = make_cell(rec["cell"])
     true = a.frac + np.array([0.0, 0.0, 0.999 - a.frac[0, 2]])
     start = true.copy()
     start[0, 2] = 0.001
-    r = refine_structure(rec["cell"], rec["spacegroup"], hkl, F, sig, a.elements, start,
-                         a.uiso, cycles=10, bonds=True)
+    r = refine_structure(d, a.elements, start,
+                         a.uiso, cycles=10, opts=LsqOptions(bonds=True))
     moved = np.linalg.norm(((r.frac - true + 0.5) % 1.0 - 0.5) @ np.array(cell.orth.mat).T, axis=1)
     assert moved.max() < 0.15 and r.r1 < 0.05, (moved.max(), r.r1)
 
@@ -275,13 +276,13 @@ def test_contacts_include_symmetry_images():
 
 def test_swap_fixes_a_c_n_swap():
     rec = simulate_record("2205750", 1.0)
-    hkl, F, sig = data(rec)
+    d = data(rec)
     a = heavy_atoms(rec)
     iN = a.elements.index("N")
     iC = a.elements.index("C")
     wrong = list(a.elements)
     wrong[iN], wrong[iC] = "C", "N"
-    s = swap_elements(rec["cell"], rec["spacegroup"], hkl, F, sig, wrong, a.frac, a.uiso,
+    s = swap_elements(d, wrong, a.frac, a.uiso,
                       hydrogens=rec["hydrogens"])
     assert s.elements == a.elements, s.swaps
     assert len(s.swaps) == 1 and s.result.r1 < 0.01

@@ -42,13 +42,14 @@ import gemmi
 import numpy as np
 
 from xdxd import records
-from xdxd.crystal.structure_factors import inverse_d2, structure_factors_of_atoms
+from xdxd.crystal.dataset import simulate as simulate_data
+from xdxd.crystal.structure_factors import inverse_d2
 from xdxd.crystal.symmetry import (SpaceGroupError, find_spacegroup, stabilizer_order,
                                    spacegroup_to_record, symops)
 from xdxd.formats import hkl_cif
 from xdxd.formats.adp import b_to_u
 from xdxd.formats.cif_model import has_atoms, model_from_block, parse_formula, read_cif_document
-from xdxd.formats.merge import completeness, merge, systematically_absent
+from xdxd.formats.merge import completeness, merge
 from xdxd.formats.mtz import read_mtz
 from xdxd.formats.reflections import Observations
 from xdxd.formats.shelx import read_hkl_text, read_ins_text
@@ -217,31 +218,20 @@ def simulate(model: CrystalModel, opts: PrepOptions) -> dict:
         raise RecordError(f"{model.source}: no atoms to simulate data from")
     if not opts.d_min_A or opts.d_min_A <= 0:
         raise RecordError(f"{model.source}: simulation needs --dmin > 0")
-    cell = gemmi.UnitCell(*model.cell)
-    sg = model.spacegroup
-    hkl = np.asarray(gemmi.make_miller_array(cell, sg, opts.d_min_A), dtype=np.int64)
-    hkl = hkl[~systematically_absent(hkl, sg)]
-    if len(hkl) == 0:
-        raise RecordError(f"{model.source}: no reflection with d >= {opts.d_min_A} Å in this cell")
     atoms = model.atoms if opts.hydrogens_in_data else model.atoms.without_hydrogens()
     uiso, uaniso = atoms.uiso, atoms.uaniso
     if opts.biso is not None:
         uiso, uaniso = np.full(len(atoms), b_to_u(opts.biso)), None
     check_adps(model.source, uiso, uaniso)
-    F = np.abs(structure_factors_of_atoms(cell, symops(sg), hkl, atoms.elements, atoms.frac,
-                                          uiso, atoms.occ, uaniso))
-    if not np.all(np.isfinite(F)):
-        raise RecordError(f"{model.source}: simulated |F| are not finite")
-    floor = 0.005 * float(F.mean())
-    if opts.noise > 0:
-        rng = np.random.default_rng([opts.seed, zlib.crc32(model.id.encode())])
-        sigma = opts.noise * F + floor
-        F = np.abs(F + rng.normal(size=F.shape) * sigma)
-    else:
-        sigma = 0.01 * F + floor
-    d = 1.0 / np.sqrt(inverse_d2(cell, hkl))
+    rng = np.random.default_rng([opts.seed, zlib.crc32(model.id.encode())])
+    try:
+        data = simulate_data(gemmi.UnitCell(*model.cell), model.spacegroup, atoms.elements,
+                             atoms.frac, uiso, atoms.occ, opts.d_min_A, uaniso, opts.noise, rng)
+    except ValueError as e:
+        raise RecordError(f"{model.source}: {e}") from None
+    hkl, F, sigma = data.hkl, data.F, data.sigma
     rec = _base(model, opts)
-    rec["d_min_A"] = round(float(d.min()), 4)
+    rec["d_min_A"] = round(data.d_min_A, 4)
     rec["reflections"] = records.arrays_to_reflections(hkl, F, sigma)
     rec["reference"] = {"atoms": records.arrays_to_atoms(model.atoms)}
     rec["metrics"] = {"data": "simulated", "n_reflections": int(len(hkl)), "completeness": 1.0,

@@ -113,6 +113,13 @@ def apply_ops_torch(frac: torch.Tensor, rot: torch.Tensor, tran: torch.Tensor,
     return torch.remainder(images, 1.0) if wrap else images
 
 
+def systematically_absent(hkl: np.ndarray, sg: gemmi.SpaceGroup) -> np.ndarray:
+    """Boolean (M,) mask of the reflections hkl (M,3) the space group extinguishes."""
+    if len(hkl) == 0:
+        return np.zeros(0, dtype=bool)
+    return np.asarray(sg.operations().systematic_absences(np.asarray(hkl, dtype=np.int32)), dtype=bool)
+
+
 def frac_distance(a: np.ndarray, b: np.ndarray, cell: gemmi.UnitCell) -> np.ndarray:
     """Shortest distance in Å between fractional points a (...,3) and b (...,3), periodic."""
     d = a - b

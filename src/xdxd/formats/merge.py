@@ -23,6 +23,7 @@ import gemmi
 import numpy as np
 
 from xdxd.crystal.structure_factors import inverse_d2
+from xdxd.crystal.symmetry import systematically_absent
 from xdxd.formats.reflections import AMPLITUDE, INTENSITY, Observations
 from xdxd.records import RecordError
 
@@ -50,13 +51,6 @@ def asu_indices(hkl: np.ndarray, sg: gemmi.SpaceGroup) -> np.ndarray:
     asu = gemmi.ReciprocalAsu(sg)
     return np.array([asu.to_asu(h, ops)[0] for h in np.asarray(hkl, dtype=int).tolist()],
                     dtype=np.int64).reshape(-1, 3)
-
-
-def systematically_absent(hkl: np.ndarray, sg: gemmi.SpaceGroup) -> np.ndarray:
-    """Boolean (M,) mask of systematic absences of the space group."""
-    if len(hkl) == 0:
-        return np.zeros(0, dtype=bool)
-    return np.asarray(sg.operations().systematic_absences(np.asarray(hkl, dtype=np.int32)), dtype=bool)
 
 
 def d_spacing(cell: gemmi.UnitCell, hkl: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ import torch
 from xdxd.crystal import statistics
 from xdxd.crystal.statistics import (epsilon_factors, expected_intensity, normalized_e, pearson,
                                      scale_factor, wilson_scale)
+from xdxd.crystal.dataset import DataSet
 from xdxd.crystal.structure_factors import StructureFactors, inverse_d2
 from xdxd.crystal.symmetry import NEIGHBOUR_CELLS, SymOps, apply_ops_torch, find_spacegroup, symops
 from xdxd.model.bonding import BondingTables, bonding_tables
@@ -98,26 +99,21 @@ class Problem:
         return replace(self, sf=sf, **moved)
 
 
-def make_problem(cell: gemmi.UnitCell, hall: str, elements: list[str], hkl: np.ndarray,
-                 F: np.ndarray, sigma: np.ndarray | None = None, hydrogens: float = 0,
+def make_problem(data: DataSet, elements: list[str], hydrogens: float = 0,
                  device: str | torch.device = "cpu", max_tokens: int = 256,
                  generator: torch.Generator | None = None,
                  site_orders: list[int] | None = None) -> Problem:
     """Build a Problem from measured (or simulated) amplitudes.
 
-    cell, hall: the crystal; elements: ASU non-H atoms to place; hkl (M,3) unique
-    reflections, F (M,) |F|, sigma (M,) sigma(|F|); hydrogens: H atoms per ASU (for
-    normalisation only). Tokens beyond max_tokens are subsampled with `generator`.
+    data: the reflections (those with |F| > 0 are used); elements: ASU non-H atoms to
+    place; hydrogens: H atoms per ASU (for normalisation only). Tokens beyond max_tokens
+    are subsampled with `generator`.
     site_orders (N,): the stabilizer order of each atom's site (default: all 1, general
     positions); an atom of order k is sampled with weight 1/k in every |Fc|.
     """
-    sg = find_spacegroup(hall=hall)
-    ops = symops(sg)
-    hkl = np.asarray(hkl, dtype=np.int64).reshape(-1, 3)
-    F = np.asarray(F, dtype=float)
-    sigma = np.zeros_like(F) if sigma is None else np.asarray(sigma, dtype=float)
-    keep = F > 0
-    hkl, F, sigma = hkl[keep], F[keep], sigma[keep]
+    data = data.nonzero()
+    cell, sg, ops = data.cell, data.spacegroup, data.ops
+    hkl, F, sigma = data.hkl, data.F, data.sigma
     orders = np.ones(len(elements)) if site_orders is None else np.asarray(site_orders, float)
     if len(orders) != len(elements) or np.any(orders < 1):
         raise ValueError(f"site_orders {list(orders)} do not fit {len(elements)} atoms")

@@ -28,7 +28,7 @@ import gemmi
 import numpy as np
 import torch
 
-from xdxd.crystal.structure_factors import structure_factors_of_atoms
+from xdxd.crystal.dataset import simulate as simulate_data
 from xdxd.crystal.symmetry import (SymOps, apply_ops, find_spacegroup, origin_shifts,
                                    stabilizer_order, symops)
 from xdxd.model.conditioning import Problem, make_problem
@@ -159,29 +159,29 @@ class ExampleStream(torch.utils.data.IterableDataset):
 def simulate(s: Structure, rng: np.random.Generator, gen: torch.Generator, cfg: TrainConfig,
              device: str, max_tokens: int, d_min_A: float | None = None,
              clean: bool = False) -> Example | None:
-    """A diffraction experiment on structure s, augmented (unless clean), as an Example."""
+    """A diffraction experiment on structure s (crystal.dataset.simulate, the one xdxd-prep
+    uses), augmented unless clean: d_min, overall Uiso with per-atom jitter, relative noise
+    on |F| and a share of reflections missing drawn from cfg's ranges. As an Example."""
     sg, ops = _ops(s.hall)
     cell = gemmi.UnitCell(*s.cell)
     d_min = d_min_A if d_min_A is not None else rng.uniform(*cfg.d_min_range_A)
-    hkl = gemmi.make_miller_array(cell, sg, d_min).astype(np.int64)
-    if len(hkl) < 8:
-        return None
     elements = [gemmi.Element(int(z)).name for z in s.z]
     u0 = 0.04 if clean else rng.uniform(*cfg.uiso_range_A2)
-    uiso = np.where(s.is_h, 1.2 * u0, u0 * (1.0 if clean else 1.0) *
+    uiso = np.where(s.is_h, 1.2 * u0, u0 *
                     np.clip(1 + (0 if clean else 0.15) * rng.standard_normal(len(s.z)), 0.6, 1.6))
-    F = np.abs(structure_factors_of_atoms(cell, ops, hkl, elements, s.frac, uiso,
-                                          np.ones(len(s.z))))
-    rel = 0.0 if clean else rng.uniform(0, cfg.f_noise_max)
-    sigma = rel * F + 0.005 * F.mean()
-    if not clean:
-        F = np.abs(F + sigma * rng.standard_normal(len(F)))
-        keep = rng.random(len(F)) >= rng.uniform(0, cfg.missing_max)
-        hkl, F, sigma = hkl[keep], F[keep], sigma[keep]
+    noise = 0.0 if clean else rng.uniform(0, cfg.f_noise_max)
+    missing = 0.0 if clean else rng.uniform(0, cfg.missing_max)
+    try:
+        data = simulate_data(cell, sg, elements, s.frac, uiso, np.ones(len(s.z)), d_min,
+                             noise=noise, rng=rng, missing=missing)
+    except ValueError:
+        return None
+    if len(data) < 8:
+        return None
     heavy = ~s.is_h
-    problem = make_problem(cell, s.hall, [e for e, h in zip(elements, heavy) if h], hkl, F,
-                           sigma, hydrogens=int(s.is_h.sum()), device=device,
-                           max_tokens=max_tokens, generator=gen)
+    problem = make_problem(data, [e for e, h in zip(elements, heavy) if h],
+                           hydrogens=int(s.is_h.sum()), device=device, max_tokens=max_tokens,
+                           generator=gen)
     frac = torch.tensor(s.frac[heavy], dtype=torch.float32, device=device)
     return Example(problem, frac, d_min)
 

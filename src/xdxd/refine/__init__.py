@@ -22,13 +22,13 @@ import math
 import numpy as np
 
 from xdxd import records
-from xdxd.crystal.structure_factors import inverse_d2
-from xdxd.crystal.symmetry import make_cell, spacegroup_from_record, symops
-from xdxd.refine.chemistry import CHEM_WEIGHT, check, is_hydrogen, swap_elements
+from xdxd.crystal.chemistry import is_hydrogen
+from xdxd.crystal.dataset import DataSet
+from xdxd.refine.chemistry import CHEM_WEIGHT, check, swap_elements
 from xdxd.refine.hydrogens import h_labels, refine_riding, swap_riding
-from xdxd.refine.least_squares import RefinementResult, refine_batch, refine_structure
+from xdxd.refine.least_squares import LsqOptions, RefinementResult, refine_batch, refine_structure
 
-__all__ = ["refine_record", "refine_structure", "refine_batch", "RefinementResult",
+__all__ = ["refine_record", "refine_structure", "refine_batch", "RefinementResult", "LsqOptions",
            "swap_elements", "check"]
 
 TOP = 8              # candidates refined by default
@@ -123,18 +123,16 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
     swap = (source != "reference") if swap is None else swap
     rank_cycles = min(cycles, opts.pop("rank_cycles", RANK_CYCLES))
     bonds = opts.pop("bonds", None)
-    lsq = {k: opts.pop(k) for k in ("restraints", "refine_uiso", "refine_hydrogens",
-                                    "weight_a", "weight_b") if k in opts}
+    given = {k: opts.pop(k) for k in ("restraints", "refine_uiso", "refine_hydrogens",
+                                      "weight_a", "weight_b") if k in opts}
     if opts:
         raise TypeError(f"refine_record: unknown options {sorted(opts)}")
 
-    cell = make_cell(rec["cell"])
-    sg = spacegroup_from_record(rec["spacegroup"])
-    ops = symops(sg)
-    hkl, F, sigma = records.reflections_to_arrays(rec["reflections"])
+    data = DataSet.from_record(rec)
+    cell, ops = data.cell, data.ops
     if bonds is None:
-        bonds = bool(len(hkl)) and float(inverse_d2(cell, hkl).max()) ** -0.5 >= BONDS_FROM_DMIN_A - 0.02
-    lsq["bonds"] = bool(bonds)
+        bonds = bool(len(data)) and data.d_min_A >= BONDS_FROM_DMIN_A - 0.02
+    lsq = LsqOptions(bonds=bool(bonds), device=device, **given)
     for e in {a["element"] for _, atoms in picked for a in atoms}:
         if e not in _known_elements():
             raise records.RecordError(f"{rid}: unknown element {e!r} in the model")
@@ -154,12 +152,11 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
     for n, a in enumerate(arrays):
         by_n.setdefault(len(a), []).append(n)
     for idx in by_n.values():
-        out = refine_batch(cell, sg, hkl, F, sigma, [arrays[n].elements for n in idx],
+        out = refine_batch(data, [arrays[n].elements for n in idx],
                            np.stack([arrays[n].frac for n in idx]),
                            np.stack([arrays[n].uiso for n in idx]),
                            np.stack([arrays[n].occ for n in idx]),
-                           uaniso=_stack_aniso([arrays[n] for n in idx]), cycles=rank_cycles,
-                           device=device, **lsq)
+                           _stack_aniso([arrays[n] for n in idx]), cycles=rank_cycles, opts=lsq)
         for n, r in zip(idx, out):
             refined[n] = r
 
@@ -177,9 +174,8 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
         lead = {}
         for n in np.argsort(keys, kind="stable")[:RIDING_TOP]:
             r = refined[n]
-            res, _ = refine_riding(cell, sg, hkl, F, sigma, r.elements, r.frac, r.uiso, r.occ,
-                                   r.uaniso, hyd, cycles=rank_cycles, rounds=2, device=device,
-                                   count_frac=arrays[n].frac, **lsq)
+            res, _ = refine_riding(data, r.elements, r.frac, r.uiso, r.occ, r.uaniso, hyd,
+                                   cycles=rank_cycles, rounds=2, count_frac=arrays[n].frac, opts=lsq)
             lead[int(n)] = res.r1 + CHEM_WEIGHT * chems[n].score
         best = min(lead, key=lead.get)
     cand_index, _ = picked[best]
@@ -202,9 +198,8 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
         count_frac = arrays[best].frac
         counts = None  # decided from count_frac, unless the swaps chose them
         if swap:  # the swaps are judged on positions refined with the H of the current labels
-            pre, _ = refine_riding(cell, sg, hkl, F, sigma, elements, frac, uiso, r.occ, r.uaniso,
-                                   hyd, cycles=rank_cycles, rounds=2, device=device,
-                                   count_frac=count_frac, **lsq)
+            pre, _ = refine_riding(data, elements, frac, uiso, r.occ, r.uaniso, hyd,
+                                   cycles=rank_cycles, rounds=2, count_frac=count_frac, opts=lsq)
             frac, uiso = pre.frac[:n], pre.uiso[:n]
 
         def finish(els: list[str], counts, swaps: list[dict], close: list[tuple], frac, uiso) -> tuple:
@@ -216,9 +211,8 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
             for k, (e, cts, sws) in enumerate([(els, counts, swaps)] + close):
                 if k:  # a runner-up: its last swap did not lower the 4-cycle objective
                     sws = sws[:-1] + [dict(sws[-1], by="final refinement")]
-                fin = refine_riding(cell, sg, hkl, F, sigma, e, frac, uiso, r.occ, r.uaniso, hyd,
-                                    cycles=cycles, device=device, count_frac=count_frac,
-                                    counts=cts, recount=True, **lsq)
+                fin = refine_riding(data, e, frac, uiso, r.occ, r.uaniso, hyd, cycles=cycles,
+                                    count_frac=count_frac, counts=cts, recount=True, opts=lsq)
                 score = fin[0].r1 + CHEM_WEIGHT * check(cell, ops, e, fin[0].frac[:n], hyd).score
                 if kept is None or score < kept[0] - 1e-9:
                     kept = (score, e, sws, fin)
@@ -226,9 +220,8 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
 
         close = []  # labellings that scored about as well as the swaps' choice
         if swap:
-            elements, swaps, counts, close = swap_riding(cell, sg, hkl, F, sigma, elements, frac,
-                                                         uiso, r.occ, hyd, device=device,
-                                                         count_frac=count_frac, **lsq)
+            elements, swaps, counts, close = swap_riding(data, elements, frac, uiso, r.occ, hyd,
+                                                         count_frac=count_frac, opts=lsq)
         best_final = finish(elements, counts, swaps, close, frac, uiso)
         for _ in range(SWAP_PASSES - 1 if swap else 0):
             # a 2 Å refinement with wrong labels pulls bonds to wrong lengths, which can hide
@@ -238,8 +231,8 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
             if not sws:
                 break
             frac, uiso = fin.frac[:n], fin.uiso[:n]
-            els, more, counts, close = swap_riding(cell, sg, hkl, F, sigma, els, frac, uiso, r.occ,
-                                                   hyd, device=device, count_frac=count_frac, **lsq)
+            els, more, counts, close = swap_riding(data, els, frac, uiso, r.occ, hyd,
+                                                   count_frac=count_frac, opts=lsq)
             if not more:
                 break
             again = finish(els, counts, sws + more, [(e, c, sws + sw) for e, c, sw in close],
@@ -254,13 +247,13 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
         elements = final.elements
     else:
         if swap:
-            s = swap_elements(cell, sg, hkl, F, sigma, elements, r.frac, r.uiso, r.occ, r.uaniso,
-                              hydrogens=hyd, device=device, **lsq)
+            s = swap_elements(data, elements, r.frac, r.uiso, r.occ, r.uaniso, hydrogens=hyd,
+                              opts=lsq)
             elements, swaps = s.elements, s.swaps
             if swaps:
                 r = s.result
-        final = refine_structure(cell, sg, hkl, F, sigma, elements, r.frac, r.uiso, r.occ,
-                                 uaniso=r.uaniso, cycles=cycles, device=device, **lsq)
+        final = refine_structure(data, elements, r.frac, r.uiso, r.occ, r.uaniso, cycles=cycles,
+                                 opts=lsq)
         labels = element_labels(elements, arrays[best].labels)
         parents = [None] * len(elements)
     chem = check(cell, ops, elements, final.frac, hyd, labels)
@@ -277,13 +270,13 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
         atoms.append(a)
     rec["solution"] = {
         "atoms": atoms, **final.stats(), "candidate_index": cand_index, "source": source,
-        "weight_a": lsq.get("weight_a", 0.1), "weight_b": lsq.get("weight_b", 0.0),
+        "weight_a": lsq.weight_a, "weight_b": lsq.weight_b,
         "chemistry": chem.as_dict(), "swaps": swaps,
     }
     if riding is not None:
         rec["solution"]["riding_h"] = {"placed": int(sum(riding.counts)), "sites": len(riding.frac),
                                        "wanted": hyd}
-    records.add_history(rec, "refine", cycles=cycles, source=source, swap=bool(swap), bonds=lsq["bonds"])
+    records.add_history(rec, "refine", cycles=cycles, source=source, swap=bool(swap), bonds=lsq.bonds)
     return rec
 
 

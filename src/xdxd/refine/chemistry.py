@@ -25,7 +25,9 @@ import numpy as np
 from xdxd.crystal.chemistry import (MAX_NEIGHBOURS, MAY_BE_ISOLATED, SHORT_FACTOR, VALENCES, bond_order,
                                     covalent_radius, find_bonds, is_hydrogen, single_bond_length,
                                     swap_pairs)
+from xdxd.crystal.dataset import DataSet
 from xdxd.crystal.symmetry import SymOps
+from xdxd.refine.least_squares import LsqOptions, refine_batch
 
 OVERBOND_TOL = 0.75    # bond-valence sum allowed above the largest usual valence
 
@@ -158,10 +160,11 @@ class SwapResult:
     swaps: list[dict]       # [{"i", "j", "from": [e_i, e_j], "r1", "score"}] in the order made
 
 
-def swap_elements(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
+def swap_elements(data: DataSet, elements: list[str], frac: np.ndarray,
                   uiso: np.ndarray | None = None, occ: np.ndarray | None = None,
                   uaniso: np.ndarray | None = None, hydrogens: int | None = None,
-                  max_rounds: int = 6, cycles: int = 4, batch: int = 64, device: str = "cpu", **opts) -> SwapResult:
+                  max_rounds: int = 6, cycles: int = 4, batch: int = 64,
+                  opts: LsqOptions = LsqOptions()) -> SwapResult:
     """Greedy element swaps with re-refinement, keeping the element counts fixed.
 
     Each round exchanges the elements of every swappable pair of non-H atoms in turn
@@ -170,13 +173,9 @@ def swap_elements(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray
     R1 + CHEM_WEIGHT * chemistry score; it stops when no swap helps or after max_rounds.
     frac (N,3) fractional, uiso (N,) Å², as refined before the call.
     """
-    from xdxd.refine.least_squares import refine_batch  # least_squares imports this module
-    from xdxd.crystal.symmetry import cell_and_spacegroup, symops
-    cell_g, sg_g = cell_and_spacegroup(cell, sg)
-    ops = symops(sg_g)
+    cell_g, ops = data.cell, data.ops
     els = list(elements)
-    res = refine_batch(cell, sg, hkl, F, sigma, els, frac, uiso, occ, uaniso=uaniso, cycles=cycles,
-                       device=device, **opts)[0]
+    res = refine_batch(data, els, frac, uiso, occ, uaniso, cycles=cycles, opts=opts)[0]
     chem = check(cell_g, ops, els, res.frac, hydrogens)
     best = res.r1 + CHEM_WEIGHT * chem.score
     swaps: list[dict] = []
@@ -187,8 +186,7 @@ def swap_elements(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray
         found = None
         for s in range(0, len(variants), batch):
             chunk = variants[s:s + batch]
-            out = refine_batch(cell, sg, hkl, F, sigma, chunk, res.frac, res.uiso, occ, uaniso=uaniso,
-                               cycles=cycles, device=device, **opts)
+            out = refine_batch(data, chunk, res.frac, res.uiso, occ, uaniso, cycles=cycles, opts=opts)
             for v, (i, j), r in zip(chunk, pairs[s:s + batch], out):
                 c = check(cell_g, ops, v, r.frac, hydrogens)
                 obj = r.r1 + CHEM_WEIGHT * c.score

@@ -28,7 +28,9 @@ from typing import NamedTuple
 import gemmi
 import numpy as np
 
-from xdxd.crystal.symmetry import SymOps, apply_ops, cell_and_spacegroup, frac_distance, symops
+from xdxd.crystal.dataset import DataSet
+from xdxd.crystal.symmetry import SymOps, apply_ops, frac_distance
+from xdxd.refine.least_squares import LsqOptions, refine_batch, refine_structure
 from xdxd.crystal.chemistry import find_bonds, find_contacts, is_hydrogen, xh_distance
 
 TETRAHEDRAL = np.degrees(np.arccos(-1.0 / 3.0))   # 109.47°
@@ -385,11 +387,11 @@ def riders(n: int, h: RidingH) -> np.ndarray:
     return np.concatenate([np.full(n, -1), np.asarray(h.parent, int)])
 
 
-def refine_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
-                  uiso: np.ndarray, occ: np.ndarray, uaniso: np.ndarray | None,
-                  hydrogens: int | None, cycles: int = 20, rounds: int = RIDING_ROUNDS,
-                  device: str = "cpu", count_frac: np.ndarray | None = None,
-                  counts: list[int] | None = None, recount: bool = False, **opts):
+def refine_riding(data: DataSet, elements: list[str], frac: np.ndarray, uiso: np.ndarray,
+                  occ: np.ndarray, uaniso: np.ndarray | None, hydrogens: int | None,
+                  cycles: int = 20, rounds: int = RIDING_ROUNDS,
+                  count_frac: np.ndarray | None = None, counts: list[int] | None = None,
+                  recount: bool = False, opts: LsqOptions = LsqOptions()):
     """Refine a heavy-atom model (elements, frac (N,3), uiso, occ, uaniso) with riding H:
     each round places the H on the current parents (`place`) and refines the heavy atoms
     with the H riding on them (least_squares' `riding`: an H moves with its parent's
@@ -404,9 +406,7 @@ def refine_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray
     R1 is kept (counts read off a rough 2 Å candidate are often wrong, a CH₃ taken for a
     CH₂, and cost more R1 than a C/N label).
     Returns (RefinementResult of heavy atoms + H, the placement)."""
-    from xdxd.refine.least_squares import refine_structure
-    cell_g, sg_g = cell_and_spacegroup(cell, sg)
-    ops = symops(sg_g)
+    cell_g, ops = data.cell, data.ops
     n = len(elements)
     f, u = np.asarray(frac, float), np.asarray(uiso, float)
     rounds = rounds if cycles > 0 else 0   # cycles 0: only place the H on the model as it is
@@ -417,14 +417,14 @@ def refine_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray
     for r in range(rounds):
         els, fa, ua, oa, aa, h = model
         final_round = r == rounds - 1
-        last = refine_structure(cell, sg, hkl, F, sigma, els, fa, ua, oa, uaniso=aa,
+        last = refine_structure(data, els, fa, ua, oa, aa, riders(n, h),
                                 cycles=cycles if final_round else max(4, cycles // 3),
-                                device=device, esd=final_round, riding=riders(n, h), **opts)
+                                esd=final_round, opts=opts)
         f, u = last.frac[:n], last.uiso[:n]
         fresh = _with_h(cell_g, ops, elements, f, u, occ, uaniso, hydrogens, counts)
-        model, res = _fresh_or_ridden(cell, sg, hkl, F, sigma, fresh, last, h, n, device, **opts)
+        model, res = _fresh_or_ridden(data, fresh, last, h, n, opts)
     if last is None:
-        res = _statistics(cell, sg, hkl, F, sigma, model, n, device, **opts)
+        res = _statistics(data, model, n, opts)
     else:  # the statistics pass did no cycles: report the last refinement's, and its esds
         res.cycles, res.converged = last.cycles, last.converged
         res.frac_esd, res.uiso_esd = last.frac_esd, last.uiso_esd
@@ -432,23 +432,21 @@ def refine_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray
     if recount and rounds:
         again = h_counts(cell_g, ops, elements, f, hydrogens)
         if list(again) != list(h.counts):
-            alt = refine_riding(cell, sg, hkl, F, sigma, elements, f, u, occ, uaniso, hydrogens,
-                                cycles=cycles, rounds=rounds, device=device, counts=again, **opts)
+            alt = refine_riding(data, elements, f, u, occ, uaniso, hydrogens, cycles=cycles,
+                                rounds=rounds, counts=again, opts=opts)
             if alt[0].r1 < res.r1:
                 return alt
     return res, h
 
 
-def _statistics(cell, sg, hkl, F, sigma, model: tuple, n: int, device: str, **opts):
+def _statistics(data: DataSet, model: tuple, n: int, opts: LsqOptions):
     """Agreement of a model from `_with_h` as it stands (a zero-cycle refinement)."""
-    from xdxd.refine.least_squares import refine_structure
     els, fa, ua, oa, aa, h = model
-    return refine_structure(cell, sg, hkl, F, sigma, els, fa, ua, oa, uaniso=aa, cycles=0,
-                            device=device, riding=riders(n, h), **opts)
+    return refine_structure(data, els, fa, ua, oa, aa, riders(n, h), cycles=0, opts=opts)
 
 
-def _fresh_or_ridden(cell, sg, hkl, F, sigma, fresh: tuple, last, h_last: RidingH, n: int,
-                     device: str, **opts) -> tuple[tuple, object]:
+def _fresh_or_ridden(data: DataSet, fresh: tuple, last, h_last: RidingH, n: int,
+                     opts: LsqOptions) -> tuple[tuple, object]:
     """(model, its statistics): the H on the refined parents of `last` (a refinement of
     heavy atoms + h_last's riders) either placed afresh (`fresh`, from `_with_h`) or where
     they rode, whichever has the lower R1. A rotatable OH or NH₃ placed afresh can turn by
@@ -458,8 +456,8 @@ def _fresh_or_ridden(cell, sg, hkl, F, sigma, fresh: tuple, last, h_last: Riding
     from dataclasses import replace
     ridden = (list(last.elements), last.frac, last.uiso, last.occ, last.uaniso,
               replace(h_last, frac=last.frac[n:].copy()))
-    a = _statistics(cell, sg, hkl, F, sigma, fresh, n, device, **opts)
-    b = _statistics(cell, sg, hkl, F, sigma, ridden, n, device, **opts)
+    a = _statistics(data, fresh, n, opts)
+    b = _statistics(data, ridden, n, opts)
     return (fresh, a) if a.r1 <= b.r1 else (ridden, b)
 
 
@@ -481,11 +479,10 @@ class Judged(NamedTuple):
 SWAP_SCREEN = 24       # swap variants of a round refined for 4 cycles; more are screened first
 
 
-def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
-                uiso: np.ndarray, occ: np.ndarray, hydrogens: int | None,
-                max_rounds: int = 6, cycles: int = 4, device: str = "cpu",
+def swap_riding(data: DataSet, elements: list[str], frac: np.ndarray, uiso: np.ndarray,
+                occ: np.ndarray, hydrogens: int | None, max_rounds: int = 6, cycles: int = 4,
                 count_frac: np.ndarray | None = None, close: int = CLOSE_LABELLINGS,
-                screen: int = SWAP_SCREEN, **opts
+                screen: int = SWAP_SCREEN, opts: LsqOptions = LsqOptions()
                 ) -> tuple[list[str], list[dict], list[int] | None, list[tuple]]:
     """Greedy C/N/O (Si/P/S/Cl, ...) element swaps of a heavy-atom model, each variant with
     its own riding H: the swap that most lowers R1 + CHEM_WEIGHT × chemistry score is
@@ -506,9 +503,7 @@ def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
     diffusion solution of 2006609 the search swapped an O and a C at 0.0841 against 0.0848
     for keeping them, and only the full refinement prefers the right labels)."""
     from xdxd.refine.chemistry import CHEM_WEIGHT, check, swap_variants
-    from xdxd.refine.least_squares import refine_batch
-    cell_g, sg_g = cell_and_spacegroup(cell, sg)
-    ops = symops(sg_g)
+    cell_g, ops = data.cell, data.ops
     n = len(elements)
     frac, uiso, occ = np.asarray(frac, float), np.asarray(uiso, float), np.asarray(occ, float)
 
@@ -528,10 +523,11 @@ def swap_riding(cell, sg, hkl, F, sigma, elements: list[str], frac: np.ndarray,
         for t, b in enumerate(built):
             by_n.setdefault(len(b[0]), []).append(t)
         for idx in by_n.values():
-            res = refine_batch(cell, sg, hkl, F, sigma, [built[t][0] for t in idx],
+            res = refine_batch(data, [built[t][0] for t in idx],
                                np.stack([built[t][1] for t in idx]), np.stack([built[t][2] for t in idx]),
-                               np.stack([built[t][3] for t in idx]), cycles=cycles, device=device,
-                               riding=np.stack([riders(n, built[t][5]) for t in idx]), **opts)
+                               np.stack([built[t][3] for t in idx]),
+                               riding=np.stack([riders(n, built[t][5]) for t in idx]),
+                               cycles=cycles, opts=opts)
             for t, r in zip(idx, res):
                 v, penalty, _ = tries[t]
                 scores[t] = (r.r1 + CHEM_WEIGHT * check(cell_g, ops, variants[v], r.frac[:n], hydrogens).score

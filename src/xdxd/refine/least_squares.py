@@ -54,10 +54,10 @@ import gemmi
 import numpy as np
 import torch
 
+from xdxd.crystal.dataset import DataSet
 from xdxd.crystal.statistics import Agreement, agreement, scale_factor, shelx_weights
 from xdxd.crystal.structure_factors import StructureFactors
-from xdxd.crystal.symmetry import (SymOps, cell_and_spacegroup, special_position_projector,
-                                   stabilizer_order, symops)
+from xdxd.crystal.symmetry import SymOps, special_position_projector, stabilizer_order
 from xdxd.crystal.chemistry import (SHORT_FACTOR, bond_target, covalent_radius, find_contacts,
                                     is_bond, is_hydrogen, longest_bond)
 
@@ -73,6 +73,19 @@ LAMBDA_START = 1e-3     # initial Marquardt damping
 STOP_DECREASE = 1e-6    # stop when S falls by less than this fraction in a cycle
 MAX_BATCH_ELEMENTS = 4e6  # B*N*M per batch at most (larger batches are split)
 SPECIAL_TOL = 0.7       # Å: an atom this close to its own image is put on the special position
+
+
+@dataclass(frozen=True)
+class LsqOptions:
+    """How a least-squares refinement is run; the defaults are SHELXL's where it has one."""
+    refine_uiso: bool = True        # refine an isotropic U (Å²) per atom
+    restraints: bool = True         # anti-bump restraints between non-H atoms
+    bonds: bool = False             # restrain every bond to the nearest tabulated length
+    refine_hydrogens: bool = False  # refine H positions and Uiso too (else fixed or riding)
+    weight_a: float = WEIGHT_A      # SHELXL WGHT a
+    weight_b: float = WEIGHT_B      # SHELXL WGHT b
+    device: str = "cpu"             # torch device
+    dtype: torch.dtype = torch.float64
 
 
 @dataclass
@@ -110,24 +123,25 @@ class RefinementResult:
 # ---------------------------------------------------------------------------
 # problem set-up
 
-class _Data:
-    """Reflections and structure-factor engine shared by all candidates of one problem."""
+class _Reflections:
+    """A data set's |Fo|, weights' terms and the structure-factor engine as tensors, shared
+    by all candidates of one refinement."""
 
-    def __init__(self, cell: gemmi.UnitCell, ops: SymOps, hkl: np.ndarray, F: np.ndarray,
-                 sigma: np.ndarray, types: list[str], device: str, dtype: torch.dtype):
-        self.cell, self.ops = cell, ops
-        self.sf = StructureFactors(cell, ops, hkl, types, device=device, dtype=dtype)
+    def __init__(self, data: DataSet, types: list[str], device: str, dtype: torch.dtype):
+        self.cell, self.ops = data.cell, data.ops
+        self.sf = StructureFactors(data.cell, data.ops, data.hkl, types, device=device, dtype=dtype)
         kw = dict(device=device, dtype=dtype)
+        F = data.F
         self.fo = torch.tensor(np.asarray(F, float), **kw)  # (M,)
-        sig = np.asarray(sigma, float) if sigma is not None else np.zeros(len(F))
+        sig = np.asarray(data.sigma, float) if data.sigma is not None else np.zeros(len(F))
         self.sigma = torch.tensor(np.where(np.isfinite(sig), np.maximum(sig, 0.0), 0.0), **kw)
         self.fo2 = self.fo ** 2
         self.sig_fo2 = 2 * self.fo.abs() * self.sigma
         # floor on the variance so that Fo = Fc = 0 cannot give an infinite weight
         self.var_floor = float((1e-4 * self.fo2.max()) ** 2) if len(F) else 1.0
-        self.orth = torch.tensor(np.array(cell.orth.mat), **kw)  # frac -> Å
-        self.rot = torch.tensor(ops.rot, **kw)  # (O,3,3)
-        self.tran = torch.tensor(ops.tran, **kw)  # (O,3)
+        self.orth = torch.tensor(np.array(data.cell.orth.mat), **kw)  # frac -> Å
+        self.rot = torch.tensor(data.ops.rot, **kw)  # (O,3,3)
+        self.tran = torch.tensor(data.ops.tran, **kw)  # (O,3)
         self.device, self.dtype = device, dtype
 
     def weights(self, fc2_scaled: torch.Tensor, a: float, b: float) -> torch.Tensor:
@@ -178,7 +192,7 @@ class _Bumps:
     `geometry` takes later positions through the same lattice offset (a two-sided bond row
     seen through the wrong offset pulls an atom across the cell)."""
 
-    def __init__(self, data: _Data, elements: list[list[str]], frac: np.ndarray, occ: np.ndarray,
+    def __init__(self, data: _Reflections, elements: list[list[str]], frac: np.ndarray, occ: np.ndarray,
                  enabled: bool, bonds: bool = False):
         B, N, _ = frac.shape
         offset = np.floor(frac)
@@ -266,20 +280,15 @@ class _Bumps:
 # ---------------------------------------------------------------------------
 # the refinement
 
-def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | None,
-                 elements: list[str] | list[list[str]], frac: np.ndarray,
+def refine_batch(data: DataSet, elements: list[str] | list[list[str]], frac: np.ndarray,
                  uiso: np.ndarray | None = None, occ: np.ndarray | None = None,
-                 cycles: int = 10, refine_uiso: bool = True, device: str = "cpu",
-                 restraints: bool = True, uaniso: np.ndarray | None = None,
-                 refine_hydrogens: bool = False, weight_a: float = WEIGHT_A,
-                 weight_b: float = WEIGHT_B, dtype: torch.dtype = torch.float64,
-                 esd: bool = False, bonds: bool = False,
-                 riding: np.ndarray | None = None) -> list[RefinementResult]:
+                 uaniso: np.ndarray | None = None, riding: np.ndarray | None = None,
+                 cycles: int = 10, esd: bool = False,
+                 opts: LsqOptions = LsqOptions()) -> list[RefinementResult]:
     """Refine B candidate structures of N atoms each against one data set, all at once.
 
-    cell: gemmi.UnitCell or [a, b, c, alpha, beta, gamma] (Å, °); sg: gemmi.SpaceGroup or
-    a record's spacegroup dict; hkl (M,3); F (M,) amplitudes |Fo|; sigma (M,) sigma(|Fo|)
-    (None or 0: no sigmas); elements: N symbols shared by all candidates, or B lists of N;
+    data: the reflections (|Fo| and sigma(|Fo|), 0 where unknown); elements: N symbols
+    shared by all candidates, or B lists of N;
     frac (B,N,3) or (N,3) fractional; uiso (B,N) Å² (default UISO_START); occ (B,N)
     chemical occupancies (default 1); uaniso (B,N,6) U_cif Å² (U11 U22 U33 U12 U13 U23), NaN
     rows for isotropic atoms: anisotropic atoms keep these ADPs fixed (anisotropic
@@ -288,11 +297,13 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
     index of the atom each atom rides on, -1 for none: a rider has no parameters of its
     own; it moves with its parent's shifts and its Uiso stays the given multiple of the
     parent's (SHELXL's riding model, AFIX/HFIX), so H placed on a rough model stay on
-    their parents while those move. Large batches are split
-    so that B*N*M stays under MAX_BATCH_ELEMENTS. Returns B results in input order.
+    their parents while those move. esd: esds from the inverse normal matrix. Large
+    batches are split so that B*N*M stays under MAX_BATCH_ELEMENTS. Returns B results in
+    input order.
     """
-    cell, sg = cell_and_spacegroup(cell, sg)
-    ops = symops(sg)
+    cell, ops = data.cell, data.ops
+    device, dtype = opts.device, opts.dtype
+    weight_a, weight_b = opts.weight_a, opts.weight_b
     frac = np.asarray(frac, dtype=float)
     shared = bool(elements) and isinstance(elements[0], str)
     if frac.ndim == 2:  # one structure; with B element lists, B variants of it
@@ -308,17 +319,14 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
         uaniso = np.broadcast_to(np.asarray(uaniso, float), (B, N, 6))
     if riding is not None:
         riding = np.broadcast_to(np.asarray(riding, int), (B, N))
-    per = max(1, int(MAX_BATCH_ELEMENTS // max(1, N * len(F))))
+    per = max(1, int(MAX_BATCH_ELEMENTS // max(1, N * len(data))))
     if B > per:  # split the batch (memory: ~7 copies of (B,N,M) complex F per cycle)
-        kw = dict(cycles=cycles, refine_uiso=refine_uiso, refine_hydrogens=refine_hydrogens,
-                  restraints=restraints, weight_a=weight_a, weight_b=weight_b, device=device,
-                  dtype=dtype, esd=esd, bonds=bonds)
         out = []
         for s in range(0, B, per):
             sl = slice(s, s + per)
-            out += refine_batch(cell, sg, hkl, F, sigma, els[sl], frac[sl], uiso[sl], occ[sl],
-                                uaniso=None if uaniso is None else uaniso[sl],
-                                riding=None if riding is None else riding[sl], **kw)
+            out += refine_batch(data, els[sl], frac[sl], uiso[sl], occ[sl],
+                                None if uaniso is None else uaniso[sl],
+                                None if riding is None else riding[sl], cycles, esd, opts)
         return out
     aniso = None
     if uaniso is not None:
@@ -327,12 +335,12 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
         if not aniso.any():
             aniso = uaniso = None
     types = sorted({e for row in els for e in row})
-    data = _Data(cell, ops, hkl, F, sigma, types, device, dtype)
-    M = len(data.fo)
+    refl = _Reflections(data, types, device, dtype)  # the data set as tensors
+    M = len(refl.fo)
 
     # constraints per site
     hydro = np.array([[is_hydrogen(e) for e in row] for row in els]).reshape(B, N)
-    fixed = hydro if not refine_hydrogens else np.zeros_like(hydro)
+    fixed = hydro if not opts.refine_hydrogens else np.zeros_like(hydro)
     fixed = fixed | (occ <= 0)  # an empty site (e.g. a missing peak) does not move
     src = np.tile(np.arange(N), (B, 1))  # whose parameters move each atom: its own or its parent's
     u_ratio = np.ones((B, N))
@@ -349,7 +357,7 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
         x0[b], basis[b], order[b] = _site_constraints(frac[b], ops, cell, ~fixed[b] & (occ[b] > 0.99))
         basis[b] = basis[b][src[b]]  # a rider shifts along its parent's free directions
     pos_free = (np.abs(basis).sum(axis=2) > 0) & ~fixed[..., None]  # (B,N,3)
-    u_free = np.full((B, N), refine_uiso) & ~fixed
+    u_free = np.full((B, N), opts.refine_uiso) & ~fixed
     if aniso is not None:
         u_free &= ~aniso
     n_params = pos_free.reshape(B, -1).sum(1) + u_free.sum(1) + 1  # + scale
@@ -362,7 +370,7 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
     free = torch.cat([t(pos_free.reshape(B, -1)), t(u_free),
                       torch.ones(B, 1, dtype=torch.bool, device=device)], 1)  # (B,P)
     P = 4 * N + 1
-    s2 = data.sf.s2  # (M,) Å⁻²
+    s2 = refl.sf.s2  # (M,) Å⁻²
 
     p = torch.zeros(B, N, 3, device=device, dtype=dtype)
     u = t(np.clip(uiso, UISO_MIN, UISO_MAX), dtype=dtype)
@@ -385,7 +393,7 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
     def atom_f(p_, u_):
         """Contribution of each atom to F, (B,N,M) complex."""
         fr = frac_of(p_).reshape(B * N, 1, 3)
-        Fa = data.sf.calc(fr, tidx.reshape(B * N, 1), u_of(u_).reshape(B * N, 1), weight_t.reshape(B * N, 1),
+        Fa = refl.sf.calc(fr, tidx.reshape(B * N, 1), u_of(u_).reshape(B * N, 1), weight_t.reshape(B * N, 1),
                           uaniso=ua_t, aniso_mask=mask_t)
         return Fa.reshape(B, N, M)
 
@@ -403,11 +411,11 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
 
     with torch.no_grad():
         fc = atom_f(p, u).sum(1).abs()
-        k = scale_factor(data.fo, fc).clamp_min(1e-8)  # (B,)
+        k = scale_factor(refl.fo, fc).clamp_min(1e-8)  # (B,)
 
     def cost(p_, u_, k_, w, bumps):
         fc2 = atom_f(p_, u_).sum(1).abs() ** 2
-        r = w * (data.fo2 - k_[:, None] ** 2 * fc2) ** 2
+        r = w * (refl.fo2 - k_[:, None] ** 2 * fc2) ** 2
         return r.sum(-1) + bumps.residuals(frac_of(p_), B)
 
     lam = torch.full((B,), LAMBDA_START, device=device, dtype=dtype)
@@ -417,16 +425,16 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
     for cycle in range(cycles):
         n_cycles = cycle + 1
         with torch.no_grad():
-            bumps = _Bumps(data, els, frac_of(p).cpu().numpy(), occ, restraints, bonds)
+            bumps = _Bumps(refl, els, frac_of(p).cpu().numpy(), occ, opts.restraints, opts.bonds)
         # per-atom contributions and their derivatives along each basis direction
         with torch.no_grad():
             Fa, dF = atom_f_and_derivatives(p, u)
         with torch.no_grad():
             Fc = Fa.sum(1)  # (B,M)
             fc2 = Fc.abs() ** 2
-            w = data.weights(k[:, None] ** 2 * fc2, weight_a, weight_b)  # (B,M)
+            w = refl.weights(k[:, None] ** 2 * fc2, weight_a, weight_b)  # (B,M)
             sw = w.sqrt()
-            resid = sw * (data.fo2 - k[:, None] ** 2 * fc2)  # (B,M)
+            resid = sw * (refl.fo2 - k[:, None] ** 2 * fc2)  # (B,M)
             # dr/dtheta = -sqrt(w) k² d|Fc|²/dtheta,  d|Fc|² = 2 Re(conj(Fc) dFc)
             dpos = torch.stack([2 * (Fc.conj()[:, None] * d).real for d in dF], -1)  # (B,N,M,3)
             du = 2 * (Fc.conj()[:, None] * (-2 * math.pi ** 2 * s2) * Fa).real  # (B,N,M)
@@ -485,10 +493,10 @@ def refine_batch(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | N
         fc_final = Fa.sum(1).abs()  # (B,M)
         frac_p = frac_of(p)
         frac_final = np.mod(frac_p.cpu().numpy(), 1.0)
-        bumps = _Bumps(data, els, frac_p.cpu().numpy(), occ, restraints)
+        bumps = _Bumps(refl, els, frac_p.cpu().numpy(), occ, opts.restraints)
         violated = bumps.violated(frac_p)
-    F_np = data.fo.cpu().numpy()
-    sig_np = data.sigma.cpu().numpy()
+    F_np = refl.fo.cpu().numpy()
+    sig_np = refl.sigma.cpu().numpy()
     results = []
     for b in range(B):
         ag = agreement(F_np, sig_np, fc_final[b].cpu().numpy(), int(n_params[b]), weight_a, weight_b)
@@ -523,23 +531,18 @@ def _esds(A: torch.Tensor, free: torch.Tensor, basis: np.ndarray, N: int, goof: 
     return frac_esd, uiso_esd
 
 
-def refine_structure(cell, sg, hkl: np.ndarray, F: np.ndarray, sigma: np.ndarray | None,
-                     elements: list[str], frac: np.ndarray, uiso: np.ndarray | None = None,
-                     occ: np.ndarray | None = None, cycles: int = 20, refine_uiso: bool = True,
-                     device: str = "cpu", restraints: bool = True,
-                     uaniso: np.ndarray | None = None, **opts) -> RefinementResult:
+def refine_structure(data: DataSet, elements: list[str], frac: np.ndarray,
+                     uiso: np.ndarray | None = None, occ: np.ndarray | None = None,
+                     uaniso: np.ndarray | None = None, riding: np.ndarray | None = None,
+                     cycles: int = 20, esd: bool = True,
+                     opts: LsqOptions = LsqOptions()) -> RefinementResult:
     """Refine one structure: positions, Uiso and scale against |Fo|; see the module doc.
 
     frac (N,3) fractional, uiso (N,) Å², occ (N,) chemical occupancy, uaniso (N,6) fixed
-    anisotropic ADPs (NaN rows: isotropic atoms). Options of
-    `refine_batch` (refine_hydrogens, weight_a, weight_b, dtype) pass through. The result
-    carries esds of the coordinates (fractional) and Uiso (Å²).
+    anisotropic ADPs (NaN rows: isotropic atoms), riding (N,) as in `refine_batch`. The
+    result carries esds of the coordinates (fractional) and Uiso (Å²) unless esd=False.
     """
+    batch = lambda a, dtype=float: None if a is None else np.asarray(a, dtype)[None]
     frac = np.asarray(frac, dtype=float).reshape(1, -1, 3)
-    uiso = None if uiso is None else np.asarray(uiso, float)[None]
-    occ = None if occ is None else np.asarray(occ, float)[None]
-    uaniso = None if uaniso is None else np.asarray(uaniso, float)[None]
-    opts.setdefault("esd", True)
-    return refine_batch(cell, sg, hkl, F, sigma, list(elements), frac, uiso, occ, cycles=cycles,
-                        refine_uiso=refine_uiso, device=device, restraints=restraints,
-                        uaniso=uaniso, **opts)[0]
+    return refine_batch(data, list(elements), frac, batch(uiso), batch(occ), batch(uaniso),
+                        batch(riding, int), cycles, esd, opts)[0]

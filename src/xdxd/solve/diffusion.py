@@ -21,6 +21,8 @@ import numpy as np
 
 from xdxd import records
 from xdxd.crystal import symmetry
+from xdxd.crystal.chemistry import is_hydrogen
+from xdxd.crystal.dataset import DataSet
 
 
 BONDING = 0.0        # weight of the bonding prior in guidance and polish (per unit of energy)
@@ -49,28 +51,24 @@ def problem_from_record(rec: dict, device: str = "cpu", seed: int = 0):
     """
     import torch
     from xdxd.model.conditioning import make_problem
-    records.check_problem(rec)
+    data = DataSet.from_record(rec)
     rid = str(rec.get("id", "?"))
     comp = {e: int(round(float(n))) for e, n in (rec.get("composition") or {}).items()
-            if e not in ("H", "D") and float(n) > 0}
+            if not is_hydrogen(e) and float(n) > 0}
     if not comp:
         raise records.RecordError(f"{rid}: no composition (non-H element counts of the asymmetric unit)")
-    cell = symmetry.make_cell(rec["cell"])
-    sg = symmetry.spacegroup_from_record(rec["spacegroup"])
     orders = {e: [1] * n for e, n in comp.items()}
     if rec.get("cell_contents"):
         try:
-            orders = symmetry.site_orders(comp, rec["cell_contents"], symmetry.symops(sg))
+            orders = symmetry.site_orders(comp, rec["cell_contents"], data.ops)
         except ValueError as e:
             raise records.RecordError(f"{rid}: {e}")
     elements = sorted(comp, key=lambda e: -gemmi.Element(e).atomic_number)
     site_orders = [k for e in elements for k in orders[e]]
     elements = [e for e in elements for _ in orders[e]]
-    hkl, F, sigma = records.reflections_to_arrays(rec["reflections"])
-    if int((F > 0).sum()) < 10:
-        raise records.RecordError(f"{rid}: too few reflections ({int((F > 0).sum())}) to solve")
-    return make_problem(cell, sg.hall, elements, hkl, F, sigma,
-                        hydrogens=float(rec.get("hydrogens") or 0), device=device,
+    if int((data.F > 0).sum()) < 10:
+        raise records.RecordError(f"{rid}: too few reflections ({int((data.F > 0).sum())}) to solve")
+    return make_problem(data, elements, hydrogens=float(rec.get("hydrogens") or 0), device=device,
                         generator=torch.Generator().manual_seed(seed), site_orders=site_orders)
 
 

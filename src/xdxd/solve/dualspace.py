@@ -32,9 +32,10 @@ import torch
 
 from xdxd import records
 from xdxd.crystal import fourier, statistics, symmetry
-from xdxd.crystal.chemistry import swap_pairs
-from xdxd.crystal.structure_factors import StructureFactors, inverse_d2
-from xdxd.refine.least_squares import refine_batch
+from xdxd.crystal.chemistry import is_hydrogen, swap_pairs
+from xdxd.crystal.dataset import DataSet
+from xdxd.crystal.structure_factors import StructureFactors
+from xdxd.refine.least_squares import LsqOptions, refine_batch
 
 
 @dataclass
@@ -60,44 +61,36 @@ class DualSpaceOptions:
 
 @dataclass
 class Problem:
-    """What the search needs from a problem record, as arrays."""
+    """What the search needs from a problem record: the data (reflections with |F| > 0),
+    their normalised |E| (M,) and epsilon factors (M,), and the non-H atoms of the
+    asymmetric unit (N,), heaviest first."""
     rid: str
-    cell: gemmi.UnitCell
-    sg: gemmi.SpaceGroup
-    ops: symmetry.SymOps
-    hkl: np.ndarray          # (M,3) unique reflections
-    F: np.ndarray            # (M,) |F_obs|
-    sigma: np.ndarray        # (M,)
-    E: np.ndarray            # (M,) normalised |E_obs|
-    eps: np.ndarray          # (M,) epsilon factors
-    elements: list[str]      # (N,) non-H atoms of the asymmetric unit, heaviest first
+    data: DataSet
+    E: np.ndarray
+    eps: np.ndarray
+    elements: list[str]
 
     @classmethod
     def from_record(cls, rec: dict) -> "Problem":
-        records.check_problem(rec)
         rid = str(rec.get("id", "?"))
+        data = DataSet.from_record(rec).nonzero()
         comp = rec.get("composition")
         if not comp:
             raise records.RecordError(f"{rid}: no composition (element counts of the asymmetric unit)")
-        cell = symmetry.make_cell(rec["cell"])
-        sg = symmetry.spacegroup_from_record(rec["spacegroup"])
-        ops = symmetry.symops(sg)
-        hkl, F, sigma = records.reflections_to_arrays(rec["reflections"])
-        keep = F > 0
-        hkl, F, sigma = hkl[keep], F[keep], sigma[keep]
-        if len(F) < 10:
-            raise records.RecordError(f"{rid}: too few reflections ({len(F)}) to solve")
-        comp = {e: float(n) for e, n in comp.items() if e not in ("H", "D") and float(n) > 0}
-        E = statistics.normalized_e(F, hkl, cell, sg, comp, float(rec.get("hydrogens") or 0))
+        if len(data) < 10:
+            raise records.RecordError(f"{rid}: too few reflections ({len(data)}) to solve")
+        comp = {e: float(n) for e, n in comp.items() if not is_hydrogen(e) and float(n) > 0}
+        E = statistics.normalized_e(data.F, data.hkl, data.cell, data.spacegroup, comp,
+                                    float(rec.get("hydrogens") or 0))
         if not np.all(np.isfinite(E)):
-            raise records.RecordError(f"{rid}: |E| values are not finite (|F| up to {F.max():.3g}: "
+            raise records.RecordError(f"{rid}: |E| values are not finite (|F| up to {data.F.max():.3g}: "
                                       "check the data's scale)")
-        eps = statistics.epsilon_factors(sg, hkl)
+        eps = statistics.epsilon_factors(data.spacegroup, data.hkl)
         elements = records.composition_elements({e: int(round(n)) for e, n in comp.items()})
         elements.sort(key=lambda e: -gemmi.Element(e).atomic_number)
         if not elements:
             raise records.RecordError(f"{rid}: composition has no non-H atoms")
-        return cls(rid, cell, sg, ops, hkl, F, sigma, E, eps, elements)
+        return cls(rid, data, E, eps, elements)
 
 
 @dataclass
@@ -132,19 +125,19 @@ class DualSpace:
         ranked += [ranked[-1]] * max(0, self.n_pick - N)
         self.type_rank = torch.tensor([types.index(e) for e in ranked[:self.n_pick]],
                                       device=self.device)                     # (K,)
-        self.sf_strong = StructureFactors(prob.cell, prob.ops, prob.hkl[self.strong], types, **kw)
-        self.sf_all = StructureFactors(prob.cell, prob.ops, prob.hkl, types, **kw)
+        self.sf_strong = StructureFactors(prob.data.cell, prob.data.ops, prob.data.hkl[self.strong], types, **kw)
+        self.sf_all = StructureFactors(prob.data.cell, prob.data.ops, prob.data.hkl, types, **kw)
         f2 = lambda sf: (sf.f0[self.type_rank] ** 2).sum(0).sqrt()           # (M,)
         self.f_strong, self.f_all = f2(self.sf_strong), f2(self.sf_all)
         self.e_strong = torch.tensor(prob.E[self.strong], **kw)               # (Ms,)
         self.e2_all = torch.tensor(prob.E ** 2, **kw)                         # (M,)
         self.eps_all = torch.tensor(prob.eps, **kw)                           # (M,)
         self.weak_idx = torch.tensor(self.weak, device=self.device)
-        self.grid = fourier.FourierGrid(prob.cell, prob.ops, prob.hkl[self.strong],
-                                        d_min_A=_d_min(prob), device=self.device, dtype=opts.dtype)
-        self.orth = torch.tensor(np.array(prob.cell.orth.mat), **kw)
-        self.rot = torch.tensor(prob.ops.rot, **kw)                           # (O,3,3)
-        self.tran = torch.tensor(prob.ops.tran, **kw)                         # (O,3)
+        self.grid = fourier.FourierGrid(prob.data.cell, prob.data.ops, prob.data.hkl[self.strong],
+                                        d_min_A=prob.data.d_min_A, device=self.device, dtype=opts.dtype)
+        self.orth = torch.tensor(np.array(prob.data.cell.orth.mat), **kw)
+        self.rot = torch.tensor(prob.data.ops.rot, **kw)                           # (O,3,3)
+        self.tran = torch.tensor(prob.data.ops.tran, **kw)                         # (O,3)
 
     # -- one cycle -----------------------------------------------------------------
     def e_calc(self, frac: torch.Tensor, weight: torch.Tensor, strong: bool) -> torch.Tensor:
@@ -168,7 +161,7 @@ class DualSpace:
         """Unique peaks (B, n_pick) of the map of coefficients (B, Ms)."""
         rho = self.grid.map(coef)                                             # (B,n1,n2,n3)
         pk = fourier.find_peaks(rho, 3 * self.n_pick + 6, mask=self.grid.asu_mask)
-        pk = fourier.merge_images(pk, self.prob.ops, self.prob.cell, self.opts.merge_A)
+        pk = fourier.merge_images(pk, self.prob.data.ops, self.prob.data.cell, self.opts.merge_A)
         return fourier.Peaks(pk.frac[:, :self.n_pick], pk.height[:, :self.n_pick])
 
     def site_weight(self, pk: fourier.Peaks) -> torch.Tensor:
@@ -213,10 +206,6 @@ class DualSpace:
         return best
 
 
-def _d_min(prob: Problem) -> float:
-    return 1.0 / math.sqrt(float(inverse_d2(prob.cell, prob.hkl).max()))
-
-
 # ---------------------------------------------------------------------------
 # from trials to candidates
 
@@ -236,8 +225,8 @@ def _refine(prob: Problem, elements, frac, weight, opts: DualSpaceOptions, devic
     Returns frac (C,N,3), uiso (C,N) Å², R1 (C,).
     """
     occ = (np.asarray(weight) > 0).astype(float)  # chemical occupancy; special positions found there
-    res = refine_batch(prob.cell, prob.sg, prob.hkl, prob.F, prob.sigma, elements, frac,
-                       occ=occ, cycles=opts.refine_cycles, device=device)
+    res = refine_batch(prob.data, elements, frac, occ=occ, cycles=opts.refine_cycles,
+                       opts=LsqOptions(device=device))
     return (np.array([r.frac for r in res]), np.array([r.uiso for r in res]),
             np.array([r.r1 for r in res]))
 
@@ -339,7 +328,7 @@ def _fcalc(prob: Problem, elements: list[list[str]], frac: np.ndarray, uiso: np.
     """|Fc| (C,M) of C candidates with N atoms each."""
     types = sorted({e for els in elements for e in els})
     kw = dict(device=device, dtype=dtype)
-    sf = StructureFactors(prob.cell, prob.ops, prob.hkl, types, **kw)
+    sf = StructureFactors(prob.data.cell, prob.data.ops, prob.data.hkl, types, **kw)
     tidx = torch.tensor([[types.index(e) for e in els] for els in elements], device=device)
     with torch.no_grad():
         fc = sf.calc(torch.tensor(frac, **kw), tidx, torch.tensor(uiso, **kw), torch.tensor(weight, **kw))
@@ -353,7 +342,7 @@ def swap_elements(prob: Problem, elements: list[str], frac: np.ndarray, uiso: np
 
     frac (N,3), uiso (N,), weight (N,): all swaps of one round are scored as one batch.
     """
-    fo = prob.F
+    fo = prob.data.F
     els = list(elements)
     for _ in range(rounds):
         pairs = swap_pairs(els, groups=False)
