@@ -14,8 +14,9 @@ from xdxd.crystal.dataset import DataSet
 from xdxd.crystal.symmetry import (find_spacegroup, stabilizer_order,
                                    site_orders, spacegroup_from_record, spglib_number,
                                    stabilizer_orders, symops, unique_images)
-from xdxd.model import bonding
-from xdxd.model.conditioning import bonding_gradient, make_problem, special_images
+from xdxd.solve.diffusion import bonding
+from xdxd.solve.diffusion.guidance import bonding_gradient
+from xdxd.solve.diffusion.problem import make_problem, special_images
 from xdxd.model.train import site_match
 from xdxd.prep import prepare_from_model_cif
 
@@ -107,6 +108,7 @@ def test_prep_records_cell_contents_and_the_sampler_reads_special_sites():
 
 def test_special_images_put_atoms_on_the_mirror_and_samples_keep_the_group():
     from xdxd.model import diffusion
+    from xdxd.solve.diffusion import sampler
     rec, prob, frac = reference_problem("2203315")
     sg = spacegroup_from_record(rec["spacegroup"])
     x = torch.rand(4, prob.n_atoms, 3, generator=torch.Generator().manual_seed(0))
@@ -119,7 +121,7 @@ def test_special_images_put_atoms_on_the_mirror_and_samples_keep_the_group():
         assert np.all(moved < 0.5 * min(prob.cell.a, prob.cell.b, prob.cell.c))
     on_mirror = torch.minimum((on[..., 1] - 0.25).abs(), (on[..., 1] - 0.75).abs()) < 1e-5
     assert torch.allclose(on[..., [0, 2]][on_mirror], x[..., [0, 2]][on_mirror])
-    out, r1 = diffusion.sample(None, diffusion.NoiseSchedule(bonding_free_cfg()), prob, 3,
+    out, r1 = sampler.sample(None, diffusion.NoiseSchedule(bonding_free_cfg()), prob, 3,
                                steps=6, seed=1, bonding=0.05)
     z = np.array([gemmi.Element(e).atomic_number for e in prob.elements])
     for f in out.numpy().astype(float):
@@ -133,7 +135,7 @@ def test_special_images_put_atoms_on_the_mirror_and_samples_keep_the_group():
 def test_the_true_structure_with_special_sites_fits_its_data():
     """Weights 1/k in |Fc| reproduce the data of a structure on a mirror (no H in the data,
     one Uiso for its anisotropic atoms); counting some of them twice (weight 1) does not."""
-    from xdxd.model.conditioning import r1_of
+    from xdxd.solve.diffusion.guidance import r1_of
     _, prob, frac = reference_problem("2203315", hydrogens_in_data=False, biso=3.0)
     x = torch.tensor(frac, dtype=torch.float32)[None]
     assert r1_of(prob, x).item() < 0.02
@@ -147,8 +149,8 @@ def bonding_free_cfg():
 
 
 def test_label_swaps_put_the_heavy_atom_back_on_its_site():
-    from xdxd.model import moves
-    from xdxd.model.conditioning import r1_of
+    from xdxd.solve.diffusion import moves
+    from xdxd.solve.diffusion.guidance import r1_of
     _, prob, frac = reference_problem("2205750", hydrogens_in_data=False, biso=3.0)
     x = torch.tensor(frac, dtype=torch.float32)[None]
     s, c = prob.elements.index("S"), prob.elements.index("C")
@@ -161,7 +163,7 @@ def test_label_swaps_put_the_heavy_atom_back_on_its_site():
 
 def test_candidates_are_distinct_site_patterns():
     from xdxd.crystal.statistics import distinct_patterns
-    from xdxd.model.conditioning import site_pattern
+    from xdxd.solve.diffusion.guidance import site_pattern
     _, prob, frac = reference_problem("2205750")
     x = torch.tensor(frac, dtype=torch.float32)[None]
     shifted = torch.remainder(x + torch.tensor([0.5, 0.0, 0.5]), 1.0)  # allowed in Pna21
@@ -173,7 +175,7 @@ def test_candidates_are_distinct_site_patterns():
 
 
 def test_relocation_puts_a_misplaced_atom_back_and_never_loses_the_best():
-    from xdxd.model import moves
+    from xdxd.solve.diffusion import moves
     _, prob, frac = reference_problem("2205750", hydrogens_in_data=False, biso=3.0)
     x = torch.tensor(frac, dtype=torch.float32)[None]
     o = prob.elements.index("O")
@@ -191,8 +193,8 @@ def test_relocation_puts_a_misplaced_atom_back_and_never_loses_the_best():
 
 def test_difference_map_peaks_show_where_a_missing_atom_belongs():
     from xdxd.crystal.fourier import FourierGrid
-    from xdxd.model import moves
-    from xdxd.model.conditioning import debye_waller, fit_u
+    from xdxd.solve.diffusion import moves
+    from xdxd.solve.diffusion.guidance import debye_waller, fit_u
     _, prob, frac = reference_problem("2205750", hydrogens_in_data=False, biso=3.0)
     x = torch.tensor(frac, dtype=torch.float32)[None].repeat(3, 1, 1)
     gen = torch.Generator().manual_seed(0)
@@ -212,7 +214,7 @@ def test_difference_map_peaks_show_where_a_missing_atom_belongs():
 
 
 def test_relocation_moves_atoms_on_special_positions_within_their_site_symmetry():
-    from xdxd.model import moves
+    from xdxd.solve.diffusion import moves
     _, prob, frac = reference_problem("2203315", hydrogens_in_data=False, biso=3.0)  # P21/m
     assert torch.all(prob.site_weight == 0.5)  # the whole molecule lies on the mirror
     x = torch.tensor(frac, dtype=torch.float32)[None]
@@ -226,7 +228,7 @@ def test_relocation_moves_atoms_on_special_positions_within_their_site_symmetry(
 
 
 def test_atom_energy_is_the_change_of_the_bonding_energy():
-    from xdxd.model.conditioning import bonding_gradient
+    from xdxd.solve.diffusion.guidance import bonding_gradient
     _, prob, frac = reference_problem("2205750")
     x = torch.tensor(frac, dtype=torch.float32)[None]
     a = torch.tensor([3])

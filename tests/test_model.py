@@ -16,10 +16,13 @@ from xdxd.crystal.structure_factors import structure_factors_of_atoms
 from xdxd.crystal.symmetry import (apply_ops, find_spacegroup, origin_shifts, spglib_number,
                                    symops)
 from xdxd.model import diffusion
-from xdxd.model.conditioning import build_graph, make_problem, misfit_gradient
+from xdxd.model.graph import build_graph
 from xdxd.model.network import Denoiser, ModelConfig
 from xdxd.model.train import Structure, TrainConfig, diffusion_loss, simulate, site_match, train
 from xdxd.model.weights import WeightsError, load_model, save_model
+from xdxd.solve.diffusion import sampler
+from xdxd.solve.diffusion.guidance import misfit_gradient
+from xdxd.solve.diffusion.problem import make_problem
 
 DATA = Path(__file__).parent / "data"
 TINY = ModelConfig(hidden=16, vectors=4, layers=2, knn=8, n_rbf=8, token_dim=16, token_layers=1,
@@ -53,7 +56,7 @@ def tiny_model(seed: int = 0) -> Denoiser:
 def test_every_sample_has_the_requested_space_group(hm):
     prob, _, sg = toy_problem(hm)
     model = tiny_model()
-    frac, r1 = diffusion.sample(model, diffusion.NoiseSchedule(TINY), prob, 4, steps=4, seed=1)
+    frac, r1 = sampler.sample(model, diffusion.NoiseSchedule(TINY), prob, 4, steps=4, seed=1)
     assert frac.shape == (4, 5, 3) and torch.all((frac >= 0) & (frac < 1))
     assert torch.all(torch.isfinite(r1))
     z = np.array([8, 6, 6, 6, 6])
@@ -75,13 +78,13 @@ def test_conditioning_and_model_are_origin_invariant(hm):
     x = torch.tensor(frac + 0.03 * rng.standard_normal(frac.shape), dtype=torch.float32)[None]
     sigma = torch.tensor([0.3])
     ctx = model.context(prob)
-    eps0, m0, g0 = diffusion.denoiser_eps(model, prob, x, sigma, ctx)
+    eps0, m0, g0 = sampler.denoiser_eps(model, prob, x, sigma, ctx)
     graph0 = build_graph(prob, x, TINY.knn)
     for s in moves:
         xs = torch.remainder(x + torch.tensor(s, dtype=torch.float32), 1.0)
         graph = build_graph(prob, xs, TINY.knn)
         torch.testing.assert_close(graph.patterson, graph0.patterson, atol=1e-4, rtol=1e-4)
-        eps, m, g = diffusion.denoiser_eps(model, prob, xs, sigma, ctx)
+        eps, m, g = sampler.denoiser_eps(model, prob, xs, sigma, ctx)
         torch.testing.assert_close(m, m0, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(g, g0, atol=1e-4, rtol=1e-3)
         torch.testing.assert_close(eps, eps0, atol=1e-4, rtol=1e-3)
@@ -106,7 +109,7 @@ def test_overall_u_is_fitted_per_candidate():
     """The toy data were made with U = 0.04 Å²: each candidate's |Fc| is judged at the U on
     the grid that fits it best (0.04 for the true structure, R1 ~ 0), not at the Wilson
     guess; the gradient's misfit uses the same U."""
-    from xdxd.model.conditioning import amplitudes, fit_u, r1_of, r1_of_amplitudes
+    from xdxd.solve.diffusion.guidance import amplitudes, fit_u, r1_of, r1_of_amplitudes
     prob, frac, _ = toy_problem("P 1 21/c 1")
     prob.uiso = 0.08  # a poor Wilson estimate, as at 2 Å
     x = torch.tensor(frac, dtype=torch.float32)[None]
@@ -140,8 +143,8 @@ def test_weights_round_trip(tmp_path):
     assert meta["config"] == TINY.to_dict() and meta["training"]["total_steps"] == 7
     prob, frac, _ = toy_problem("P 21 21 21")
     x = torch.tensor(frac, dtype=torch.float32)[None]
-    a = diffusion.denoiser_eps(model, prob, x, torch.tensor([0.5]), model.context(prob))[0]
-    b = diffusion.denoiser_eps(loaded, prob, x, torch.tensor([0.5]), loaded.context(prob))[0]
+    a = sampler.denoiser_eps(model, prob, x, torch.tensor([0.5]), model.context(prob))[0]
+    b = sampler.denoiser_eps(loaded, prob, x, torch.tensor([0.5]), loaded.context(prob))[0]
     torch.testing.assert_close(a, b)
     with pytest.raises(WeightsError):
         load_model(tmp_path / "missing.safetensors")
@@ -256,17 +259,17 @@ def test_search_keeps_the_best_and_sorts_by_r1():
     prob, _, _ = toy_problem("P 1 21/c 1")
     sched = diffusion.NoiseSchedule(TINY)
     model = tiny_model()
-    x0, _ = diffusion.search(model, sched, prob, 6, steps=4, rounds=0, polish_steps=2, seed=3)
-    x, r1 = diffusion.search(model, sched, prob, 6, steps=4, rounds=2, keep=2, restart_steps=3,
+    x0, _ = sampler.search(model, sched, prob, 6, steps=4, rounds=0, polish_steps=2, seed=3)
+    x, r1 = sampler.search(model, sched, prob, 6, steps=4, rounds=2, keep=2, restart_steps=3,
                              polish_steps=2, seed=3)
     assert x.shape == (8, 5, 3) and torch.all(r1[:-1] <= r1[1:])
-    assert r1[0] <= diffusion.r1_of(prob, x0).min() + 1e-6  # search never loses the best
+    assert r1[0] <= sampler.r1_of(prob, x0).min() + 1e-6  # search never loses the best
 
 
 def test_resampling_favours_low_misfit():
     gen = torch.Generator().manual_seed(0)
     misfit = torch.tensor([0.1, 0.5, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9])
-    idx = diffusion.resample(misfit, 0.5, gen)
+    idx = sampler.resample(misfit, 0.5, gen)
     assert len(idx) == 8 and (idx == 0).sum() >= 2 and torch.all(idx[:-1] <= idx[1:])
 
 
@@ -288,7 +291,7 @@ def test_worker_stream_is_reproducible():
 
 
 def test_inpainting_keeps_the_held_atoms_and_atom_fit_finds_the_moved_one():
-    from xdxd.model.conditioning import atom_fit
+    from xdxd.solve.diffusion.guidance import atom_fit
     prob, frac, _ = toy_problem("P 1 21/c 1", n=6, d_min=1.0)
     true = torch.tensor(frac, dtype=torch.float32)[None]
     moved = true.clone()
@@ -297,7 +300,7 @@ def test_inpainting_keeps_the_held_atoms_and_atom_fit_finds_the_moved_one():
     assert fit[0].min() > 0.7 and int(fit[1].argmin()) == 4
     keep = torch.ones(2, 6, dtype=torch.bool)
     keep[:, 4] = False
-    x, _ = diffusion.sample(tiny_model(), diffusion.NoiseSchedule(TINY), prob, 2, steps=5,
+    x, _ = sampler.sample(tiny_model(), diffusion.NoiseSchedule(TINY), prob, 2, steps=5,
                             start=moved.repeat(2, 1, 1), sigma_start=1.0, keep=keep, seed=2)
     assert torch.allclose(x[:, keep[0]], moved[0, keep[0]].expand(2, -1, -1), atol=1e-5)
     assert not torch.allclose(x[:, 4], moved[0, 4].expand(2, -1), atol=1e-3)

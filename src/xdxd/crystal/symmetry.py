@@ -141,6 +141,20 @@ def stabilizer_order(frac: np.ndarray, ops: SymOps, cell: gemmi.UnitCell,
     return np.array([len(stabilizer(x, ops, cell, tol)) for x in frac], dtype=float)
 
 
+def onto_site_torch(frac: torch.Tensor, order: torch.Tensor, rot: torch.Tensor,
+                    tran: torch.Tensor, orth: torch.Tensor) -> torch.Tensor:
+    """Points frac (…,3) moved to the mean of their order (…,) nearest symmetry images
+    (themselves included): onto the nearest site of that stabilizer order. Fractional;
+    rot (O,3,3), tran (O,3) the operations, orth (3,3) frac -> Å."""
+    d = apply_ops_torch(frac, rot, tran, wrap=True) - frac[..., None, :]  # (…,O,3)
+    d = d - torch.round(d)  # fractional, nearest image
+    dist = (d @ orth.T).norm(dim=-1)  # (…,O) Å
+    rank = torch.argsort(torch.argsort(dist, dim=-1), dim=-1)  # 0 = itself
+    pick = (rank < order[..., None]).to(frac.dtype)
+    shift = (pick[..., None] * d).sum(-2) / order[..., None].to(frac.dtype)
+    return torch.remainder(frac + shift, 1.0)
+
+
 def stabilizer_order_torch(frac: torch.Tensor, rot: torch.Tensor, tran: torch.Tensor,
                            orth: torch.Tensor, tol_A: float) -> torch.Tensor:
     """`stabilizer_order` in torch: the operations rot (O,3,3), tran (O,3) that map each

@@ -20,9 +20,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from xdxd.model.conditioning import PATTERSON_BLURS, Graph, Problem
+from xdxd.model.graph import PATTERSON_BLURS, Graph
 
 
 @dataclass
@@ -154,11 +153,11 @@ class Denoiser(nn.Module):
         self.gate = mlp(H, H, cfg.vectors)
         self.register_buffer("rbf_centres", torch.linspace(0.0, cfg.r_max_A, cfg.n_rbf))
 
-    def context(self, problem: Problem) -> torch.Tensor:
+    def context(self, problem) -> torch.Tensor:
         """Global context (hidden,) of a problem's reflections; compute once per problem."""
         return self.reflections(problem.tokens)
 
-    def forward(self, problem: Problem, graph: Graph, sigma: torch.Tensor, context: torch.Tensor,
+    def forward(self, problem, graph: Graph, sigma: torch.Tensor, context: torch.Tensor,
                 misfit: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         """sigma (B,) Å; context (hidden,); misfit (B,); grad (B,N,3) Å⁻¹ -> eps (B,N,3)."""
         cfg = self.cfg

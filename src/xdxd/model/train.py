@@ -19,7 +19,7 @@ import datetime as _dt
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable
@@ -31,11 +31,12 @@ import torch
 from xdxd.crystal.dataset import simulate as simulate_data
 from xdxd.crystal.symmetry import (SymOps, apply_ops, find_spacegroup, origin_shifts,
                                    stabilizer_order, symops)
-from xdxd.model.conditioning import Problem, make_problem
-from xdxd.model.diffusion import (NoiseSchedule, add_noise, denoiser_eps, polish, sample,
-                                  wrapped_normal_eps)
+from xdxd.model.diffusion import NoiseSchedule, add_noise, wrapped_normal_eps
 from xdxd.model.network import Denoiser, ModelConfig
-from xdxd.model.weights import WEIGHTS_NAME, load_model, read_metadata, save_model
+from xdxd.model.weights import WEIGHTS_NAME, load_model, save_model
+from xdxd.solve.diffusion.guidance import polish
+from xdxd.solve.diffusion.problem import Problem, make_problem
+from xdxd.solve.diffusion.sampler import denoiser_eps, sample
 
 
 @dataclass

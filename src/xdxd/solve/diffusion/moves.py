@@ -28,9 +28,12 @@ import torch
 from xdxd.crystal.chemistry import swap_pairs
 from xdxd.crystal.fourier import FourierGrid, find_peaks
 from xdxd.crystal.statistics import scale_factor
-from xdxd.model import bonding
-from xdxd.model.conditioning import (Problem, atom_fit, bonding_energy, debye_waller, fit_u, onto_site,
-                                     r1_of, r1_of_amplitudes)
+from xdxd.crystal.symmetry import onto_site_torch
+from xdxd.solve.diffusion import bonding
+from xdxd.solve.diffusion.guidance import (atom_fit, debye_waller, fit_u, objective, polish,
+                                           r1_of_amplitudes)
+from xdxd.solve.diffusion.problem import Problem
+
 
 BOND_RANGE = (0.82, 1.06)  # proposed bond lengths, times r_i + r_j (C=O 0.87, C-C 1.05)
 WORST_SHARE = 0.5      # share of moves that take the atom sitting worst in the density
@@ -38,14 +41,6 @@ FREE_SHARE = 0.1       # share of proposals put anywhere in the cell (water, ion
 MAP_SHARE = 0.5        # share of proposals at peaks of the difference map (model phases)
 MAP_PEAKS = 12         # difference-map peaks kept per structure
 MAP_JITTER_A = 0.2     # Å, spread of a proposal around its peak
-
-
-def objective(problem: Problem, frac: torch.Tensor, rank_bonding: float = 0.0
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """How candidates are ranked: (R1 + rank_bonding * bonding energy, R1, energy), each (B,)."""
-    r1 = r1_of(problem, frac)
-    energy = bonding_energy(problem, frac) if rank_bonding > 0 else torch.zeros_like(r1)
-    return r1 + rank_bonding * energy, r1, energy
 
 
 def _structure_factors(problem: Problem, frac: torch.Tensor, type_idx: torch.Tensor,
@@ -98,7 +93,8 @@ def propose(problem: Problem, frac: torch.Tensor, atom: torch.Tensor, K: int,
         pos = torch.where(on_map[..., None], at, pos)
     order = torch.round(1.0 / problem.site_weight[atom]).long()  # (B,) stabilizer order
     if bool((order > 1).any()):
-        return onto_site(problem, torch.remainder(pos, 1.0), order[:, None].expand(B, K))
+        return onto_site_torch(torch.remainder(pos, 1.0), order[:, None].expand(B, K), problem.rot,
+                               problem.tran, problem.orth)
     return torch.remainder(pos, 1.0)
 
 
@@ -112,7 +108,6 @@ def relocate(problem: Problem, frac: torch.Tensor, moves: int, proposals: int = 
     over the moves (or the time budget); (0, 0) accepts only improvements. Returns the
     best structure each chain has seen. An atom on a special position is offered only
     places with its site symmetry (`propose`, `onto_site`)."""
-    from xdxd.model.diffusion import polish
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     x = frac.clone()

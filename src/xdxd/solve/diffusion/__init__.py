@@ -5,8 +5,8 @@
 Reads the problem record (cell, space group, composition without H, reflections), loads
 the weights (default: the repository's weights/xdxd-diffusion.safetensors, or
 $XDXD_WEIGHTS, or weights=...), draws `samples` structures in one batch with the
-data-guided sampler (model.diffusion.sample), polishes each with a short descent on the
-amplitude misfit, searches around the best for a few rounds (model.diffusion.search:
+data-guided sampler (sampler.sample), polishes each with a short descent on the
+amplitude misfit, searches around the best for a few rounds (sampler.search:
 re-noise, denoise, keep the best) and returns them as candidates, lowest R1 first, for
 xdxd-refine:
 {"atoms": [...], "r1": R1, "cc": CC(|Fo|², |Fc|²), "method": "diffusion", "sample": i}.
@@ -16,14 +16,9 @@ from __future__ import annotations
 import time
 from functools import lru_cache
 
-import gemmi
 import numpy as np
 
-from xdxd import records
-from xdxd.crystal import symmetry
-from xdxd.crystal.chemistry import is_hydrogen
-from xdxd.crystal.dataset import DataSet
-
+from xdxd.solve.diffusion.problem import problem_from_record
 
 BONDING = 0.0        # weight of the bonding prior in guidance and polish (per unit of energy)
 RANK_BONDING = 0.01  # R1 units per unit of bonding energy in the ranking and relocation moves
@@ -40,36 +35,6 @@ def _model(path: str, device: str):
     from xdxd.model.weights import load_model
     model, meta = load_model(path, device)
     return model, NoiseSchedule(model.cfg).to(device), meta
-
-
-def problem_from_record(rec: dict, device: str = "cpu", seed: int = 0):
-    """Record -> model.conditioning.Problem (ASU non-H elements, heaviest first).
-
-    With `cell_contents` in the record, sites whose count in the cell says they lie on a
-    special position (symmetry.site_orders) are sampled with their stabilizer order;
-    without it every site is taken to be general.
-    """
-    import torch
-    from xdxd.model.conditioning import make_problem
-    data = DataSet.from_record(rec)
-    rid = str(rec.get("id", "?"))
-    comp = {e: int(round(float(n))) for e, n in (rec.get("composition") or {}).items()
-            if not is_hydrogen(e) and float(n) > 0}
-    if not comp:
-        raise records.RecordError(f"{rid}: no composition (non-H element counts of the asymmetric unit)")
-    orders = {e: [1] * n for e, n in comp.items()}
-    if rec.get("cell_contents"):
-        try:
-            orders = symmetry.site_orders(comp, rec["cell_contents"], data.ops)
-        except ValueError as e:
-            raise records.RecordError(f"{rid}: {e}")
-    elements = sorted(comp, key=lambda e: -gemmi.Element(e).atomic_number)
-    site_orders = [k for e in elements for k in orders[e]]
-    elements = [e for e in elements for _ in orders[e]]
-    if int((data.F > 0).sum()) < 10:
-        raise records.RecordError(f"{rid}: too few reflections ({int((data.F > 0).sum())}) to solve")
-    return make_problem(data, elements, hydrogens=float(rec.get("hydrogens") or 0), device=device,
-                        generator=torch.Generator().manual_seed(seed), site_orders=site_orders)
 
 
 def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
@@ -97,10 +62,11 @@ def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
     polish_steps, tweedie, resample_every, b_max).
     """
     import torch
-    from xdxd.model import diffusion
     from xdxd.crystal.statistics import distinct_patterns
-    from xdxd.model.conditioning import agreement_of_amplitudes, amplitudes, bonding_energy, site_pattern
     from xdxd.model.weights import resolve_weights
+    from xdxd.solve.diffusion.sampler import search
+    from xdxd.solve.diffusion.guidance import (agreement_of_amplitudes, amplitudes, bonding_energy,
+                                               site_pattern)
     t0 = time.perf_counter()
     path = resolve_weights(weights)
     model, schedule, meta = _model(str(path), str(device))
@@ -110,7 +76,7 @@ def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
         left = None if time_budget_s is None else time_budget_s - (time.perf_counter() - t0)
         if passes and (left is None or left < max(MIN_PASS_S, MIN_PASS_SHARE * time_budget_s)):
             break
-        x, _ = diffusion.search(model if prior else None, schedule, prob, samples, steps=steps,
+        x, _ = search(model if prior else None, schedule, prob, samples, steps=steps,
                                 guidance=guidance, seed=seed + PASS_SEED * len(passes),
                                 rounds=rounds, bonding=bonding, rank_bonding=rank_bonding,
                                 relocate_moves=relocate_moves, relocate_share=relocate_share,
