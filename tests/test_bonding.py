@@ -15,12 +15,16 @@ from xdxd.crystal.symmetry import (find_spacegroup, stabilizer_order,
                                    site_orders, spacegroup_from_record, spglib_number,
                                    stabilizer_orders, symops, unique_images)
 from xdxd.solve.diffusion import bonding
+from xdxd.solve.diffusion.config import SamplerConfig
 from xdxd.solve.diffusion.guidance import bonding_gradient
 from xdxd.solve.diffusion.problem import make_problem, special_images
 from xdxd.model.train import site_match
 from xdxd.prep import prepare_from_model_cif
 
 DATA = Path(__file__).parent / "data" / "cod"
+
+
+RELOCATE_100 = SamplerConfig(relocate_moves=100, relocate_proposals=64)
 
 
 def reference_problem(cod_id: str, d_min: float = 2.0, **prep):
@@ -122,7 +126,7 @@ def test_special_images_put_atoms_on_the_mirror_and_samples_keep_the_group():
     on_mirror = torch.minimum((on[..., 1] - 0.25).abs(), (on[..., 1] - 0.75).abs()) < 1e-5
     assert torch.allclose(on[..., [0, 2]][on_mirror], x[..., [0, 2]][on_mirror])
     out, r1 = sampler.sample(None, diffusion.NoiseSchedule(bonding_free_cfg()), prob, 3,
-                               steps=6, seed=1, bonding=0.05)
+                             SamplerConfig(bonding=0.05), steps=6, seed=1)
     z = np.array([gemmi.Element(e).atomic_number for e in prob.elements])
     for f in out.numpy().astype(float):
         assert np.all(stabilizer_order(f, prob.ops, prob.cell, tol=1e-3) == 2)
@@ -182,7 +186,7 @@ def test_relocation_puts_a_misplaced_atom_back_and_never_loses_the_best():
     wrong = x.clone()
     wrong[0, o] = torch.remainder(wrong[0, o] + torch.tensor([0.31, 0.17, 0.45]), 1.0)
     start = moves.objective(prob, wrong, 0.01)[0]
-    out = moves.relocate(prob, wrong.repeat(4, 1, 1), moves=100, proposals=64, seed=0)
+    out = moves.relocate(prob, wrong.repeat(4, 1, 1), RELOCATE_100, seed=0)
     end = moves.objective(prob, out, 0.01)[0]
     assert torch.all(end <= start + 1e-6)
     truth = moves.objective(prob, x, 0.01)[0]
@@ -221,7 +225,7 @@ def test_relocation_moves_atoms_on_special_positions_within_their_site_symmetry(
     c = len(frac) - 1
     wrong = x.clone()
     wrong[0, c] = torch.remainder(wrong[0, c] + torch.tensor([0.3, 0.0, 0.4]), 1.0)  # still on the mirror
-    out = moves.relocate(prob, wrong.repeat(4, 1, 1), moves=100, proposals=64, seed=0)
+    out = moves.relocate(prob, wrong.repeat(4, 1, 1), RELOCATE_100, seed=0)
     assert torch.allclose(special_images(prob, out), out, atol=1e-5)
     best = int(moves.objective(prob, out, 0.01)[0].argmin())
     assert site_match(prob.cell, prob.ops.hall, out[best].numpy(), frac) == 1.0

@@ -4,6 +4,7 @@ A tiny network (a few thousand parameters) keeps the whole file fast on 2 CPU co
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import gemmi
@@ -21,6 +22,7 @@ from xdxd.model.network import Denoiser, ModelConfig
 from xdxd.model.train import Structure, TrainConfig, diffusion_loss, simulate, site_match, train
 from xdxd.model.weights import WeightsError, load_model, save_model
 from xdxd.solve.diffusion import sampler
+from xdxd.solve.diffusion.config import SamplerConfig
 from xdxd.solve.diffusion.guidance import misfit_gradient
 from xdxd.solve.diffusion.problem import make_problem
 
@@ -259,9 +261,10 @@ def test_search_keeps_the_best_and_sorts_by_r1():
     prob, _, _ = toy_problem("P 1 21/c 1")
     sched = diffusion.NoiseSchedule(TINY)
     model = tiny_model()
-    x0, _ = sampler.search(model, sched, prob, 6, steps=4, rounds=0, polish_steps=2, seed=3)
-    x, r1 = sampler.search(model, sched, prob, 6, steps=4, rounds=2, keep=2, restart_steps=3,
-                             polish_steps=2, seed=3)
+    cfg = SamplerConfig(steps=4, rounds=0, polish_steps=2, rank_bonding=0.0, relocate_moves=0)
+    x0, _ = sampler.search(model, sched, prob, 6, cfg, seed=3)
+    cfg = replace(cfg, rounds=2, keep=2, restart_steps=3)
+    x, r1 = sampler.search(model, sched, prob, 6, cfg, seed=3)
     assert x.shape == (8, 5, 3) and torch.all(r1[:-1] <= r1[1:])
     assert r1[0] <= sampler.r1_of(prob, x0).min() + 1e-6  # search never loses the best
 
@@ -301,7 +304,7 @@ def test_inpainting_keeps_the_held_atoms_and_atom_fit_finds_the_moved_one():
     keep = torch.ones(2, 6, dtype=torch.bool)
     keep[:, 4] = False
     x, _ = sampler.sample(tiny_model(), diffusion.NoiseSchedule(TINY), prob, 2, steps=5,
-                            start=moved.repeat(2, 1, 1), sigma_start=1.0, keep=keep, seed=2)
+                          start=moved.repeat(2, 1, 1), sigma_start=1.0, keep=keep, seed=2)
     assert torch.allclose(x[:, keep[0]], moved[0, keep[0]].expand(2, -1, -1), atol=1e-5)
     assert not torch.allclose(x[:, 4], moved[0, 4].expand(2, -1), atol=1e-3)
 

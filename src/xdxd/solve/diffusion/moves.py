@@ -30,17 +30,10 @@ from xdxd.crystal.fourier import FourierGrid, find_peaks
 from xdxd.crystal.statistics import scale_factor
 from xdxd.crystal.symmetry import onto_site_torch
 from xdxd.solve.diffusion import bonding
+from xdxd.solve.diffusion.config import SamplerConfig
 from xdxd.solve.diffusion.guidance import (atom_fit, debye_waller, fit_u, objective, polish,
                                            r1_of_amplitudes)
 from xdxd.solve.diffusion.problem import Problem
-
-
-BOND_RANGE = (0.82, 1.06)  # proposed bond lengths, times r_i + r_j (C=O 0.87, C-C 1.05)
-WORST_SHARE = 0.5      # share of moves that take the atom sitting worst in the density
-FREE_SHARE = 0.1       # share of proposals put anywhere in the cell (water, ions)
-MAP_SHARE = 0.5        # share of proposals at peaks of the difference map (model phases)
-MAP_PEAKS = 12         # difference-map peaks kept per structure
-MAP_JITTER_A = 0.2     # Å, spread of a proposal around its peak
 
 
 def _structure_factors(problem: Problem, frac: torch.Tensor, type_idx: torch.Tensor,
@@ -52,7 +45,7 @@ def _structure_factors(problem: Problem, frac: torch.Tensor, type_idx: torch.Ten
 
 
 def difference_peaks(problem: Problem, grid: FourierGrid, fc: torch.Tensor,
-                     k: int = MAP_PEAKS) -> torch.Tensor:
+                     k: int = SamplerConfig.map_peaks) -> torch.Tensor:
     """The k highest peaks (B,k,3) frac of each structure's difference map
     (|Fo| - s|Fc|) e^{iφc}, fc (B,M) complex at the structure's overall U: where the data
     want atoms that the model lacks (peaks in the asymmetric-unit brick)."""
@@ -63,11 +56,12 @@ def difference_peaks(problem: Problem, grid: FourierGrid, fc: torch.Tensor,
 
 
 def propose(problem: Problem, frac: torch.Tensor, atom: torch.Tensor, K: int,
-            gen: torch.Generator, peaks: torch.Tensor | None = None) -> torch.Tensor:
-    """K new places (B,K,3) for atom[b] of each structure: at BOND_RANGE times r_i + r_j
-    from a random image of a random other atom, in a random direction; FREE_SHARE of
-    them anywhere in the cell; with peaks (B,P,3), MAP_SHARE of them at a random one of
-    those difference-map peaks, spread by MAP_JITTER_A Å. An atom on a special position
+            gen: torch.Generator, cfg: SamplerConfig, peaks: torch.Tensor | None = None
+            ) -> torch.Tensor:
+    """K new places (B,K,3) for atom[b] of each structure: at cfg.bond_range times r_i + r_j
+    from a random image of a random other atom, in a random direction; cfg.free_share of
+    them anywhere in the cell; with peaks (B,P,3), cfg.map_share of them at a random one of
+    those difference-map peaks, spread by cfg.map_jitter Å. An atom on a special position
     (site_weight 1/k) has each place moved onto the nearest site of order k."""
     B, N, _ = frac.shape
     dev = frac.device
@@ -77,19 +71,19 @@ def propose(problem: Problem, frac: torch.Tensor, atom: torch.Tensor, K: int,
     u = torch.randn(B, K, 3, generator=gen).to(dev)
     u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-9)
     r = problem.bonding.radius
-    lo, hi = BOND_RANGE
+    lo, hi = cfg.bond_range
     length = (r[atom][:, None] + r[other]) * (
         lo + (hi - lo) * torch.rand(B, K, generator=gen).to(dev))
     anchor = frac[torch.arange(B, device=dev)[:, None], other]  # (B,K,3)
     img = torch.einsum("bkij,bkj->bki", problem.rot[op], anchor) + problem.tran[op]
     pos = img + (length[..., None] * u) @ problem.deorth.T
-    free = torch.rand(B, K, generator=gen).to(dev) < FREE_SHARE
+    free = torch.rand(B, K, generator=gen).to(dev) < cfg.free_share
     pos = torch.where(free[..., None], torch.rand(B, K, 3, generator=gen).to(dev), pos)
-    if peaks is not None and MAP_SHARE > 0:
+    if peaks is not None and cfg.map_share > 0:
         pick = torch.randint(0, peaks.shape[1], (B, K), generator=gen).to(dev)
         at = peaks[torch.arange(B, device=dev)[:, None], pick]  # (B,K,3)
-        at = at + (MAP_JITTER_A * torch.randn(B, K, 3, generator=gen).to(dev)) @ problem.deorth.T
-        on_map = torch.rand(B, K, generator=gen).to(dev) < MAP_SHARE
+        at = at + (cfg.map_jitter * torch.randn(B, K, 3, generator=gen).to(dev)) @ problem.deorth.T
+        on_map = torch.rand(B, K, generator=gen).to(dev) < cfg.map_share
         pos = torch.where(on_map[..., None], at, pos)
     order = torch.round(1.0 / problem.site_weight[atom]).long()  # (B,) stabilizer order
     if bool((order > 1).any()):
@@ -98,16 +92,19 @@ def propose(problem: Problem, frac: torch.Tensor, atom: torch.Tensor, K: int,
     return torch.remainder(pos, 1.0)
 
 
-def relocate(problem: Problem, frac: torch.Tensor, moves: int, proposals: int = 32,
-             rank_bonding: float = 0.01, seed: int = 0, time_budget_s: float | None = None,
-             polish_every: int = 25, temperature: tuple = (0.0, 0.0)) -> torch.Tensor:
-    """Up to `moves` relocation moves on every structure of frac (B,N,3) (see the module
-    docstring), a short polish every polish_every moves; stops early at time_budget_s.
-    temperature (T_start, T_end) in objective units: the best proposal of a move is
+def relocate(problem: Problem, frac: torch.Tensor, cfg: SamplerConfig = SamplerConfig(),
+             seed: int = 0, time_budget_s: float | None = None) -> torch.Tensor:
+    """Up to cfg.relocate_moves relocation moves on every structure of frac (B,N,3) (see
+    the module docstring), cfg.relocate_proposals places tried per move, judged by the
+    objective with cfg.rank_bonding; a short polish every cfg.relocate_polish_every moves;
+    stops early at time_budget_s (s). cfg.relocate_temperature (T_start, T_end) in
+    objective units: the best proposal of a move is
     accepted with probability exp(-increase/T) (Metropolis), T falling geometrically
     over the moves (or the time budget); (0, 0) accepts only improvements. Returns the
     best structure each chain has seen. An atom on a special position is offered only
-    places with its site symmetry (`propose`, `onto_site`)."""
+    places with its site symmetry (`propose`, `symmetry.onto_site_torch`)."""
+    moves, proposals, rank_bonding = cfg.relocate_moves, cfg.relocate_proposals, cfg.rank_bonding
+    polish_every = cfg.relocate_polish_every
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     x = frac.clone()
@@ -122,9 +119,9 @@ def relocate(problem: Problem, frac: torch.Tensor, moves: int, proposals: int = 
     weight = problem.site_weight.expand(B, -1)
     fc = _structure_factors(problem, x, type_idx, weight)  # (B,M), U = 0
     grid = FourierGrid(problem.cell, problem.ops, problem.sf.hkl.cpu().numpy(), device=dev) \
-        if MAP_SHARE > 0 else None
+        if cfg.map_share > 0 else None
     best_x, best_obj = x.clone(), obj.clone()
-    t_start, t_end = (float(t) for t in temperature)
+    t_start, t_end = (float(t) for t in cfg.relocate_temperature)
     for m in range(moves):
         elapsed = time.perf_counter() - t0
         if time_budget_s is not None and elapsed > time_budget_s:
@@ -132,12 +129,12 @@ def relocate(problem: Problem, frac: torch.Tensor, moves: int, proposals: int = 
         progress = elapsed / time_budget_s if time_budget_s else m / max(1, moves)
         T = t_start * (t_end / t_start) ** min(1.0, progress) if t_start > 0 else 0.0
         atom = torch.randint(0, N, (B,), generator=gen).to(dev)
-        worst = torch.rand(B, generator=gen).to(dev) < WORST_SHARE
+        worst = torch.rand(B, generator=gen).to(dev) < cfg.worst_share
         if bool(worst.any()):  # the atom with the least density under it (atom_fit)
             atom = torch.where(worst, atom_fit(problem, x).argmin(1), atom)
         dw = debye_waller(problem, fit_u(problem, fc.abs()))  # (B,M) at each one's overall U
-        peaks = difference_peaks(problem, grid, fc * dw) if grid is not None else None
-        pos = propose(problem, x, atom, proposals, gen, peaks)  # (B,K,3)
+        peaks = difference_peaks(problem, grid, fc * dw, cfg.map_peaks) if grid is not None else None
+        pos = propose(problem, x, atom, proposals, gen, cfg, peaks)  # (B,K,3)
         K = pos.shape[1]
         t_a = problem.type_idx[atom]
         w_a = problem.site_weight[atom]

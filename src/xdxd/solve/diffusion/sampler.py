@@ -18,6 +18,7 @@ from xdxd.crystal.statistics import distinct_patterns
 from xdxd.model.diffusion import NoiseSchedule, add_noise
 from xdxd.model.graph import build_graph
 from xdxd.model.network import Denoiser
+from xdxd.solve.diffusion.config import SamplerConfig
 from xdxd.solve.diffusion.guidance import (atom_fit, blur_for_sigma, bonding_ramp, guidance_direction,
                                            misfit_gradient, objective, polish, r1_of, site_pattern)
 from xdxd.solve.diffusion.moves import relocate, swap_labels
@@ -41,12 +42,12 @@ def denoiser_eps(model: Denoiser, problem: Problem, frac: torch.Tensor, sigma: t
 
 @torch.no_grad()
 def sample(model: Denoiser | None, schedule: NoiseSchedule, problem: Problem, n_samples: int,
-           steps: int = 100, guidance: float = 1.0, b_max: float = 30.0, seed: int = 0,
-           chunk: int = 64, tweedie: bool = True, resample_every: int = 0,
-           resample_ess: float = 0.5, start: torch.Tensor | None = None,
-           sigma_start: float | None = None, keep: torch.Tensor | None = None,
-           bonding: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Guided ancestral sampling: n_samples ASU structures for one problem.
+           cfg: SamplerConfig = SamplerConfig(), steps: int | None = None, seed: int = 0,
+           start: torch.Tensor | None = None, sigma_start: float | None = None,
+           keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Guided ancestral sampling: n_samples ASU structures for one problem, `steps`
+    steps (default cfg.steps); cfg gives guidance, b_max, tweedie, resample_every,
+    resample_ess, chunk and bonding.
 
     Each step: eps_hat from the network, the denoised estimate x0 = x - sigma eps_hat
     (Tweedie), the data score -guidance * g/|g| / sigma with g the misfit gradient at x0
@@ -68,6 +69,8 @@ def sample(model: Denoiser | None, schedule: NoiseSchedule, problem: Problem, n_
     each step's level (inpainting, as RePaint does), and only the others are sampled anew.
     Returns (frac (n_samples,N,3) in [0,1), R1 (n_samples,)).
     """
+    steps = cfg.steps if steps is None else steps
+    guidance, b_max, chunk, bonding = cfg.guidance, cfg.b_max, cfg.chunk, cfg.bonding
     gen = torch.Generator().manual_seed(seed)
     dev = problem.device
     N = problem.n_atoms
@@ -94,7 +97,7 @@ def sample(model: Denoiser | None, schedule: NoiseSchedule, problem: Problem, n_
                 misfit, g, _ = guidance_direction(problem, xc, blur, w_bond)
             else:
                 eps, misfit, grad = denoiser_eps(model, problem, xc, sig, context, b_max)
-                at = torch.remainder(xc - (s_now * eps) @ problem.deorth.T, 1.0) if tweedie else xc
+                at = torch.remainder(xc - (s_now * eps) @ problem.deorth.T, 1.0) if cfg.tweedie else xc
                 misfit, g, _ = guidance_direction(problem, at, blur, w_bond)
             scores.append(-(eps + guidance * g) / s_now)  # score, Cartesian Å⁻¹
             misfits.append(misfit)
@@ -106,8 +109,8 @@ def sample(model: Denoiser | None, schedule: NoiseSchedule, problem: Problem, n_
             held = add_noise(start.to(dev), s_next.expand(n_samples), problem.deorth,
                              torch.randn(n_samples, N, 3, generator=gen).to(dev))
             x = torch.where(keep.to(dev)[..., None], special_images(problem, held), x)
-        if resample_every and (i + 1) % resample_every == 0 and i + 1 < steps:
-            x = x[resample(torch.cat(misfits).cpu(), resample_ess, gen).to(dev)]
+        if cfg.resample_every and (i + 1) % cfg.resample_every == 0 and i + 1 < steps:
+            x = x[resample(torch.cat(misfits).cpu(), cfg.resample_ess, gen).to(dev)]
     return x, r1_of(problem, x)
 
 
@@ -134,17 +137,13 @@ def resample(misfit: torch.Tensor, ess: float, gen: torch.Generator) -> torch.Te
 
 
 def search(model: Denoiser | None, schedule: NoiseSchedule, problem: Problem, n_samples: int,
-           steps: int = 60, guidance: float = 1.0, seed: int = 0, rounds: int = 8,
-           keep: int = 8, restart_sigmas: tuple = (0.8, 1.2, 0.5), restart_steps: int = 30,
-           polish_steps: int = 60, omit: bool = False, omit_sigma: float = 2.0,
-           bonding: float = 0.0, rank_bonding: float = 0.0, swaps: int = 3,
-           relocate_moves: int = 0, relocate_pool: int = 32, relocate_share: float = 0.5,
-           relocate_proposals: int = 32, relocate_temperature: tuple = (0.0, 0.0),
-           time_budget_s: float | None = None,
-           **opts) -> tuple[torch.Tensor, torch.Tensor]:
+           cfg: SamplerConfig = SamplerConfig(), seed: int = 0,
+           time_budget_s: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample, then search around the best: a population of n_samples structures.
 
-    Round 0 is `sample` from noise. Each further round keeps the `keep` best structures
+    The settings are cfg's (SamplerConfig). Round 0 is `sample` from noise (cfg.steps, fewer
+    when a first pass of that many would take more than half of time_budget_s). Each
+    further round keeps the `keep` best structures
     (after `polish`; best = lowest `objective`, R1 + rank_bonding * bonding energy),
     noises copies of them back to a restart level (cycling through restart_sigmas, Å)
     and denoises them again with restart_steps guided steps (each structure is polished
@@ -154,7 +153,7 @@ def search(model: Denoiser | None, schedule: NoiseSchedule, problem: Problem, n_
     guidance and the polish (0: data alone). After each polish, up to `swaps` greedy
     label swaps per structure (`swap_labels`, judged on R1) and a second, shorter polish.
     With relocate_moves > 0 the `relocate_pool` best distinct structures then get up to
-    that many relocation moves (model.moves.relocate, relocate_proposals places tried
+    that many relocation moves (moves.relocate, relocate_proposals places tried
     per move, Metropolis at relocate_temperature), which take relocate_share of the time
     budget. With omit, half the copies instead keep
     their atoms and sample only the 1 to N/3 that sit worst in the map (`omit_mask`)
@@ -167,59 +166,58 @@ def search(model: Denoiser | None, schedule: NoiseSchedule, problem: Problem, n_
     """
     t0 = time.perf_counter()
     total_budget = time_budget_s
-    if time_budget_s is not None and relocate_moves > 0:
-        time_budget_s = time_budget_s * (1.0 - relocate_share)
+    n_keep, rank_bonding = cfg.keep, cfg.rank_bonding
+    if time_budget_s is not None and cfg.relocate_moves > 0:
+        time_budget_s = time_budget_s * (1.0 - cfg.relocate_share)
+    steps = cfg.steps
     if time_budget_s is not None:  # the first pass takes at most half the budget
-        per_step = step_seconds(model, problem, n_samples, bonding)
+        per_step = step_seconds(model, problem, n_samples, cfg.bonding)
         steps = max(min(steps, 12), min(steps, int(0.5 * time_budget_s / per_step)))
-    x, _ = sample(model, schedule, problem, n_samples, steps=steps, guidance=guidance,
-                  seed=seed, bonding=bonding, **opts)
-    x = finish(problem, x, polish_steps, bonding, swaps)
+    x, _ = sample(model, schedule, problem, n_samples, cfg, steps=steps, seed=seed)
+    x = finish(problem, x, cfg)
     # a round costs about restart_steps/steps of round 0; one that would overrun is not begun
-    last = (time.perf_counter() - t0) * (restart_steps + polish_steps) / (steps + polish_steps)
-    for r in range(rounds):
+    last = (time.perf_counter() - t0) * (cfg.restart_steps + cfg.polish_steps) / (steps + cfg.polish_steps)
+    for r in range(cfg.rounds):
         t_round = time.perf_counter()
         if time_budget_s is not None and t_round - t0 + last > time_budget_s:
             break
-        elite = x[torch.argsort(objective(problem, x, rank_bonding)[0])[:keep]]
-        start = elite.repeat((n_samples + keep - 1) // keep, 1, 1)[:n_samples]
-        half = n_samples // 2 if omit else 0
+        elite = x[torch.argsort(objective(problem, x, rank_bonding)[0])[:n_keep]]
+        start = elite.repeat((n_samples + n_keep - 1) // n_keep, 1, 1)[:n_samples]
+        half = n_samples // 2 if cfg.omit else 0
+        sigma = cfg.restart_sigmas[r % len(cfg.restart_sigmas)]
         parts = [] if half == n_samples else [sample(
-            model, schedule, problem, n_samples - half, steps=restart_steps, guidance=guidance,
-            seed=seed + 1 + r, start=start[half:], bonding=bonding,
-            sigma_start=restart_sigmas[r % len(restart_sigmas)], **opts)[0]]
+            model, schedule, problem, n_samples - half, cfg, steps=cfg.restart_steps,
+            seed=seed + 1 + r, start=start[half:], sigma_start=sigma)[0]]
         if half:  # the worst-fitting atoms of the other half are sampled anew
             held = omit_mask(problem, start[:half], seed + 1 + r)
-            parts.insert(0, sample(model, schedule, problem, half, steps=restart_steps,
-                                   guidance=guidance, seed=seed + 1001 + r, start=start[:half],
-                                   sigma_start=omit_sigma, keep=held, bonding=bonding,
-                                   **opts)[0])
-        x = torch.cat([elite, finish(problem, torch.cat(parts), polish_steps, bonding, swaps)])
+            parts.insert(0, sample(model, schedule, problem, half, cfg, steps=cfg.restart_steps,
+                                   seed=seed + 1001 + r, start=start[:half],
+                                   sigma_start=cfg.omit_sigma, keep=held)[0])
+        x = torch.cat([elite, finish(problem, torch.cat(parts), cfg)])
         last = time.perf_counter() - t_round
-    if relocate_moves > 0:
+    if cfg.relocate_moves > 0:
         obj = objective(problem, x, rank_bonding)[0]
         pick = distinct_patterns(site_pattern(problem, x).cpu().numpy(),
-                                 torch.argsort(obj).cpu().numpy(), relocate_pool)
+                                 torch.argsort(obj).cpu().numpy(), cfg.relocate_pool)
         pick = torch.tensor(pick, device=x.device)
         left = None if total_budget is None else max(0.0, total_budget - (time.perf_counter() - t0))
-        moved = relocate(problem, x[pick], relocate_moves, relocate_proposals, rank_bonding,
-                         seed=seed, time_budget_s=left, temperature=relocate_temperature)
+        moved = relocate(problem, x[pick], cfg, seed=seed, time_budget_s=left)
         x = torch.cat([moved, x])
     obj = objective(problem, x, rank_bonding)[0]
     order = torch.argsort(obj)
     return x[order], obj[order]
 
 
-def finish(problem: Problem, frac: torch.Tensor, polish_steps: int, bonding: float,
-           swaps: int) -> torch.Tensor:
-    """Polish, swap labels where that fits the data better, polish the swapped again."""
-    x = polish(problem, frac, steps=polish_steps, bonding=bonding)
-    if swaps <= 0:
+def finish(problem: Problem, frac: torch.Tensor, cfg: SamplerConfig) -> torch.Tensor:
+    """Polish (cfg.polish_steps), swap labels where that fits the data better (up to
+    cfg.swaps per structure, judged on R1), polish the swapped again."""
+    x = polish(problem, frac, steps=cfg.polish_steps, bonding=cfg.bonding)
+    if cfg.swaps <= 0:
         return x
-    y = swap_labels(problem, x, rounds=swaps)
+    y = swap_labels(problem, x, rounds=cfg.swaps)
     moved = (y != x).any(-1).any(-1)
     if bool(moved.any()):
-        y[moved] = polish(problem, y[moved], steps=max(1, polish_steps // 3), bonding=bonding)
+        y[moved] = polish(problem, y[moved], steps=max(1, cfg.polish_steps // 3), bonding=cfg.bonding)
     return y
 
 
