@@ -18,7 +18,7 @@ from xdxd.solve.diffusion import bonding
 from xdxd.solve.diffusion.config import SamplerConfig
 from xdxd.solve.diffusion.guidance import bonding_gradient
 from xdxd.solve.diffusion.problem import make_problem, special_images
-from xdxd.model.train import site_match
+from xdxd.score import site_match
 from xdxd.prep import prepare_from_model_cif
 
 DATA = Path(__file__).parent / "data" / "cod"

@@ -19,7 +19,8 @@ from xdxd.crystal.symmetry import (apply_ops, find_spacegroup, origin_shifts, sp
 from xdxd.model import diffusion
 from xdxd.model.graph import build_graph
 from xdxd.model.network import Denoiser, ModelConfig
-from xdxd.model.train import Structure, TrainConfig, diffusion_loss, simulate, site_match, train
+from xdxd.model.train import Structure, TrainConfig, diffusion_loss, simulate, train
+from xdxd.score import site_match
 from xdxd.model.weights import WeightsError, load_model, save_model
 from xdxd.solve.diffusion import sampler
 from xdxd.solve.diffusion.config import SamplerConfig

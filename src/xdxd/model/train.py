@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 from xdxd.crystal.dataset import simulate as simulate_data
-from xdxd.crystal.symmetry import (SymOps, apply_ops, find_spacegroup, origin_shifts,
-                                   stabilizer_order, symops)
+from xdxd.crystal.symmetry import SymOps, find_spacegroup, stabilizer_order, symops
 from xdxd.model.diffusion import NoiseSchedule, add_noise, wrapped_normal_eps
 from xdxd.model.network import Denoiser, ModelConfig
 from xdxd.model.weights import WEIGHTS_NAME, load_model, save_model
+from xdxd.score import site_match
 from xdxd.solve.diffusion.guidance import polish
 from xdxd.solve.diffusion.problem import Problem, make_problem
 from xdxd.solve.diffusion.sampler import denoiser_eps, sample
@@ -213,54 +213,6 @@ def diffusion_loss(model: Denoiser, schedule: NoiseSchedule, ex: Example, draws:
 
 # ---------------------------------------------------------------------------
 # validation: does sampling find the structure?
-
-@lru_cache(maxsize=256)
-def _shifts(hall: str) -> tuple[np.ndarray, np.ndarray]:
-    return origin_shifts(_ops(hall)[1])
-
-
-def site_match(cell: gemmi.UnitCell, hall: str, pred: np.ndarray, true: np.ndarray,
-               tol_A: float = 0.5) -> float:
-    """Fraction of true ASU sites matched one-to-one by a predicted site within tol_A Å,
-    best over origin choices.
-
-    Sites are paired by an optimal assignment on the distance to the nearest symmetry
-    image, so two predicted atoms on one true site count once. Origin choices: the
-    allowed discrete shifts, continuous shifts along polar axes (tried from pairs of
-    predicted/true sites) and, if not centrosymmetric, the inverted structure. Elements
-    are not compared (element assignment is the refiner's job).
-    """
-    from scipy.optimize import linear_sum_assignment
-
-    sg, ops = _ops(hall)
-    shifts, polar = _shifts(hall)
-    orth = np.array(cell.orth.mat)
-    n_true = len(true)
-    true_img = apply_ops(true, ops).reshape(-1, 3)  # (N*O,3), atom-major
-    best = 0.0
-    P = polar.T @ polar if len(polar) else np.zeros((3, 3))  # projector onto the polar axes
-    if len(polar):  # discrete shifts that differ only along a polar axis are the same choice
-        shifts = np.unique(np.round(np.mod(shifts - shifts @ P.T, 1.0), 6) % 1.0, axis=0)
-    for sign in ((1.0,) if ops.centrosymmetric else (1.0, -1.0)):
-        p0 = sign * pred
-        for s in shifts:
-            cands = [np.zeros(3)]
-            if len(polar):
-                diff = true_img[None] - (p0[:3] + s)[:, None]  # (3,N*O,3)
-                cands = list((diff.reshape(-1, 3) @ P.T))
-            for c in cands:
-                q = p0 + s + c  # (N,3)
-                d = q[:, None] - true_img[None]
-                d -= np.round(d)
-                dist = np.linalg.norm(d @ orth.T, axis=-1).reshape(len(q), n_true, -1).min(-1)
-                if (dist.min(0) < tol_A).mean() <= best:  # cannot beat the best so far
-                    continue
-                rows, cols = linear_sum_assignment(dist)
-                best = max(best, float((dist[rows, cols] < tol_A).sum()) / n_true)
-                if best == 1.0:
-                    return best
-    return best
-
 
 def validate(model: Denoiser, schedule: NoiseSchedule, val: list[Structure], cfg: TrainConfig,
              device: str, max_tokens: int) -> dict:
