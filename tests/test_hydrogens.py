@@ -226,7 +226,7 @@ def test_final_refinement_decides_between_close_labellings(monkeypatch):
     of its choice) are refined in full too, and the best of them is kept; here the swaps
     are made to choose a C/N swap of 2016470 (P41, 2.0 Å) with the true labels close."""
     import xdxd.refine as refine
-    from xdxd.refine.hydrogens import swap_riding
+    from xdxd.refine.swaps import swap_riding
     rec, _, _, a = _setup("2016470", 2.0)
     i, j, wrong = _cn_swapped(a.elements)
     rec["solution"] = {"atoms": records.arrays_to_atoms(
@@ -240,8 +240,8 @@ def test_final_refinement_decides_between_close_labellings(monkeypatch):
     # swap_riding's runners-up: the last round's labellings, best first, not its choice
     monkeypatch.undo()
     from test_refine import data
-    import xdxd.refine.hydrogens as hydrogens
-    monkeypatch.setattr(hydrogens, "CLOSE_MARGIN", 1.0)  # every labelling is close
+    import xdxd.refine.swaps as swap_search
+    monkeypatch.setattr(swap_search, "CLOSE_MARGIN", 1.0)  # every labelling is close
     d = data(rec)
     els, swaps, _, close = swap_riding(d, wrong, a.frac,
                                        a.uiso, a.occ, rec["hydrogens"], count_frac=a.frac)
@@ -253,18 +253,18 @@ def test_final_refinement_decides_between_close_labellings(monkeypatch):
 def test_swap_search_screens_many_variants_before_refining(monkeypatch):
     """With more swap variants than `screen`, all are judged as they stand (0 cycles) and
     only the `screen` best are refined; the wrong C/N pair of 2016470 is still put right."""
-    import xdxd.refine.hydrogens as hydrogens
+    import xdxd.refine.swaps as swap_search
     from test_refine import data
-    from xdxd.refine.hydrogens import swap_riding
+    from xdxd.refine.swaps import swap_riding
     rec, _, _, a = _setup("2016470", 2.0)
     _, _, wrong = _cn_swapped(a.elements)
     calls = []
-    real = hydrogens.refine_batch
+    real = swap_search.refine_batch
 
     def spy(*args, cycles=10, **kw):
         calls.append((cycles, len(args[2])))
         return real(*args, cycles=cycles, **kw)
-    monkeypatch.setattr(hydrogens, "refine_batch", spy)
+    monkeypatch.setattr(swap_search, "refine_batch", spy)
     d = data(rec)
     els, swaps, _, _ = swap_riding(d, wrong, a.frac,
                                    a.uiso, a.occ, rec["hydrogens"], screen=4)

@@ -22,7 +22,8 @@ from xdxd.crystal.symmetry import make_cell, spacegroup_from_record, spacegroup_
 from xdxd.crystal.dataset import DataSet
 from xdxd.refine import LsqOptions, refine_batch, refine_record, refine_structure
 from xdxd.crystal.chemistry import find_contacts
-from xdxd.refine.chemistry import check, swap_elements
+from xdxd.refine.chemistry import check
+from xdxd.refine.swaps import swap_elements
 
 COD = Path(__file__).parent / "data" / "cod"
 MEASURED = Path(os.environ.get("XDXD_MEASURED", Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "measured"))

@@ -24,9 +24,10 @@ import numpy as np
 from xdxd import records
 from xdxd.crystal.chemistry import is_hydrogen
 from xdxd.crystal.dataset import DataSet
-from xdxd.refine.chemistry import CHEM_WEIGHT, check, swap_elements
-from xdxd.refine.hydrogens import h_labels, refine_riding, swap_riding
+from xdxd.refine.chemistry import CHEM_WEIGHT, check
+from xdxd.refine.hydrogens import h_labels, refine_riding
 from xdxd.refine.least_squares import LsqOptions, RefinementResult, refine_batch, refine_structure
+from xdxd.refine.swaps import swap_elements, swap_riding
 
 __all__ = ["refine_record", "refine_structure", "refine_batch", "RefinementResult", "LsqOptions",
            "swap_elements", "check"]

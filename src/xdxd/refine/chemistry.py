@@ -1,4 +1,4 @@
-"""The chemistry check of a model: bonds, valences, short contacts; and element swaps.
+"""The chemistry check of a model: bonds, valences, short contacts.
 
 A crystal model from a sampler knows only where its atoms are and which element each
 one has been given. `check` asks whether that makes chemical sense, with the tables and
@@ -12,8 +12,8 @@ images included):
 - too-short contacts (d < SHORT_FACTOR (r_i + r_j)), too many neighbours, isolated atoms.
 
 `chemistry_score` adds these up (0 good, higher worse; roughly one unit per clear
-problem), and `swap_elements` exchanges the elements of pairs of atoms (C/N/O, S/Cl, ...)
-when that lowers R1 plus a chemistry penalty, re-refining after each swap.
+problem); refinement ranks models, and the swap search (refine.swaps) judges element
+swaps, by R1 + CHEM_WEIGHT × that score.
 """
 from __future__ import annotations
 
@@ -23,13 +23,11 @@ import gemmi
 import numpy as np
 
 from xdxd.crystal.chemistry import (MAX_NEIGHBOURS, MAY_BE_ISOLATED, SHORT_FACTOR, VALENCES, bond_order,
-                                    covalent_radius, find_bonds, is_hydrogen, single_bond_length,
-                                    swap_pairs)
-from xdxd.crystal.dataset import DataSet
+                                    covalent_radius, find_bonds, is_hydrogen, single_bond_length)
 from xdxd.crystal.symmetry import SymOps
-from xdxd.refine.least_squares import LsqOptions, refine_batch
 
 OVERBOND_TOL = 0.75    # bond-valence sum allowed above the largest usual valence
+CHEM_WEIGHT = 0.01     # R1 units per unit of chemistry score, in ranking and swaps
 
 
 # ---------------------------------------------------------------------------
@@ -133,69 +131,3 @@ def check(cell: gemmi.UnitCell, ops: SymOps, elements: list[str], frac: np.ndarr
 def chemistry_score(cell, ops, elements, frac, hydrogens=None) -> float:
     """The score of `check` alone (0 good, higher worse)."""
     return check(cell, ops, elements, frac, hydrogens).score
-
-
-# ---------------------------------------------------------------------------
-# element swaps
-
-def swap_variants(elements: list[str]) -> tuple[list[tuple[int, int]], list[list[str]]]:
-    """Every single swap of `swap_pairs`: (pairs, element lists with that pair exchanged)."""
-    pairs = swap_pairs(elements)
-    variants = []
-    for i, j in pairs:
-        v = list(elements)
-        v[i], v[j] = v[j], v[i]
-        variants.append(v)
-    return pairs, variants
-
-
-CHEM_WEIGHT = 0.01  # R1 units per unit of chemistry score, in ranking and swaps
-
-
-@dataclass
-class SwapResult:
-    elements: list[str]
-    result: object          # least_squares.RefinementResult of the final model
-    chemistry: Chemistry
-    swaps: list[dict]       # [{"i", "j", "from": [e_i, e_j], "r1", "score"}] in the order made
-
-
-def swap_elements(data: DataSet, elements: list[str], frac: np.ndarray,
-                  uiso: np.ndarray | None = None, occ: np.ndarray | None = None,
-                  uaniso: np.ndarray | None = None, hydrogens: int | None = None,
-                  max_rounds: int = 6, cycles: int = 4, batch: int = 64,
-                  opts: LsqOptions = LsqOptions()) -> SwapResult:
-    """Greedy element swaps with re-refinement, keeping the element counts fixed.
-
-    Each round exchanges the elements of every swappable pair of non-H atoms in turn
-    (C/N/O, Si/P/S/Cl, ...; `SWAP_GROUPS`), refines all the variants at once for `cycles`
-    cycles (`least_squares.refine_batch`), and keeps the best variant if it lowers
-    R1 + CHEM_WEIGHT * chemistry score; it stops when no swap helps or after max_rounds.
-    frac (N,3) fractional, uiso (N,) Å², as refined before the call.
-    """
-    cell_g, ops = data.cell, data.ops
-    els = list(elements)
-    res = refine_batch(data, els, frac, uiso, occ, uaniso, cycles=cycles, opts=opts)[0]
-    chem = check(cell_g, ops, els, res.frac, hydrogens)
-    best = res.r1 + CHEM_WEIGHT * chem.score
-    swaps: list[dict] = []
-    for _ in range(max_rounds):
-        pairs, variants = swap_variants(els)
-        if not pairs:
-            break
-        found = None
-        for s in range(0, len(variants), batch):
-            chunk = variants[s:s + batch]
-            out = refine_batch(data, chunk, res.frac, res.uiso, occ, uaniso, cycles=cycles, opts=opts)
-            for v, (i, j), r in zip(chunk, pairs[s:s + batch], out):
-                c = check(cell_g, ops, v, r.frac, hydrogens)
-                obj = r.r1 + CHEM_WEIGHT * c.score
-                if obj < best - 1e-4 and (found is None or obj < found[0]):
-                    found = (obj, v, (i, j), r, c)
-        if found is None:
-            break
-        best, v, (i, j), res, chem = found
-        swaps.append({"i": i, "j": j, "from": [els[i], els[j]], "r1": round(res.r1, 5),
-                      "score": round(chem.score, 3)})
-        els = v
-    return SwapResult(els, res, chem, swaps)

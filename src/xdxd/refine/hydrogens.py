@@ -23,14 +23,13 @@ geometry alone. Coordinates are fractional, distances Å.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import gemmi
 import numpy as np
 
 from xdxd.crystal.dataset import DataSet
 from xdxd.crystal.symmetry import SymOps, apply_ops, frac_distance
-from xdxd.refine.least_squares import LsqOptions, refine_batch, refine_structure
+from xdxd.refine.least_squares import LsqOptions, refine_structure
 from xdxd.crystal.chemistry import find_bonds, find_contacts, is_hydrogen, xh_distance
 
 TETRAHEDRAL = np.degrees(np.arccos(-1.0 / 3.0))   # 109.47°
@@ -459,118 +458,3 @@ def _fresh_or_ridden(data: DataSet, fresh: tuple, last, h_last: RidingH, n: int,
     a = _statistics(data, fresh, n, opts)
     b = _statistics(data, ridden, n, opts)
     return (fresh, a) if a.r1 <= b.r1 else (ridden, b)
-
-
-COUNT_CHOICES = 3      # H-count assignments tried with a labelling in swap_riding
-COUNT_SHORTLIST = 3    # swap variants of a round that get all COUNT_CHOICES
-COUNT_WEIGHT = 0.005   # R1 units per unit of H-count penalty (h_options) in swap_riding
-CLOSE_MARGIN = 0.001   # R1 units: swap_riding's runners-up within this of its choice ...
-CLOSE_LABELLINGS = 2   # ... (at most this many) get the final refinement too
-
-
-class Judged(NamedTuple):
-    """A labelling as swap_riding judged it: score (R1 + chemistry + H-count penalty), the
-    H counts that gave it (None: decided by geometry), and the heavy atoms' frac (N,3) and
-    uiso (N,) Å² after its refinement cycles."""
-    score: float
-    counts: list[int] | None
-    frac: np.ndarray
-    uiso: np.ndarray
-SWAP_SCREEN = 24       # swap variants of a round refined for 4 cycles; more are screened first
-
-
-def swap_riding(data: DataSet, elements: list[str], frac: np.ndarray, uiso: np.ndarray,
-                occ: np.ndarray, hydrogens: int | None, max_rounds: int = 6, cycles: int = 4,
-                count_frac: np.ndarray | None = None, close: int = CLOSE_LABELLINGS,
-                screen: int = SWAP_SCREEN, opts: LsqOptions = LsqOptions()
-                ) -> tuple[list[str], list[dict], list[int] | None, list[tuple]]:
-    """Greedy C/N/O (Si/P/S/Cl, ...) element swaps of a heavy-atom model, each variant with
-    its own riding H: the swap that most lowers R1 + CHEM_WEIGHT × chemistry score is
-    kept, until none helps; each round starts from the positions the kept swap's cycles
-    left (frac, uiso: heavy atoms), with the current labels judged again there. With
-    count_frac (N,3) the current labels and the
-    COUNT_SHORTLIST best variants of each round (judged first with their likeliest H
-    counts) are tried with their COUNT_CHOICES likeliest H counts in that geometry
-    (`h_count_choices`; + COUNT_WEIGHT × their penalty) and judged by the best: a 2 Å
-    candidate is too rough to tell an NH from a CH₂ by geometry, and H counts decided on
-    it alone made a wrong C/N swap win (1100656). A round with more than `screen` variants
-    judges them all as they stand (0 cycles) and refines only the `screen` best (NTD51a,
-    31 atoms, ~250 variants a round: refine_record 93 s -> 34 s, same labels; bin/refine-
-    near-truth 47/56 swaps put right either way). Returns (elements, swaps, the H counts
-    chosen with them or None, runners-up): up to `close` labellings of the last round
-    that scored within CLOSE_MARGIN of the chosen one, each (elements, counts, swaps), for
-    the final refinement to decide (4-cycle scores that close are a coin toss: on a 2 Å
-    diffusion solution of 2006609 the search swapped an O and a C at 0.0841 against 0.0848
-    for keeping them, and only the full refinement prefers the right labels)."""
-    from xdxd.refine.chemistry import CHEM_WEIGHT, check, swap_variants
-    cell_g, ops = data.cell, data.ops
-    n = len(elements)
-    frac, uiso, occ = np.asarray(frac, float), np.asarray(uiso, float), np.asarray(occ, float)
-
-    def evaluate(variants: list[list[str]], choices: int = 1, cycles: int = cycles) -> list[Judged]:
-        tries = []  # (variant index, penalty, counts)
-        for v, els in enumerate(variants):
-            if count_frac is None:
-                tries.append((v, 0.0, None))
-            else:
-                tries += [(v, p, c) for p, c in
-                          h_count_choices(cell_g, ops, els, count_frac, hydrogens, choices)]
-        built = [_with_h(cell_g, ops, variants[v], frac, uiso, occ, None, hydrogens, c)
-                 for v, _, c in tries]
-        scores = [np.inf] * len(tries)
-        moved = [(frac, uiso)] * len(tries)  # heavy-atom frac, uiso after the cycles
-        by_n: dict[int, list[int]] = {}
-        for t, b in enumerate(built):
-            by_n.setdefault(len(b[0]), []).append(t)
-        for idx in by_n.values():
-            res = refine_batch(data, [built[t][0] for t in idx],
-                               np.stack([built[t][1] for t in idx]), np.stack([built[t][2] for t in idx]),
-                               np.stack([built[t][3] for t in idx]),
-                               riding=np.stack([riders(n, built[t][5]) for t in idx]),
-                               cycles=cycles, opts=opts)
-            for t, r in zip(idx, res):
-                v, penalty, _ = tries[t]
-                scores[t] = (r.r1 + CHEM_WEIGHT * check(cell_g, ops, variants[v], r.frac[:n], hydrogens).score
-                             + COUNT_WEIGHT * penalty)
-                moved[t] = (r.frac[:n], r.uiso[:n])
-        out = [Judged(np.inf, None, frac, uiso)] * len(variants)
-        for t, (v, _, c) in enumerate(tries):
-            if scores[t] < out[v].score:
-                out[v] = Judged(scores[t], c, *moved[t])
-        return out
-
-    def swap(i: int, j: int, before: list[str], score: float) -> dict:
-        return {"i": i, "j": j, "from": [before[i], before[j]], "objective": round(float(score), 5),
-                "riding_h": True}
-
-    els = list(elements)
-    swaps: list[dict] = []
-    last: list[tuple] = []  # the last round's labellings: (score, elements, counts, swaps)
-    for _ in range(max_rounds):
-        # the current labels, from where the last kept swap's cycles left the atoms: the
-        # score to beat (a 2 Å refinement with wrong labels pulls bonds to the wrong
-        # lengths; judged from those positions, the right swap of 2006609 looked worse)
-        best, counts, _, _ = evaluate([els], COUNT_CHOICES)[0]
-        pairs, variants = swap_variants(els)
-        if not pairs:
-            break
-        if len(variants) > screen:  # the rest are judged as they stand (0 cycles) and dropped
-            rough = np.argsort([sc.score for sc in evaluate(variants, cycles=0)], kind="stable")
-            scores = [Judged(np.inf, None, frac, uiso)] * len(variants)
-            for v, sc in zip(rough[:screen], evaluate([variants[v] for v in rough[:screen]])):
-                scores[int(v)] = sc
-        else:
-            scores = evaluate(variants)
-        if count_frac is not None:
-            short = [int(v) for v in np.argsort([sc.score for sc in scores], kind="stable")[:COUNT_SHORTLIST]]
-            for v, sc in zip(short, evaluate([variants[v] for v in short], COUNT_CHOICES)):
-                scores[v] = min(scores[v], sc, key=lambda t: t.score)
-        last = [(sc.score, variants[v], sc.counts, swaps + [swap(*pairs[v], els, sc.score)])
-                for v, sc in enumerate(scores)]
-        k = int(np.argmin([sc.score for sc in scores]))
-        if not scores[k].score < best - 1e-4:
-            break
-        swaps.append(swap(*pairs[k], els, scores[k].score))
-        (best, counts, frac, uiso), els = scores[k], variants[k]
-    runners = sorted((t for t in last if t[1] != els and t[0] < best + CLOSE_MARGIN), key=lambda t: t[0])
-    return els, swaps, counts, [(e, c, sw) for _, e, c, sw in runners[:close]]

@@ -32,10 +32,11 @@ import torch
 
 from xdxd import records
 from xdxd.crystal import fourier, statistics, symmetry
-from xdxd.crystal.chemistry import is_hydrogen, swap_pairs
+from xdxd.crystal.chemistry import is_hydrogen
 from xdxd.crystal.dataset import DataSet
 from xdxd.crystal.structure_factors import StructureFactors
 from xdxd.refine.least_squares import LsqOptions, refine_batch
+from xdxd.refine.swaps import Verdict, greedy_swaps
 
 
 @dataclass
@@ -338,35 +339,25 @@ def _fcalc(prob: Problem, elements: list[list[str]], frac: np.ndarray, uiso: np.
 def swap_elements(prob: Problem, elements: list[str], frac: np.ndarray, uiso: np.ndarray,
                   weight: np.ndarray, device: str = "cpu", dtype: torch.dtype = torch.float32,
                   rounds: int = 4) -> list[str]:
-    """Greedy element swaps between pairs of atoms while R1 drops (composition kept).
-
-    frac (N,3), uiso (N,), weight (N,): all swaps of one round are scored as one batch.
-    """
-    fo = prob.data.F
-    els = list(elements)
-    for _ in range(rounds):
-        pairs = swap_pairs(els, groups=False)
-        if not pairs:
-            break
-        # each swap against the same atoms unswapped, both with the pair's Uiso set to the
-        # median: the refined Uiso had absorbed the wrong element's scattering
-        trial, u = [], np.repeat(uiso[None], 2 * len(pairs), 0)             # (2C,N)
+    """Greedy element swaps between any two atoms while R1 drops by 1e-3 (refine.swaps;
+    composition kept). frac (N,3), uiso (N,), weight (N,): each swap is judged against the
+    same atoms unswapped, both with the pair's Uiso set to the median (the refined Uiso
+    had absorbed the wrong element's scattering); a round is one batch of |Fc|."""
+    def judge(els, pairs, variants, uiso):
+        if not variants:
+            return uiso, []
+        u = np.repeat(uiso[None], 2 * len(pairs), 0)                          # (2C,N)
         for c, (i, j) in enumerate(pairs):
-            e = list(els)
-            e[i], e[j] = e[j], e[i]
-            trial.append(e)
             u[c, [i, j]] = u[len(pairs) + c, [i, j]] = np.median(uiso)
-        trial += [els] * len(pairs)
+        trial = variants + [els] * len(pairs)
         C = len(trial)
         fc = _fcalc(prob, trial, np.repeat(frac[None], C, 0), u, np.repeat(weight[None], C, 0),
                     device, dtype)
-        r = statistics.r1(fo[None].repeat(C, 0), fc).numpy()
-        gain = r[len(pairs):] - r[:len(pairs)]                                # (C,) > 0: swap helps
-        k = int(np.argmax(gain))
-        if gain[k] < 1e-3:
-            break
-        els, uiso = trial[k], u[k]
-    return els
+        r = statistics.r1(prob.data.F[None].repeat(C, 0), fc).numpy()
+        gain = r[len(pairs):] - r[:len(pairs)]                                # > 0: swap helps
+        return uiso, [Verdict(float(g), u[c]) for c, g in enumerate(gain)]
+
+    return greedy_swaps(elements, judge, uiso, rounds, min_gain=1e-3, groups=False)[0]
 
 
 def _finite(x, digits: int = 5) -> float | None:
