@@ -165,7 +165,7 @@ def swap_riding(data: DataSet, elements: list[str], frac: np.ndarray, uiso: np.n
     candidate is too rough to tell an NH from a CH₂ by geometry, and H counts decided on
     it alone made a wrong C/N swap win (1100656). A round with more than `screen` variants
     judges them all as they stand (0 cycles) and refines only the `screen` best (NTD51a,
-    31 atoms, ~250 variants a round: refine_record 93 s -> 34 s, same labels; bin/refine-
+    31 atoms, ~250 variants a round: refine_record 93 s -> 34 s, same labels; experiments/refine-
     near-truth 47/56 swaps put right either way). Returns (elements, swaps, the H counts
     chosen with them or None, runners-up): up to `close` labellings of the last round
     that scored within CLOSE_MARGIN of the chosen one, each (elements, counts, swaps), for
