@@ -14,7 +14,7 @@ from rich.table import Table
 
 from xdxd import records
 from xdxd.cli.common import (DeviceOpt, Log, QuietOpt, RecordWriter, SeedOpt, ThreadsOpt,
-                             resolve_device, stderr)
+                             VersionOpt, resolve_device, stderr)
 from xdxd.cli.score import wide_stderr
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -51,6 +51,7 @@ def bench(
     summary_out: Optional[str] = typer.Option(None, "--summary-out", help="Write the summaries here as JSON."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the summary as a Markdown table on stdout."),
     quiet: bool = QuietOpt,
+    version: bool = VersionOpt,
 ) -> None:
     """Run the whole pipeline on each structure and report solved fractions, RMS, time and memory."""
     from xdxd.bench import BenchConfig, markdown_table, run_bench, select_structures, summarize_bench

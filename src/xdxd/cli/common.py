@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from xdxd import records
+from xdxd import __version__, records
 
 stderr = Console(stderr=True)
 
@@ -27,6 +27,16 @@ SeedOpt = typer.Option(0, "--seed", help="Random seed; the same seed gives the s
 DeviceOpt = typer.Option("auto", "--device", help="torch device: auto (CUDA if present), cpu, cuda.")
 ThreadsOpt = typer.Option(0, "--threads", help="CPU threads for torch (0: torch's default).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress or log lines on stderr.")
+
+
+def _print_version(ctx: typer.Context, value: bool) -> None:
+    if value:
+        typer.echo(f"xdxd-{ctx.command.name} {__version__}")
+        raise typer.Exit()
+
+
+VersionOpt = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                          help="Print `xdxd-<command> <version>` and exit.")
 
 
 class Log:

@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 
-from xdxd.cli.common import Log, OutputOpt, QuietOpt, SeedOpt, process_stream
+from xdxd.cli.common import Log, OutputOpt, QuietOpt, SeedOpt, VersionOpt, process_stream
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -90,6 +90,7 @@ def prep(
                                           help="MTZ columns 'VALUE,SIGMA', e.g. 'IMEAN,SIGIMEAN' "
                                                "or 'FP,SIGFP' (default: first I, else F)."),
     quiet: bool = QuietOpt,
+    version: bool = VersionOpt,
 ) -> None:
     """Turn structure models and measured reflections into xdxd problem records.
 

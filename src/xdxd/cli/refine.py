@@ -65,6 +65,7 @@ def refine(
     device: str = common.DeviceOpt,
     threads: int = common.ThreadsOpt,
     quiet: bool = common.QuietOpt,
+    version: bool = common.VersionOpt,
 ) -> None:
     """Refine each record's candidates against its data and write `solution` (R1, wR2, GooF).
 

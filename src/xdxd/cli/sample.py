@@ -43,6 +43,7 @@ def sample(
     device: str = common.DeviceOpt,
     threads: int = common.ThreadsOpt,
     quiet: bool = common.QuietOpt,
+    version: bool = common.VersionOpt,
 ) -> None:
     """Sample candidate structures for each problem record (adds `candidates`)."""
     log = common.Log(quiet)

@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from xdxd import records
-from xdxd.cli.common import Log, OutputOpt, QuietOpt, process_stream, read_input_records, stderr
+from xdxd.cli.common import (Log, OutputOpt, QuietOpt, VersionOpt, process_stream,
+                             read_input_records, stderr)
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -36,6 +37,7 @@ def score(
     candidates: bool = typer.Option(True, "--candidates/--no-candidates",
                                     help="Also find the best-matching sampler candidate."),
     quiet: bool = QuietOpt,
+    version: bool = VersionOpt,
 ) -> None:
     """Score solutions against reference structures: matched (loose, strict), RMS, RMSD in Å, R1.
 

@@ -18,7 +18,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from rich.table import Table
 
-from xdxd.cli.common import Log, QuietOpt, SeedOpt, stderr
+from xdxd.cli.common import Log, QuietOpt, SeedOpt, VersionOpt, stderr
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -178,6 +178,7 @@ def synth(
     max_compare: int = typer.Option(2000, "--max-compare", help="Structures of --compare used (evenly spaced)."),
     as_json: bool = typer.Option(False, "--json", help="--compare: print the table as JSON on stdout."),
     quiet: bool = QuietOpt,
+    version: bool = VersionOpt,
 ) -> None:
     """Make training shards from SMILES (--smiles/--count) or real CIFs (--from-cif), or
     compare a shard folder with real structures (--compare)."""

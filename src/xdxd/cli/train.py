@@ -14,7 +14,8 @@ from typing import List, Optional
 
 import typer
 
-from xdxd.cli.common import DeviceOpt, Log, QuietOpt, SeedOpt, ThreadsOpt, resolve_device, set_threads
+from xdxd.cli.common import (DeviceOpt, Log, QuietOpt, SeedOpt, ThreadsOpt, VersionOpt,
+                             resolve_device, set_threads)
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -41,6 +42,7 @@ def train(
     device: str = DeviceOpt,
     threads: int = ThreadsOpt,
     quiet: bool = QuietOpt,
+    version: bool = VersionOpt,
 ) -> None:
     """Train the diffraction-conditioned diffusion model; diffraction is simulated on the fly."""
     from xdxd.model.network import ModelConfig
