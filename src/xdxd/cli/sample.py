@@ -37,7 +37,7 @@ def sample(
     prior: bool = typer.Option(True, "--prior/--no-prior",
                                help="Use the network (diffusion); --no-prior: data guidance and the same search alone."),
     weights: Optional[str] = typer.Option(None, "--weights",
-                                          help="Model weights .safetensors (diffusion; default weights/ or $XDXD_WEIGHTS)."),
+                                          help="Diffusion weights: a .safetensors file or a folder holding xdxd-diffusion.safetensors (default: $XDXD_WEIGHTS, else the installed package's, else the checkout's weights/)."),
     output: str = common.OutputOpt,
     seed: int = common.SeedOpt,
     device: str = common.DeviceOpt,
