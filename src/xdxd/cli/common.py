@@ -28,6 +28,21 @@ DeviceOpt = typer.Option("auto", "--device", help="torch device: auto (CUDA if p
 ThreadsOpt = typer.Option(0, "--threads", help="CPU threads for torch (0: torch's default).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress or log lines on stderr.")
 
+# old spellings, accepted but not shown in --help; `renamed` merges each into its new option
+OldOutOpt = typer.Option(None, "--out", hidden=True, help="Old name of --output.")
+OldTimeBudgetOpt = typer.Option(None, "--time-budget-s", min=0.0, hidden=True,
+                                help="Old name of --time-budget (s).")
+
+
+def renamed(ctx: typer.Context, name: str, value, old: str, old_value):
+    """Option `name`'s value, or `old_value` when only its old spelling `old` was given."""
+    if old_value is None:
+        return value
+    if ctx.get_parameter_source(name).name != "DEFAULT":
+        new = "--" + name.replace("_", "-")
+        raise typer.BadParameter(f"the old name of {new}; give one of the two", param_hint=old)
+    return old_value
+
 
 def _print_version(ctx: typer.Context, value: bool) -> None:
     if value:

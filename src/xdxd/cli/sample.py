@@ -20,6 +20,7 @@ Method = Enum("Method", {name: name for name in METHODS}, type=str)
 
 @app.command()
 def sample(
+    ctx: typer.Context,
     inputs: list[str] = typer.Argument(None, help="Problem records (JSON lines); - or none is stdin."),
     method: Method = typer.Option("diffusion", "--method", "-m",
                                   help="Sampler: diffusion (the trained model, for 1.5-2.5 A data) or dualspace."),
@@ -27,8 +28,8 @@ def sample(
                                           help="Candidates per record (dualspace: distinct candidates to emit, default 8; diffusion: structures per batch, default 64)."),
     trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Random starts at most (dualspace; default 1024)."),
     cycles: Optional[int] = typer.Option(None, "--cycles", min=1, help="Recycling cycles per trial (dualspace; default 40)."),
-    time_budget: Optional[float] = typer.Option(None, "--time-budget", "--time-budget-s", min=0.0,
-                                                help="Seconds per record after which no new batch starts (--time-budget-s: the same, as xdxd-bench names it)."),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", min=0.0,
+                                                help="Seconds per record after which no new batch starts."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Denoising steps from noise (diffusion; default 60)."),
     rounds: Optional[int] = typer.Option(None, "--rounds", min=0,
                                          help="Search rounds around the best after sampling (diffusion; default 8)."),
@@ -44,8 +45,10 @@ def sample(
     threads: int = common.ThreadsOpt,
     quiet: bool = common.QuietOpt,
     version: bool = common.VersionOpt,
+    time_budget_s: Optional[float] = common.OldTimeBudgetOpt,
 ) -> None:
     """Sample candidate structures for each problem record (adds `candidates`)."""
+    time_budget = common.renamed(ctx, "time_budget", time_budget, "--time-budget-s", time_budget_s)
     log = common.Log(quiet)
     common.set_threads(threads)
     dev = common.resolve_device(device)

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from xdxd.model.network import Denoiser, ModelConfig
 
 WEIGHTS_NAME = "xdxd-diffusion.safetensors"
-HOW_TO_GET = ("train them with `xdxd-train --data SHARDS --out weights/`, or point --weights or "
+HOW_TO_GET = ("train them with `xdxd-train --data SHARDS --output weights/`, or point --weights or "
               "$XDXD_WEIGHTS at a .safetensors file")
 
 
