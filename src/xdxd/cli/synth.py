@@ -22,6 +22,9 @@ from xdxd.cli.common import Log, OldOutOpt, QuietOpt, SeedOpt, VersionOpt, renam
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
+MOSES = ("All 1.58 M MOSES SMILES: `make data` in a source checkout, or the first column of "
+         "moses/dataset/data/train.csv.gz in the molsets 0.3.1 wheel, https://pypi.org/project/molsets/")
+
 
 def _progress(label: str, quiet: bool) -> Progress:
     return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
@@ -163,7 +166,7 @@ def run_from_cif(folder: str, out: str, shard_size: int, log: Log) -> int:
 @app.command()
 def synth(
     ctx: typer.Context,
-    smiles: Optional[str] = typer.Option(None, "--smiles", help="SMILES file, one per line with optional name (default: the shipped sample; `bin/fetch-moses-smiles` gets 1.58 M)."),
+    smiles: Optional[str] = typer.Option(None, "--smiles", help="SMILES file, one per line with optional name (default: a shipped sample of 300). " + MOSES),
     count: int = typer.Option(1000, "--count", "-n", help="Structures to generate."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Output folder of shards + index.json."),
     seed: int = SeedOpt,
@@ -207,7 +210,7 @@ def synth(
             raise typer.BadParameter(f"{from_cif} is not a folder", param_hint="--from-cif")
         raise typer.Exit(run_from_cif(from_cif, output, shard_size, log))
     if smiles is not None and not os.path.exists(smiles):
-        raise typer.BadParameter(f"{smiles} not found (run bin/fetch-moses-smiles?)", param_hint="--smiles")
+        raise typer.BadParameter(f"{smiles} not found. {MOSES}", param_hint="--smiles")
     if count < 1 or shard_size < 1:
         raise typer.BadParameter("--count and --shard-size must be positive")
     raise typer.Exit(run_generate(smiles or "", count, output, seed, jobs, shard_size,
