@@ -14,8 +14,8 @@ from rich.table import Table
 
 from xdxd import records
 from xdxd.cli.common import (DeviceOpt, Log, OldOutOpt, OldTimeBudgetOpt, QuietOpt, RecordWriter,
-                             SeedOpt, ThreadsOpt, VersionOpt, renamed, resolve_device, stderr)
-from xdxd.cli.score import wide_stderr
+                             SeedOpt, ThreadsOpt, VersionOpt, renamed, resolve_device,
+                             right_aligned_table, stderr, wide_stderr)
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -134,17 +134,14 @@ def _row_line(r: dict) -> str:
 def summary_table(summaries: list[dict]) -> Table:
     """One row per (d_min, method)."""
     from xdxd.score import num, pct
-    t = Table(title="xdxd-bench")
-    for col in ("d_min Å", "method", "n", "failed", "solved loose", "solved strict", "found loose",
-                "mean RMS", "mean RMSD Å", "median R1", "median s", "sample s", "peak RSS MB"):
-        t.add_column(col, justify="right")
-    for s in summaries:
-        t.add_row(f"{s['dmin']:.2f}", s["method"], str(s["n"]), str(s["n_error"]),
-                  pct(s["solved_loose"]), pct(s["solved_strict"]), pct(s["found_loose"]),
-                  num(s["mean_rms_loose"], 3), num(s["mean_rmsd_A"], 3), num(s["median_r1"], 3),
-                  num(s["median_seconds"], 1), num(s["median_sample_s"], 1),
-                  num(s["max_peak_rss_MB"], 0))
-    return t
+    columns = ("d_min Å", "method", "n", "failed", "solved loose", "solved strict", "found loose",
+               "mean RMS", "mean RMSD Å", "median R1", "median s", "sample s", "peak RSS MB")
+    rows = [(f"{s['dmin']:.2f}", s["method"], str(s["n"]), str(s["n_error"]),
+             pct(s["solved_loose"]), pct(s["solved_strict"]), pct(s["found_loose"]),
+             num(s["mean_rms_loose"], 3), num(s["mean_rmsd_A"], 3), num(s["median_r1"], 3),
+             num(s["median_seconds"], 1), num(s["median_sample_s"], 1), num(s["max_peak_rss_MB"], 0))
+            for s in summaries]
+    return right_aligned_table("xdxd-bench", columns, rows)
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ Records go to stdout (or -o FILE, written atomically), logs and progress to stde
 """
 from __future__ import annotations
 
+import enum
 import io
 import os
 import sys
@@ -16,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from xdxd import __version__, records
 
@@ -52,6 +54,26 @@ def _print_version(ctx: typer.Context, value: bool) -> None:
 
 VersionOpt = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                           help="Print `xdxd-<command> <version>` and exit.")
+
+
+def choices(name: str, *values: str) -> type[enum.Enum]:
+    """The values an option accepts, as the str Enum typer wants (each member named as its value)."""
+    return enum.Enum(name, {v: v for v in values}, type=str)
+
+
+def right_aligned_table(title: str, columns: Iterable[str], rows: Iterable[Iterable[str]]) -> Table:
+    """A rich table of numbers: every column right-aligned."""
+    t = Table(title=title)
+    for col in columns:
+        t.add_column(col, justify="right")
+    for row in rows:
+        t.add_row(*row)
+    return t
+
+
+def wide_stderr() -> Console:
+    """stderr console; off a terminal, wide enough that tables do not fold (rich's default is 80)."""
+    return stderr if stderr.is_terminal else Console(stderr=True, width=160)
 
 
 class Log:

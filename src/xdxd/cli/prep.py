@@ -6,22 +6,18 @@
 """
 from __future__ import annotations
 
-import enum
 import math
 import sys
 from typing import List, Optional
 
 import typer
 
-from xdxd.cli.common import Log, OutputOpt, QuietOpt, SeedOpt, VersionOpt, process_stream
+from xdxd.cli.common import Log, OutputOpt, QuietOpt, SeedOpt, VersionOpt, choices, process_stream
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-class DataKind(str, enum.Enum):
-    auto = "auto"
-    simulate = "simulate"
-    measured = "measured"
+DataKind = choices("DataKind", "auto", "simulate", "measured")
 
 
 def _cell(text: Optional[str]) -> Optional[list]:

@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-from enum import Enum
 from typing import Optional
 
 import typer
@@ -15,7 +14,7 @@ from xdxd.solve import DEFAULT_SAMPLES, METHODS, sample_record
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
-Method = Enum("Method", {name: name for name in METHODS}, type=str)
+Method = common.choices("Method", *METHODS)
 
 
 @app.command()
