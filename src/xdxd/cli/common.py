@@ -30,6 +30,17 @@ DeviceOpt = typer.Option("auto", "--device", help="torch device: auto (CUDA if p
 ThreadsOpt = typer.Option(0, "--threads", help="CPU threads for torch (0: torch's default).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress or log lines on stderr.")
 
+
+def _print_version(ctx: typer.Context, value: bool) -> None:
+    if value:
+        typer.echo(f"xdxd-{ctx.command.name} {__version__}")
+        raise typer.Exit()
+
+
+VersionOpt = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                          help="Print the version (xdxd-<command> VERSION) and exit.")
+
+
 # old spellings, accepted but not shown in --help; `renamed` merges each into its new option
 OldOutOpt = typer.Option(None, "--out", hidden=True, help="Old name of --output.")
 OldTimeBudgetOpt = typer.Option(None, "--time-budget-s", min=0.0, hidden=True,
@@ -44,16 +55,6 @@ def renamed(ctx: typer.Context, name: str, value, old: str, old_value):
         new = "--" + name.replace("_", "-")
         raise typer.BadParameter(f"the old name of {new}; give one of the two", param_hint=old)
     return old_value
-
-
-def _print_version(ctx: typer.Context, value: bool) -> None:
-    if value:
-        typer.echo(f"xdxd-{ctx.command.name} {__version__}")
-        raise typer.Exit()
-
-
-VersionOpt = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                          help="Print `xdxd-<command> <version>` and exit.")
 
 
 def choices(name: str, *values: str) -> type[enum.Enum]:
