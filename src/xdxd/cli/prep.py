@@ -16,7 +16,6 @@ from xdxd.cli.common import Log, OutputOpt, QuietOpt, SeedOpt, VersionOpt, choic
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
-
 DataKind = choices("DataKind", "auto", "simulate", "measured")
 
 

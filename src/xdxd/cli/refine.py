@@ -19,7 +19,6 @@ from xdxd.cli import common
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
 
-
 Format = common.choices("Format", "jsonl", "cif", "res")
 Source = common.choices("Source", "auto", "candidates", "solution", "reference")
 

@@ -17,7 +17,6 @@ from xdxd.cli.common import (Log, OutputOpt, QuietOpt, VersionOpt, choices, proc
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
-
 SummaryKind = choices("SummaryKind", "table", "json", "none")
 
 
