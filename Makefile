@@ -10,7 +10,7 @@ COD    ?= ../shared/benchmarks/cod-dev
 DMIN   ?= 1.0 1.5 2.0
 # the default subset: cod-dev organic with ≤ 15 non-H atoms (17 structures), 60 s sampler budget;
 # BENCH_ARGS= (empty) runs all 78 organic structures
-BENCH_ARGS ?= --max-atoms 15 --time-budget-s 60 --threads 1 --jobs 2
+BENCH_ARGS ?= --max-atoms 15 --time-budget 60 --threads 1 --jobs 2
 
 .PHONY: install test test-all demo bench bench-diffusion bench-measured clean data synth train-gpu train-cpu
 
@@ -37,20 +37,20 @@ demo: install
 # dual-space sampler on cod-dev organic at each d_min: per-structure rows + summary table
 bench: install
 	$(BIN)/xdxd-bench $(COD) --class organic $(foreach d,$(DMIN),--dmin $(d)) --method dualspace \
-	  --out bench.jsonl --summary-out bench-summary.json --markdown $(BENCH_ARGS)
+	  --output bench.jsonl --summary-out bench-summary.json --markdown $(BENCH_ARGS)
 
 # diffusion vs dual-space at 2.0 Å and equal wall time per structure
 bench-diffusion: install
 	$(BIN)/xdxd-bench $(COD) --class organic --dmin 2.0 --method dualspace --method diffusion \
-	  --out bench-diffusion.jsonl --summary-out bench-diffusion-summary.json \
+	  --output bench-diffusion.jsonl --summary-out bench-diffusion-summary.json \
 	  --markdown $(BENCH_ARGS)
 
 # both samplers on the real measured data sets, reflections cut at 2.0 Å, equal wall time
 MEASURED ?= ../shared/benchmarks/measured
 bench-measured: install
 	$(BIN)/xdxd-bench $(MEASURED) --data measured --dmin 2.0 --method dualspace --method diffusion \
-	  --out bench-measured.jsonl --summary-out bench-measured-summary.json \
-	  --markdown --time-budget-s 60 --threads 1 --jobs 2
+	  --output bench-measured.jsonl --summary-out bench-measured-summary.json \
+	  --markdown --time-budget 60 --threads 1 --jobs 2
 
 # training data: MOSES SMILES (downloaded once), then SYNTH_COUNT crystals packed from them
 SYNTH       ?= data/synth
@@ -63,7 +63,7 @@ data/moses.smi: | install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bin/fetch-moses-smiles data/moses.smi
 
 synth: install data
-	$(BIN)/xdxd-synth --smiles data/moses.smi --count $(SYNTH_COUNT) --out $(SYNTH) \
+	$(BIN)/xdxd-synth --smiles data/moses.smi --count $(SYNTH_COUNT) --output $(SYNTH) \
 	  --seed $(SYNTH_SEED) --jobs 2
 
 clean:
@@ -76,4 +76,4 @@ train-gpu: install
 # (make synth first: shards in $(SYNTH))
 train-cpu: install
 	@test -f $(SYNTH)/index.json || { echo "no shards in $(SYNTH): run make synth first" >&2; exit 1; }
-	$(BIN)/xdxd-train --data $(SYNTH) --out weights --steps 2000 --threads 1 --workers 1
+	$(BIN)/xdxd-train --data $(SYNTH) --output weights --steps 2000 --threads 1 --workers 1

@@ -1,6 +1,6 @@
 """xdxd-bench: prep -> sample -> refine -> score over a folder of CIFs, with timings.
 
-    xdxd-bench --dmin 1.0 --dmin 1.5 --dmin 2.0 --method dualspace --out bench.jsonl --markdown
+    xdxd-bench --dmin 1.0 --dmin 1.5 --dmin 2.0 --method dualspace -o bench.jsonl --markdown
     xdxd-bench --ids 2202108,2203315 --dmin 1.0 --samples 4 --no-isolate
     xdxd-bench ../shared/benchmarks/measured --data measured --dmin 2.0 --method diffusion
 """
@@ -13,9 +13,9 @@ import typer
 from rich.table import Table
 
 from xdxd import records
-from xdxd.cli.common import (DeviceOpt, Log, QuietOpt, RecordWriter, SeedOpt, ThreadsOpt,
-                             resolve_device, stderr)
-from xdxd.cli.score import wide_stderr
+from xdxd.cli.common import (DeviceOpt, Log, OldOutOpt, OldTimeBudgetOpt, QuietOpt, RecordWriter,
+                             SeedOpt, ThreadsOpt, VersionOpt, renamed, resolve_device,
+                             right_aligned_table, stderr, wide_stderr)
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -24,6 +24,7 @@ ROW = "{id:>9} {n_atoms:>5} {sg:<14} {dmin:>5} {method:<10} {loose:>5} {strict:>
 
 @app.command()
 def bench(
+    ctx: typer.Context,
     folder: str = typer.Argument("../shared/benchmarks/cod-dev",
                                  help="Folder of CIFs (with cod-dev's index.tsv for --class/--max-atoms)."),
     classes: List[str] = typer.Option(["organic"], "--class",
@@ -35,8 +36,8 @@ def bench(
     methods: List[str] = typer.Option(["dualspace"], "--method", help="Sampler method (repeatable)."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Candidates the sampler emits per structure (default: dualspace 8, diffusion 64)."),
     seed: int = SeedOpt,
-    time_budget_s: Optional[float] = typer.Option(None, "--time-budget-s",
-                                                  help="Sampler wall-time budget per structure and method, s (equal for all methods)."),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", min=0.0,
+                                                help="Sampler wall-time budget per structure and method in seconds (equal for all methods)."),
     data: str = typer.Option("simulate", "--data",
                              help="simulate: |F| from each CIF's model; measured: each subfolder is a "
                                   "measured data set (reflections + model), cut at --dmin."),
@@ -47,25 +48,30 @@ def bench(
                                  help="Each structure in a fresh process: its own peak memory, crashes contained."),
     hard_timeout_s: Optional[float] = typer.Option(None, "--hard-timeout-s",
                                                    help="Kill a structure after this many seconds (default: 3 x budget + 300 when a budget is set)."),
-    out: Optional[str] = typer.Option(None, "--out", help="Write every scored record here (JSON lines, atomic)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Write every scored record here (JSON lines, atomic)."),
     summary_out: Optional[str] = typer.Option(None, "--summary-out", help="Write the summaries here as JSON."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the summary as a Markdown table on stdout."),
     quiet: bool = QuietOpt,
+    version: bool = VersionOpt,
+    out: Optional[str] = OldOutOpt,
+    time_budget_s: Optional[float] = OldTimeBudgetOpt,
 ) -> None:
     """Run the whole pipeline on each structure and report solved fractions, RMS, time and memory."""
     from xdxd.bench import BenchConfig, markdown_table, run_bench, select_structures, summarize_bench
 
+    output = renamed(ctx, "output", output, "--out", out)
+    time_budget = renamed(ctx, "time_budget", time_budget, "--time-budget-s", time_budget_s)
     log = Log(quiet)
     if data not in ("simulate", "measured"):
         log.error(f"--data must be simulate or measured, not {data!r}")
         raise typer.Exit(2)
-    if hard_timeout_s is None and time_budget_s is not None:
-        hard_timeout_s = 3 * time_budget_s + 300
+    if hard_timeout_s is None and time_budget is not None:
+        hard_timeout_s = 3 * time_budget + 300
     cfg = BenchConfig(
         folder=folder, classes=None if "all" in classes else list(classes), max_atoms=max_atoms,
         ids=[i for s in ids or [] for i in s.split(",") if i] or None, limit=limit,
         dmins=list(dmins), methods=list(methods), samples=samples, seed=seed,
-        time_budget_s=time_budget_s, jobs=jobs, threads=threads, device=resolve_device(device),
+        time_budget_s=time_budget, jobs=jobs, threads=threads, device=resolve_device(device),
         isolate=isolate, hard_timeout_s=hard_timeout_s, data=data)
     try:
         entries = select_structures(cfg.folder, cfg.classes, cfg.max_atoms, cfg.ids, cfg.limit,
@@ -83,7 +89,7 @@ def bench(
                                 loose="loose", strict="strict", rms="rms", r1="R1",
                                 seconds="seconds", mem="RSS MB", error=""),
                      highlight=False, soft_wrap=True)
-    writer = RecordWriter(out) if out else None
+    writer = RecordWriter(output) if output else None
     rows = []
     try:
         for rec in run_bench(cfg, entries=entries):
@@ -96,7 +102,7 @@ def bench(
     except KeyboardInterrupt:  # keep the runs that finished: hours of work
         if writer:
             writer.close()
-            log.info(f"interrupted: {len(rows)} finished runs are in {out}")
+            log.info(f"interrupted: {len(rows)} finished runs are in {output}")
         raise typer.Exit(130)
     if writer:
         writer.close()
@@ -128,17 +134,14 @@ def _row_line(r: dict) -> str:
 def summary_table(summaries: list[dict]) -> Table:
     """One row per (d_min, method)."""
     from xdxd.score import num, pct
-    t = Table(title="xdxd-bench")
-    for col in ("d_min Å", "method", "n", "failed", "solved loose", "solved strict", "found loose",
-                "mean RMS", "mean RMSD Å", "median R1", "median s", "sample s", "peak RSS MB"):
-        t.add_column(col, justify="right")
-    for s in summaries:
-        t.add_row(f"{s['dmin']:.2f}", s["method"], str(s["n"]), str(s["n_error"]),
-                  pct(s["solved_loose"]), pct(s["solved_strict"]), pct(s["found_loose"]),
-                  num(s["mean_rms_loose"], 3), num(s["mean_rmsd_A"], 3), num(s["median_r1"], 3),
-                  num(s["median_seconds"], 1), num(s["median_sample_s"], 1),
-                  num(s["max_peak_rss_MB"], 0))
-    return t
+    columns = ("d_min Å", "method", "n", "failed", "solved loose", "solved strict", "found loose",
+               "mean RMS", "mean RMSD Å", "median R1", "median s", "sample s", "peak RSS MB")
+    rows = [(f"{s['dmin']:.2f}", s["method"], str(s["n"]), str(s["n_error"]),
+             pct(s["solved_loose"]), pct(s["solved_strict"]), pct(s["found_loose"]),
+             num(s["mean_rms_loose"], 3), num(s["mean_rmsd_A"], 3), num(s["median_r1"], 3),
+             num(s["median_seconds"], 1), num(s["median_sample_s"], 1), num(s["max_peak_rss_MB"], 0))
+            for s in summaries]
+    return right_aligned_table("xdxd-bench", columns, rows)
 
 
 def main() -> None:

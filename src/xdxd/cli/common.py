@@ -5,6 +5,7 @@ Records go to stdout (or -o FILE, written atomically), logs and progress to stde
 """
 from __future__ import annotations
 
+import enum
 import io
 import os
 import sys
@@ -16,8 +17,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from xdxd import records
+from xdxd import __version__, records
 
 stderr = Console(stderr=True)
 
@@ -27,6 +29,52 @@ SeedOpt = typer.Option(0, "--seed", help="Random seed; the same seed gives the s
 DeviceOpt = typer.Option("auto", "--device", help="torch device: auto (CUDA if present), cpu, cuda.")
 ThreadsOpt = typer.Option(0, "--threads", help="CPU threads for torch (0: torch's default).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress or log lines on stderr.")
+
+
+def _print_version(ctx: typer.Context, value: bool) -> None:
+    if value:
+        typer.echo(f"xdxd-{ctx.command.name} {__version__}")
+        raise typer.Exit()
+
+
+VersionOpt = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                          help="Print the version (xdxd-<command> VERSION) and exit.")
+
+
+# old spellings, accepted but not shown in --help; `renamed` merges each into its new option
+OldOutOpt = typer.Option(None, "--out", hidden=True, help="Old name of --output.")
+OldTimeBudgetOpt = typer.Option(None, "--time-budget-s", min=0.0, hidden=True,
+                                help="Old name of --time-budget (s).")
+
+
+def renamed(ctx: typer.Context, name: str, value, old: str, old_value):
+    """Option `name`'s value, or `old_value` when only its old spelling `old` was given."""
+    if old_value is None:
+        return value
+    if ctx.get_parameter_source(name).name != "DEFAULT":
+        new = "--" + name.replace("_", "-")
+        raise typer.BadParameter(f"the old name of {new}; give one of the two", param_hint=old)
+    return old_value
+
+
+def choices(name: str, *values: str) -> type[enum.Enum]:
+    """The values an option accepts, as the str Enum typer wants (each member named as its value)."""
+    return enum.Enum(name, {v: v for v in values}, type=str)
+
+
+def right_aligned_table(title: str, columns: Iterable[str], rows: Iterable[Iterable[str]]) -> Table:
+    """A rich table of numbers: every column right-aligned."""
+    t = Table(title=title)
+    for col in columns:
+        t.add_column(col, justify="right")
+    for row in rows:
+        t.add_row(*row)
+    return t
+
+
+def wide_stderr() -> Console:
+    """stderr console; off a terminal, wide enough that tables do not fold (rich's default is 80)."""
+    return stderr if stderr.is_terminal else Console(stderr=True, width=160)
 
 
 class Log:

@@ -6,22 +6,17 @@
 """
 from __future__ import annotations
 
-import enum
 import math
 import sys
 from typing import List, Optional
 
 import typer
 
-from xdxd.cli.common import Log, OutputOpt, QuietOpt, SeedOpt, process_stream
+from xdxd.cli.common import Log, OutputOpt, QuietOpt, SeedOpt, VersionOpt, choices, process_stream
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
-
-class DataKind(str, enum.Enum):
-    auto = "auto"
-    simulate = "simulate"
-    measured = "measured"
+DataKind = choices("DataKind", "auto", "simulate", "measured")
 
 
 def _cell(text: Optional[str]) -> Optional[list]:
@@ -90,6 +85,7 @@ def prep(
                                           help="MTZ columns 'VALUE,SIGMA', e.g. 'IMEAN,SIGIMEAN' "
                                                "or 'FP,SIGFP' (default: first I, else F)."),
     quiet: bool = QuietOpt,
+    version: bool = VersionOpt,
 ) -> None:
     """Turn structure models and measured reflections into xdxd problem records.
 

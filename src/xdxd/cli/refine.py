@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import enum
 import os
 import sys
 import time
@@ -20,18 +19,8 @@ from xdxd.cli import common
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
 
-
-class Format(str, enum.Enum):
-    jsonl = "jsonl"
-    cif = "cif"
-    res = "res"
-
-
-class Source(str, enum.Enum):
-    auto = "auto"
-    candidates = "candidates"
-    solution = "solution"
-    reference = "reference"
+Format = common.choices("Format", "jsonl", "cif", "res")
+Source = common.choices("Source", "auto", "candidates", "solution", "reference")
 
 
 @app.command()
@@ -65,6 +54,7 @@ def refine(
     device: str = common.DeviceOpt,
     threads: int = common.ThreadsOpt,
     quiet: bool = common.QuietOpt,
+    version: bool = common.VersionOpt,
 ) -> None:
     """Refine each record's candidates against its data and write `solution` (R1, wR2, GooF).
 

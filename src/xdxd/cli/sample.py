@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-from enum import Enum
 from typing import Optional
 
 import typer
@@ -15,11 +14,12 @@ from xdxd.solve import DEFAULT_SAMPLES, METHODS, sample_record
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
-Method = Enum("Method", {name: name for name in METHODS}, type=str)
+Method = common.choices("Method", *METHODS)
 
 
 @app.command()
 def sample(
+    ctx: typer.Context,
     inputs: list[str] = typer.Argument(None, help="Problem records (JSON lines); - or none is stdin."),
     method: Method = typer.Option("diffusion", "--method", "-m",
                                   help="Sampler: diffusion (the trained model, for 1.5-2.5 A data) or dualspace."),
@@ -27,8 +27,8 @@ def sample(
                                           help="Candidates per record (dualspace: distinct candidates to emit, default 8; diffusion: structures per batch, default 64)."),
     trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Random starts at most (dualspace; default 1024)."),
     cycles: Optional[int] = typer.Option(None, "--cycles", min=1, help="Recycling cycles per trial (dualspace; default 40)."),
-    time_budget: Optional[float] = typer.Option(None, "--time-budget", "--time-budget-s", min=0.0,
-                                                help="Seconds per record after which no new batch starts (--time-budget-s: the same, as xdxd-bench names it)."),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", min=0.0,
+                                                help="Seconds per record after which no new batch starts."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Denoising steps from noise (diffusion; default 60)."),
     rounds: Optional[int] = typer.Option(None, "--rounds", min=0,
                                          help="Search rounds around the best after sampling (diffusion; default 8)."),
@@ -37,14 +37,17 @@ def sample(
     prior: bool = typer.Option(True, "--prior/--no-prior",
                                help="Use the network (diffusion); --no-prior: data guidance and the same search alone."),
     weights: Optional[str] = typer.Option(None, "--weights",
-                                          help="Model weights .safetensors (diffusion; default weights/ or $XDXD_WEIGHTS)."),
+                                          help="Diffusion weights: a .safetensors file or a folder holding xdxd-diffusion.safetensors (default: $XDXD_WEIGHTS, else the installed package's, else the checkout's weights/)."),
     output: str = common.OutputOpt,
     seed: int = common.SeedOpt,
     device: str = common.DeviceOpt,
     threads: int = common.ThreadsOpt,
     quiet: bool = common.QuietOpt,
+    version: bool = common.VersionOpt,
+    time_budget_s: Optional[float] = common.OldTimeBudgetOpt,
 ) -> None:
     """Sample candidate structures for each problem record (adds `candidates`)."""
+    time_budget = common.renamed(ctx, "time_budget", time_budget, "--time-budget-s", time_budget_s)
     log = common.Log(quiet)
     common.set_threads(threads)
     dev = common.resolve_device(device)

@@ -5,24 +5,19 @@
 """
 from __future__ import annotations
 
-import enum
 import json
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from xdxd import records
-from xdxd.cli.common import Log, OutputOpt, QuietOpt, process_stream, read_input_records, stderr
+from xdxd.cli.common import (Log, OutputOpt, QuietOpt, VersionOpt, choices, process_stream,
+                             read_input_records, right_aligned_table, stderr, wide_stderr)
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
-
-class SummaryKind(str, enum.Enum):
-    table = "table"
-    json = "json"
-    none = "none"
+SummaryKind = choices("SummaryKind", "table", "json", "none")
 
 
 @app.command()
@@ -36,6 +31,7 @@ def score(
     candidates: bool = typer.Option(True, "--candidates/--no-candidates",
                                     help="Also find the best-matching sampler candidate."),
     quiet: bool = QuietOpt,
+    version: bool = VersionOpt,
 ) -> None:
     """Score solutions against reference structures: matched (loose, strict), RMS, RMSD in Å, R1.
 
@@ -71,22 +67,15 @@ def score(
     raise typer.Exit(code)
 
 
-def wide_stderr() -> Console:
-    """stderr console; off a terminal, wide enough that tables do not fold (rich's default is 80)."""
-    return stderr if stderr.is_terminal else Console(stderr=True, width=160)
-
-
 def summary_table(s: dict, title: str = "xdxd-score") -> Table:
     """The summary dict of xdxd.score.summarize as a rich table."""
     from xdxd.score import num, pct
-    t = Table(title=title)
-    for col in ("n", "failed", "solved loose", "solved strict", "mean RMS (loose)",
-                "mean RMSD Å", "median R1", "median s"):
-        t.add_column(col, justify="right")
-    t.add_row(str(s["n"]), str(s["n_error"]), pct(s["solved_loose"]), pct(s["solved_strict"]),
-              num(s["mean_rms_loose"], 3), num(s["mean_rmsd_A"], 3), num(s["median_r1"], 3),
-              num(s["median_seconds"], 1))
-    return t
+    columns = ("n", "failed", "solved loose", "solved strict", "mean RMS (loose)", "mean RMSD Å",
+               "median R1", "median s")
+    row = (str(s["n"]), str(s["n_error"]), pct(s["solved_loose"]), pct(s["solved_strict"]),
+           num(s["mean_rms_loose"], 3), num(s["mean_rmsd_A"], 3), num(s["median_r1"], 3),
+           num(s["median_seconds"], 1))
+    return right_aligned_table(title, columns, [row])
 
 
 def main() -> None:

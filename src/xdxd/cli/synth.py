@@ -1,8 +1,8 @@
 """xdxd-synth: training shards from SMILES (generated crystals) or from real CIFs, and a
 realism check of a shard folder against real structures.
 
-    xdxd-synth --smiles data/moses.smi --count 100000 --out data/synth --seed 1 --jobs 16
-    xdxd-synth --from-cif ~/cod/cif --out data/cod-shards
+    xdxd-synth --smiles data/moses.smi --count 100000 -o data/synth --seed 1 --jobs 16
+    xdxd-synth --from-cif ~/cod/cif -o data/cod-shards
     xdxd-synth --compare data/synth --reference ../shared/benchmarks/cod-dev --plot synth.png
 """
 from __future__ import annotations
@@ -18,9 +18,12 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from rich.table import Table
 
-from xdxd.cli.common import Log, QuietOpt, SeedOpt, stderr
+from xdxd.cli.common import Log, OldOutOpt, QuietOpt, SeedOpt, VersionOpt, renamed, stderr
 
 app = typer.Typer(add_completion=False, help=__doc__)
+
+MOSES = ("All 1.58 M MOSES SMILES: `make data` in a source checkout, or the first column of "
+         "moses/dataset/data/train.csv.gz in the molsets 0.3.1 wheel, https://pypi.org/project/molsets/")
 
 
 def _progress(label: str, quiet: bool) -> Progress:
@@ -162,9 +165,10 @@ def run_from_cif(folder: str, out: str, shard_size: int, log: Log) -> int:
 
 @app.command()
 def synth(
-    smiles: Optional[str] = typer.Option(None, "--smiles", help="SMILES file, one per line with optional name (default: the shipped sample; `bin/fetch-moses-smiles` gets 1.58 M)."),
+    ctx: typer.Context,
+    smiles: Optional[str] = typer.Option(None, "--smiles", help="SMILES file, one per line with optional name (default: a shipped sample of 300). " + MOSES),
     count: int = typer.Option(1000, "--count", "-n", help="Structures to generate."),
-    out: Optional[str] = typer.Option(None, "--out", help="Output folder of shards + index.json."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output folder of shards + index.json."),
     seed: int = SeedOpt,
     jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes."),
     shard_size: int = typer.Option(1000, "--shard-size", help="Structures per shard."),
@@ -178,9 +182,12 @@ def synth(
     max_compare: int = typer.Option(2000, "--max-compare", help="Structures of --compare used (evenly spaced)."),
     as_json: bool = typer.Option(False, "--json", help="--compare: print the table as JSON on stdout."),
     quiet: bool = QuietOpt,
+    version: bool = VersionOpt,
+    out: Optional[str] = OldOutOpt,
 ) -> None:
     """Make training shards from SMILES (--smiles/--count) or real CIFs (--from-cif), or
     compare a shard folder with real structures (--compare)."""
+    output = renamed(ctx, "output", output, "--out", out)
     log = Log(quiet)
     modes = sum(x is not None for x in (from_cif, compare))
     if modes > 1:
@@ -196,17 +203,17 @@ def synth(
         if plot:
             log.info(f"plot: {plot}")
         raise typer.Exit(0)
-    if out is None:
-        raise typer.BadParameter("--out is required", param_hint="--out")
+    if output is None:
+        raise typer.BadParameter("an output folder is required", param_hint="-o/--output")
     if from_cif is not None:
         if not os.path.isdir(from_cif):
             raise typer.BadParameter(f"{from_cif} is not a folder", param_hint="--from-cif")
-        raise typer.Exit(run_from_cif(from_cif, out, shard_size, log))
+        raise typer.Exit(run_from_cif(from_cif, output, shard_size, log))
     if smiles is not None and not os.path.exists(smiles):
-        raise typer.BadParameter(f"{smiles} not found (run bin/fetch-moses-smiles?)", param_hint="--smiles")
+        raise typer.BadParameter(f"{smiles} not found. {MOSES}", param_hint="--smiles")
     if count < 1 or shard_size < 1:
         raise typer.BadParameter("--count and --shard-size must be positive")
-    raise typer.Exit(run_generate(smiles or "", count, out, seed, jobs, shard_size,
+    raise typer.Exit(run_generate(smiles or "", count, output, seed, jobs, shard_size,
                                   peptide_fraction, cif, cif_count, log))
 
 
