@@ -3,7 +3,7 @@
 Sources
 - A SMILES file, one molecule per line, optional name after whitespace. The default is the
   MOSES benchmark training set (1.58 M drug-like molecules, MIT licence; Polykovskiy et al.,
-  Front. Pharmacol. 11 (2020) 565644), fetched by `bin/fetch-moses-smiles` into
+  Front. Pharmacol. 11 (2020) 565644), which `make data` in a source checkout fetches into
   data/moses.smi. A few hundred of those lines ship as `data/smiles_sample.smi`.
 - Peptides made in code: di-, tri- and tetrapeptides of the 20 L-amino acids (plus Gly
   chains), zwitterionic (N-terminal NH3+, C-terminal COO-) as they crystallise from water.

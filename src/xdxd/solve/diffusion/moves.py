@@ -38,7 +38,7 @@ from xdxd.solve.diffusion.problem import Problem
 
 def _structure_factors(problem: Problem, frac: torch.Tensor, type_idx: torch.Tensor,
                        weight: torch.Tensor) -> torch.Tensor:
-    """Complex F (B,M) at U = 0 (the overall Uiso is applied to |F|: conditioning.fit_u);
+    """Complex F (B,M) at U = 0 (the overall Uiso is applied to |F|: guidance.fit_u);
     frac (B,N,3), type_idx and weight (B,N)."""
     uiso = torch.zeros(frac.shape[:2], device=frac.device)
     return problem.sf.calc(frac.float(), type_idx, uiso, weight)
