@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,10 +27,11 @@ from xdxd.crystal.chemistry import is_hydrogen
 from xdxd.crystal.dataset import DataSet
 from xdxd.refine.chemistry import CHEM_WEIGHT, check
 from xdxd.refine.hydrogens import h_labels, refine_riding
-from xdxd.refine.least_squares import LsqOptions, RefinementResult, refine_batch, refine_structure
+from xdxd.refine.least_squares import (WEIGHT_A, WEIGHT_B, LsqOptions, RefinementResult, refine_batch,
+                                       refine_structure)
 from xdxd.refine.swaps import swap_elements, swap_riding
 
-__all__ = ["refine_record", "refine_structure", "refine_batch", "RefinementResult", "LsqOptions",
+__all__ = ["refine_record", "RefineOptions", "refine_structure", "refine_batch", "RefinementResult", "LsqOptions",
            "swap_elements", "check"]
 
 TOP = 8              # candidates refined by default
@@ -94,46 +96,56 @@ def _r1_key(cand: dict) -> float:
     return float(r) if isinstance(r, (int, float)) and math.isfinite(r) else math.inf
 
 
+@dataclass(frozen=True)
+class RefineOptions:
+    """What `refine_record` (xdxd-refine) does to a record, beyond the cycles and device."""
+    source: str = "auto"          # auto | candidates | solution | reference: what to refine
+    swap: bool | None = None      # element swaps; None: on, except for a reference
+    riding_h: bool | None = None  # riding H on a model without H whose composition has H;
+                                  # None: on unless metrics.hydrogens_in_data is false
+    aniso: bool = True            # atoms given with uaniso keep those ADPs fixed (False: isotropic)
+    bonds: bool | None = None     # bond-length restraints; None: on for d_min >= BONDS_FROM_DMIN_A
+    restraints: bool = True       # anti-bump restraints between non-H atoms
+    refine_uiso: bool = True      # refine Uiso per atom (Å²)
+    refine_hydrogens: bool = False  # refine H positions and Uiso too
+    weight_a: float = WEIGHT_A    # SHELXL WGHT a
+    weight_b: float = WEIGHT_B    # SHELXL WGHT b
+    rank_cycles: int = RANK_CYCLES  # cycles of the batch that ranks candidates
+
+
 def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | None = None,
-                  **opts) -> dict:
+                  **options) -> dict:
     """Refine a record's candidates (or solution / reference) and write `solution`.
 
-    opts: source ("auto" | "candidates" | "solution" | "reference"), swap (True, False
-    or None = on except for a reference), restraints (anti-bump, True), bonds
-    (bond-length restraints to tabulated lengths; None: on for data with d_min ≥
-    BONDS_FROM_DMIN_A, 1.5 Å, where a free refinement has 2-4 reflections per parameter
-    and lands in different minima from starts 0.1 Å apart; off for finer data), refine_uiso
-    (True), refine_hydrogens (False), weight_a (0.1), rank_cycles (8), aniso (True: atoms
-    given with `uaniso` keep those ADPs fixed; False: refine them isotropically), riding_h
-    (None = on unless metrics.hydrogens_in_data is false; True: a model without H, of a record
-    whose composition has H, gets riding H atoms, placed by `hydrogens.place`, and its
-    element swaps are judged with them).
-    Returns the record (a new dict) with `solution` and updated `candidates`.
+    options: fields of RefineOptions (TypeError for others). Bond-length restraints are
+    on by default for data with d_min ≥ BONDS_FROM_DMIN_A, 1.5 Å, where a free refinement
+    has 2-4 reflections per parameter and lands in different minima from starts 0.1 Å
+    apart; off for finer data. Riding H (on by default) are placed by `hydrogens.place`
+    and element swaps are judged with them. Returns the record (a new dict) with
+    `solution` and updated `candidates`.
     """
+    opts = RefineOptions(**options)
     records.check_problem(rec)
     rid = rec.get("id", "?")
     rec = dict(rec)
-    source, picked = _structures(rec, opts.pop("source", "auto"), top or TOP)
+    source, picked = _structures(rec, opts.source, top or TOP)
     # riding H of an earlier refinement are placed afresh on the refined parents
     picked = [(i, [a for a in atoms if not a.get("riding")]) for i, atoms in picked]
-    swap = opts.pop("swap", None)
-    keep_aniso = opts.pop("aniso", True)
-    riding_h = opts.pop("riding_h", None)
+    keep_aniso = opts.aniso
+    riding_h = opts.riding_h
     if riding_h is None:  # on, unless the record says its (simulated) data have no H
         riding_h = rec.get("metrics", {}).get("hydrogens_in_data", True) is not False
-    swap = (source != "reference") if swap is None else swap
-    rank_cycles = min(cycles, opts.pop("rank_cycles", RANK_CYCLES))
-    bonds = opts.pop("bonds", None)
-    given = {k: opts.pop(k) for k in ("restraints", "refine_uiso", "refine_hydrogens",
-                                      "weight_a", "weight_b") if k in opts}
-    if opts:
-        raise TypeError(f"refine_record: unknown options {sorted(opts)}")
+    swap = (source != "reference") if opts.swap is None else opts.swap
+    rank_cycles = min(cycles, opts.rank_cycles)
+    bonds = opts.bonds
 
     data = DataSet.from_record(rec)
     cell, ops = data.cell, data.ops
     if bonds is None:
         bonds = bool(len(data)) and data.d_min_A >= BONDS_FROM_DMIN_A - 0.02
-    lsq = LsqOptions(bonds=bool(bonds), device=device, **given)
+    lsq = LsqOptions(refine_uiso=opts.refine_uiso, restraints=opts.restraints, bonds=bool(bonds),
+                     refine_hydrogens=opts.refine_hydrogens, weight_a=opts.weight_a,
+                     weight_b=opts.weight_b, device=device)
     for e in {a["element"] for _, atoms in picked for a in atoms}:
         if e not in _known_elements():
             raise records.RecordError(f"{rid}: unknown element {e!r} in the model")
