@@ -1,9 +1,10 @@
 """Chemistry tables and the bond criterion: the one place every command takes them from.
 
 - radii: gemmi's covalent radii (`covalent_radius`) and van der Waals radii (`vdw_radius`), Å;
-- the bond criterion: two atoms are bonded when d < r_i + r_j + BOND_TOL (`is_bond`);
-  a contact shorter than SHORT_FACTOR (r_i + r_j) is too short (1.09 Å for C-N, so that a
-  nitrile's 1.14 Å triple bond is a bond);
+- the bond criterion: two atoms are bonded when d < r_i + r_j + BOND_TOL (`is_bond`; the
+  sampler's smooth version counts a bond in full up to r_i + r_j + BOND_FULL_A, fading to
+  zero at the same limit); a contact shorter than SHORT_FACTOR (r_i + r_j) is too short
+  (1.09 Å for C-N, so that a nitrile's 1.14 Å triple bond is a bond);
 - bond lengths: single-bond lengths for bond orders (`single_bond_length`, `bond_order`:
   Pauling's BO = exp((d1 - d) / 0.3)) and the tabulated lengths bonds are restrained to
   (`BOND_LENGTHS`, `bond_target`);
@@ -28,6 +29,8 @@ import numpy as np
 from xdxd.crystal.symmetry import NEIGHBOUR_CELLS, SymOps, apply_ops
 
 BOND_TOL = 0.45        # Å added to the sum of covalent radii for a bond
+BOND_FULL_A = 0.15     # Å above r_i + r_j a smooth bond count (the sampler's prior) starts to
+                       # fall from 1; it reaches 0 at BOND_TOL, where `is_bond` ends
 SHORT_FACTOR = 0.76    # a contact shorter than this times r_i + r_j is too short (C#N 0.79)
 BO_OFFSET = 0.05       # Å added to r_i + r_j for a bond of order 1
 BO_SLOPE = 0.30        # Å, Pauling's bond-order slope

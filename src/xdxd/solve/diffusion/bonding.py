@@ -2,9 +2,12 @@
 
 The sampler knows the elements but not the connectivity. What every molecular crystal
 still obeys, whatever its bonds, is a short list of distance rules between non-H atoms
-(symmetry images included), with r0 = r_i + r_j from gemmi's covalent radii:
+(symmetry images included), with r0 = r_i + r_j from gemmi's covalent radii and the
+bond criterion of crystal.chemistry (a bond counts in full up to r0 + BOND_FULL_A, fading
+to nothing at r0 + BOND_TOL, where `chemistry.is_bond` ends):
 
-- no contact shorter than CLOSE_FACTOR * r0 (a C≡N triple bond is 0.79 r0);
+- no contact shorter than SHORT_FACTOR * r0 (a C≡N triple bond is 0.79 r0; the contact
+  the refinement's anti-bump restraint and chemistry check call too short);
 - no distance in the gap between bonds (≤ r0 + 0.15 Å) and the shortest 1-3 distances
   (O-N-O 2.16 Å, O-C-O 2.2 Å; longer around S, Cl, Br, I): GAP_LO + r0 to gap_hi(r0);
 - every atom that forms bonds has at least one neighbour (soft for O and halogens,
@@ -24,13 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from xdxd.crystal.chemistry import MAX_NEIGHBOURS, MAY_BE_ISOLATED, VALENCES, covalent_radius
+from xdxd.crystal.chemistry import (BOND_FULL_A, BOND_TOL, MAX_NEIGHBOURS, MAY_BE_ISOLATED, SHORT_FACTOR,
+                                    VALENCES, covalent_radius)
 from xdxd.crystal.symmetry import NEIGHBOUR_CELLS, SymOps, apply_ops_torch
 
-CLOSE_FACTOR = 0.75   # shortest allowed contact, times r0
-CLOSE_WIDTH_A = 0.1   # Å inside the limit that costs one unit
-BOND_MAX_A = 0.15     # Å above r0: still a bond (full count)
-BOND_FADE_A = 0.40    # Å above r0: no longer a bond (the count fades to zero between)
+CLOSE_WIDTH_A = 0.1   # Å inside the shortest allowed contact (SHORT_FACTOR r0) that costs one unit
 GAP_LO_A = 0.25       # Å above r0 where the forbidden gap begins
 GAP_HI_FACTOR = 0.76  # the gap ends at 0.76 (r0 + 2 r_O): the shortest 1-3 distance i-m-k
 GAP_HI_MIDDLE_A = 1.32  # 2 r_O, the smallest middle atom (O-N-O 2.16 Å, P-N-P 2.7 Å)
@@ -141,15 +142,15 @@ def _terms(dist: torch.Tensor, r0: torch.Tensor, w_col: torch.Tensor, isolated_w
     r0 (…,C) and weights w_col (…,C): (close (…), gap (…), isolated (…), crowded (…)),
     the pair terms summed over the neighbours and counted in full."""
     dist = dist.clamp(max=CLAMP_A)
-    close = (w_col * ((CLOSE_FACTOR * r0 - dist).clamp_min(0.0) / CLOSE_WIDTH_A) ** 2).sum(-1)
+    close = (w_col * ((SHORT_FACTOR * r0 - dist).clamp_min(0.0) / CLOSE_WIDTH_A) ** 2).sum(-1)
     lo, hi = r0 + GAP_LO_A, gap_hi(r0)
     t = ((dist - lo) / (hi - lo).clamp_min(1e-3)).clamp(0.0, 1.0)
     gap = (w_col * (4.0 * t * (1.0 - t)) ** 2 * (hi > lo)).sum(-1)
-    bonds = (w_col * _smooth_step_down(dist, r0 + BOND_MAX_A, r0 + BOND_FADE_A)).sum(-1)
+    bonds = (w_col * _smooth_step_down(dist, r0 + BOND_FULL_A, r0 + BOND_TOL)).sum(-1)
     # an under-bonded atom is pulled toward its nearest neighbour (a gradient where the
     # bond count is flat): softmin (0.1 Å) of the distance beyond a bond over the images
     # within reach, and NEAREST_CAP_A beside them (what an atom with none pays), Å
-    excess = (dist - r0 - BOND_MAX_A).clamp_min(0.0)
+    excess = (dist - r0 - BOND_FULL_A).clamp_min(0.0)
     logits = (-excess / 0.1).masked_fill(dist >= CLAMP_A, float("-inf"))
     cap = logits.new_full(logits.shape[:-1] + (1,), -NEAREST_CAP_A / 0.1)
     nearest = -0.1 * torch.logsumexp(torch.cat([logits, cap], dim=-1), dim=-1)
@@ -163,7 +164,7 @@ def energy_terms(frac: torch.Tensor, tables: BondingTables, rot: torch.Tensor, t
                  orth: torch.Tensor, site_weight: torch.Tensor | None = None) -> dict:
     """The prior's terms (each (B,)) for fractional coordinates frac (B,N,3).
 
-    close: contacts inside CLOSE_FACTOR r0; gap: distances in the forbidden gap;
+    close: contacts inside SHORT_FACTOR r0; gap: distances in the forbidden gap;
     isolated: atoms with less than one bond; crowded: bonds beyond the element's maximum.
     site_weight (N,) or (B,N): 1/(stabilizer order); an image of an atom on a special
     position counts with that weight (its images coincide in groups of the order), and
