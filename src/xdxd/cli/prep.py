@@ -64,26 +64,23 @@ def prep(
     seed: int = SeedOpt,
     hydrogens_in_data: bool = typer.Option(True, "--hydrogens-in-data/--no-hydrogens-in-data",
                                            help="Let H atoms of the model contribute to simulated |F|."),
-    wavelength: Optional[float] = typer.Option(None, "--wavelength", min=0.0,
-                                               help="X-ray wavelength in Å (default: the file's, "
-                                                    "else 0.71073, Mo Kα)."),
+    wavelength: Optional[float] = typer.Option(
+        None, "--wavelength", min=0.0, help="X-ray wavelength in Å (default: the file's, else 0.71073, Mo Kα)."),
     formula: Optional[str] = typer.Option(None, "--formula",
                                           help="Asymmetric-unit contents, e.g. C12H22O11 (Z'=1: the "
                                                "molecule). Non-H elements become the composition "
                                                "to solve, H the 'hydrogens' count."),
-    cell: Optional[str] = typer.Option(None, "--cell",
-                                       help="Unit cell 'a b c alpha beta gamma' in Å and °; "
-                                            "overrides the file's."),
-    spacegroup: Optional[str] = typer.Option(None, "--spacegroup",
-                                             help="Space group (H-M such as 'P 21 21 21', Hall, or "
-                                                  "number); overrides the file's."),
+    cell: Optional[str] = typer.Option(
+        None, "--cell", help="Unit cell 'a b c alpha beta gamma' in Å and °; overrides the file's."),
+    spacegroup: Optional[str] = typer.Option(
+        None, "--spacegroup", help="Space group (H-M such as 'P 21 21 21', Hall, or number); overrides the file's."),
     model: Optional[str] = typer.Option(None, "--model", "--ins",
                                         help="Model file (.res, .ins or CIF) for measured "
                                              "reflections: cell, symmetry, composition, reference. "
                                              "Default: a .res/.ins/.cif next to the .hkl."),
-    columns: Optional[str] = typer.Option(None, "--columns",
-                                          help="MTZ columns 'VALUE,SIGMA', e.g. 'IMEAN,SIGIMEAN' "
-                                               "or 'FP,SIGFP' (default: first I, else F)."),
+    columns: Optional[str] = typer.Option(
+        None, "--columns", help="MTZ columns 'VALUE,SIGMA', e.g. 'IMEAN,SIGIMEAN' or 'FP,SIGFP' "
+                                "(default: first I, else F)."),
     quiet: bool = QuietOpt,
     version: bool = VersionOpt,
 ) -> None:

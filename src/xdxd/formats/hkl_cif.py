@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 
 import gemmi
-import numpy as np
 
 from xdxd.formats.reflections import AMPLITUDE, INTENSITY, Observations, estimate_sigma
 from xdxd.formats.shelx import read_hkl_text, read_ins_text
@@ -68,7 +67,7 @@ def observations_from_block(block: gemmi.cif.Block, source: str) -> Observations
         if has_status:
             tags.append("observed_status")
         table = block.find(prefix, tags)
-        hkl, val, sig = [], [], []
+        rows = []
         for row in table:
             if has_status and row[len(tags) - 1] in ("x", "-"):
                 continue
@@ -76,14 +75,10 @@ def observations_from_block(block: gemmi.cif.Block, source: str) -> Observations
                 h, k, l = int(row[0]), int(row[1]), int(row[2])
             except ValueError:
                 raise RecordError(f"{where}: bad Miller index in row {row[0]} {row[1]} {row[2]}")
-            v = _number(row[3])
-            s = _number(row[4]) if has_sigma else math.nan
-            hkl.append((h, k, l))
-            val.append(v)
-            sig.append(s)
-        if not hkl:
+            rows.append((h, k, l, _number(row[3]), _number(row[4]) if has_sigma else math.nan))
+        if not rows:
             raise RecordError(f"{where}: the {prefix}{vtag} loop is empty")
-        obs = Observations(np.array(hkl), np.array(val), np.array(sig), kind, where)
+        obs = Observations.from_rows(rows, kind, where)
         if not has_sigma:
             obs.sigma = estimate_sigma(obs.value, kind)
             obs.sigma_estimated = True

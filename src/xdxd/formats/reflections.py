@@ -41,6 +41,13 @@ class Observations:
     def __len__(self) -> int:
         return len(self.value)
 
+    @classmethod
+    def from_rows(cls, rows: list[tuple], kind: str, source: str) -> "Observations":
+        """From rows (h, k, l, value, sigma) as a reader collects them; an empty list is an
+        empty set (the reader says why that is an error)."""
+        table = np.array(rows, dtype=float).reshape(-1, 5)
+        return cls(table[:, :3].astype(np.int64), table[:, 3], table[:, 4], kind, source)
+
 
 def estimate_sigma(value: np.ndarray, kind: str) -> np.ndarray:
     """A stand-in sigma for files that give none: 3 % of the value plus 0.5 % of the mean.

@@ -52,7 +52,7 @@ def read_hkl_text(text: str, source: str) -> Observations:
 
     Raises RecordError naming `source` and the line for a line that is not a reflection.
     """
-    hkl, val, sig = [], [], []
+    rows = []
     ended = False
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -60,16 +60,13 @@ def read_hkl_text(text: str, source: str) -> Observations:
         row = _parse_hkl_line(line)
         if row is None:
             raise RecordError(f"{source}:{lineno}: not an HKLF 4 reflection line: {line.strip()[:60]!r}")
-        h, k, l, i, s = row
-        if h == 0 and k == 0 and l == 0:
+        if row[:3] == (0, 0, 0):
             ended = True
             break
-        hkl.append((h, k, l))
-        val.append(i)
-        sig.append(s)
-    if not hkl:
+        rows.append(row)
+    if not rows:
         raise RecordError(f"{source}: no reflections")
-    obs = Observations(np.array(hkl), np.array(val), np.array(sig), INTENSITY, source)
+    obs = Observations.from_rows(rows, INTENSITY, source)
     if not ended:
         obs.notes.append("no 0 0 0 line at the end (the file may be truncated)")
     return obs

@@ -12,7 +12,7 @@ module.
    1-connected O at 1.22 Å is C=O (0 H), at 1.36 Å O–H).
 2. `assign_counts`: the combination with the smallest penalty whose total is the
    composition's H count (dynamic programming over atoms; the nearest total if none hits).
-3. `place`: ideal positions (SHELXL's riding distances at room temperature: C–H 0.93
+3. `place`: ideal positions (`crystal.chemistry.xh_distance`, SHELXL's riding distances: C–H 0.93
    aromatic/sp², 0.97 CH₂, 0.96 CH₃, 0.98 methine; N–H 0.86 (0.89 NH₃⁺); O–H 0.82; S–H
    1.20 Å), tetrahedral or trigonal, methyl and hydroxyl groups staggered / pointing at
    the nearest acceptor; Uiso 1.2 × the parent's (1.5 for CH₃, NH₃, OH).
