@@ -24,6 +24,11 @@ from xdxd.solve.diffusion.problem import EIGHT_PI2, Problem, special_images
 U_GRID_A2 = tuple(0.01 * i for i in range(13))  # overall Uiso fitted per candidate, 0-0.12 Å²
 
 
+def unit_rms(g: torch.Tensor) -> torch.Tensor:
+    """Per-atom vectors g (B,N,3) scaled so that each structure's RMS length is 1."""
+    return g / g.pow(2).sum(-1).mean(-1).sqrt().clamp_min(1e-12)[:, None, None]
+
+
 def blur_for_sigma(sigma_A: torch.Tensor, b_max: float = 30.0) -> torch.Tensor:
     """Extra B (Å²) on |Fo| and |Fc| at noise level sigma (Å): 8 pi² sigma², capped at b_max.
 
@@ -180,7 +185,7 @@ def guidance_direction(problem: Problem, frac: torch.Tensor, blur: torch.Tensor,
     bonding prior's gradient (per Å; one unit of energy per clear fault), both uphill.
     """
     misfit, grad = misfit_gradient(problem, frac, blur)
-    g = grad / grad.pow(2).sum(-1).mean(-1).sqrt().clamp_min(1e-12)[:, None, None]
+    g = unit_rms(grad)
     energy = torch.zeros_like(misfit)
     if isinstance(bonding, torch.Tensor) or bonding > 0:
         energy, gb = bonding_gradient(problem, frac)
@@ -203,7 +208,7 @@ def polish(problem: Problem, frac: torch.Tensor, steps: int = 60, lr_A: float = 
     zero = torch.zeros(len(x), device=x.device)
     for i in range(steps):
         _, g, _ = guidance_direction(problem, x, zero, bonding)
-        g = g / g.pow(2).sum(-1).mean(-1).sqrt().clamp_min(1e-12)[:, None, None]
+        g = unit_rms(g)
         step = lr_A * (1.0 - i / steps)
         x = special_images(problem, torch.remainder(x - (step * g) @ problem.deorth.T, 1.0))
     return x

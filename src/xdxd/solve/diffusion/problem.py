@@ -48,7 +48,7 @@ class Problem:
     patterson (C,n1,n2,n3) grid; tokens (T,7) reflection tokens; uiso Å² from Wilson
     (a first guess: every |Fc| is judged at the overall Uiso that fits it best, `fit_u`);
     site_weight (N,) 1/(stabilizer order) each atom is sampled with (1: general position,
-    1/2 on a mirror or 2-fold axis, ...: `sites.site_orders`); bonding the per-atom tables
+    1/2 on a mirror or 2-fold axis, ...: `symmetry.site_orders`); bonding the per-atom tables
     of the bonding prior (solve.diffusion.bonding).
     """
     cell: gemmi.UnitCell
