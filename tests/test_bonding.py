@@ -55,7 +55,8 @@ def test_faults_cost_about_a_unit_each():
     """Two C atoms: a bond costs nothing, 1.9 Å (the gap) and 0.9 Å (a clash) cost."""
     cell = gemmi.UnitCell(20, 20, 20, 90, 90, 90)
     sg = find_spacegroup("P 1")
-    rot, tran = bonding.ops_tensors(symops(sg))
+    ops = symops(sg)
+    rot, tran = torch.tensor(ops.rot, dtype=torch.float32), torch.tensor(ops.tran, dtype=torch.float32)
     orth = torch.tensor(np.array(cell.orth.mat), dtype=torch.float32)
     tables = bonding.bonding_tables(["C", "C"])
 

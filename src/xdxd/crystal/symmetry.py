@@ -240,14 +240,6 @@ def make_cell(cell: list[float] | tuple) -> gemmi.UnitCell:
     return gemmi.UnitCell(*[float(v) for v in cell])
 
 
-def cell_and_spacegroup(cell, sg) -> tuple[gemmi.UnitCell, gemmi.SpaceGroup]:
-    """A gemmi cell and space group from either gemmi objects or record fields
-    ([a, b, c, α, β, γ] in Å and °; {"hall": ...})."""
-    cell = cell if isinstance(cell, gemmi.UnitCell) else make_cell(cell)
-    sg = sg if isinstance(sg, gemmi.SpaceGroup) else spacegroup_from_record(sg)
-    return cell, sg
-
-
 @lru_cache(maxsize=256)
 def _stabilizer_orders(hall: str) -> tuple[int, ...]:
     sg = gemmi.find_spacegroup_by_ops(gemmi.symops_from_hall(hall))

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from xdxd.crystal.chemistry import (BOND_FULL_A, BOND_TOL, MAX_NEIGHBOURS, MAY_BE_ISOLATED, SHORT_FACTOR,
                                     VALENCES, covalent_radius)
-from xdxd.crystal.symmetry import NEIGHBOUR_CELLS, SymOps, apply_ops_torch
+from xdxd.crystal.symmetry import NEIGHBOUR_CELLS, apply_ops_torch
 
 CLOSE_WIDTH_A = 0.1   # Å inside the shortest allowed contact (SHORT_FACTOR r0) that costs one unit
 GAP_LO_A = 0.25       # Å above r0 where the forbidden gap begins
@@ -244,8 +243,3 @@ def energy_gradient(frac: torch.Tensor, tables: BondingTables, rot: torch.Tensor
         es.append(e.detach())
         gs.append(g @ deorth)  # dE/dcart = dE/dfrac . dfrac/dcart
     return torch.cat(es), torch.cat(gs)
-
-
-def ops_tensors(ops: SymOps, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    kw = dict(device=device, dtype=torch.float32)
-    return torch.tensor(np.asarray(ops.rot), **kw), torch.tensor(np.asarray(ops.tran), **kw)
