@@ -150,6 +150,20 @@ def refine_stage(rec: dict, device: str) -> dict:
     return refine_record(rec, device=device)
 
 
+def molecules_stage(rec: dict) -> dict:
+    """The record with `molecules` perceived from its reference (molecule.perceive: SMILES
+    and counts only; the search never sees the reference's coordinates)."""
+    from xdxd.crystal.symmetry import make_cell, spacegroup_from_record, symops
+    from xdxd.molecule.perceive import molecules_of
+    atoms = records.atoms_to_arrays((rec.get("reference") or {}).get("atoms") or [])
+    if not len(atoms):
+        raise ValueError("no reference atoms to read the molecules from")
+    ops = symops(spacegroup_from_record(rec["spacegroup"]))
+    out = dict(rec)
+    out["molecules"] = molecules_of(atoms.elements, atoms.frac, make_cell(rec["cell"]), ops)
+    return out
+
+
 def score_stage(rec: dict) -> dict:
     from xdxd.score import score_record
     return score_record(rec)
@@ -187,6 +201,7 @@ class Task:
     threads: int = 0                    # torch CPU threads (0: leave torch's default)
     device: str = "cpu"                 # torch device for sample and refine
     data: str = "simulate"              # simulate from the model, or "measured" reflections
+    molecules: bool = False             # name the reference's molecules in the record
 
 
 def run_one(task: Task, pipeline: Pipeline | None = None, isolated: bool = False) -> dict:
@@ -208,9 +223,13 @@ def run_one(task: Task, pipeline: Pipeline | None = None, isolated: bool = False
     e = task.entry
     stage_s: dict[str, float] = {}
     rec: dict = {"schema": records.SCHEMA, "id": e.id}
+    def prep(_):
+        out = (pipeline.prep(e.path, task.dmin, task.seed) if task.data == "simulate"
+               else pipeline.prep(e.path, task.dmin, task.seed, data=task.data))
+        return molecules_stage(out) if task.molecules else out
+
     steps = [
-        ("prep", lambda _: pipeline.prep(e.path, task.dmin, task.seed)
-         if task.data == "simulate" else pipeline.prep(e.path, task.dmin, task.seed, data=task.data)),
+        ("prep", prep),
         ("sample", lambda r: pipeline.sample(r, task.method, task.samples, task.seed,
                                              task.time_budget_s, task.device)),
         ("refine", lambda r: pipeline.refine(r, task.device)),
@@ -301,6 +320,7 @@ class BenchConfig:
     isolate: bool = True                 # each structure in a fresh process (memory, crashes)
     hard_timeout_s: float | None = None  # kill a structure after this long (isolate only)
     data: str = "simulate"               # simulate |F| from each model, or "measured" data sets
+    molecules_from_reference: bool = False  # name each reference's molecules (SMILES only)
 
 
 def make_tasks(cfg: BenchConfig, entries: list[Entry]) -> list[Task]:
@@ -309,7 +329,7 @@ def make_tasks(cfg: BenchConfig, entries: list[Entry]) -> list[Task]:
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, cfg.jobs))
     from xdxd.solve import DEFAULT_SAMPLES
     return [Task(e, float(d), m, cfg.samples or DEFAULT_SAMPLES.get(m, 8), cfg.seed,
-                 cfg.time_budget_s, threads, cfg.device, cfg.data)
+                 cfg.time_budget_s, threads, cfg.device, cfg.data, cfg.molecules_from_reference)
             for d in cfg.dmins for e in entries for m in cfg.methods]
 
 

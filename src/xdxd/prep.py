@@ -55,6 +55,7 @@ from xdxd.formats.reflections import Observations
 from xdxd.formats.shelx import read_hkl_text, read_ins_text
 from xdxd.formats.structure import CrystalModel, match_cell_setting
 from xdxd.formats.tonto import is_tonto, read_tonto_text
+from xdxd.molecule.spec import check_contents, molecules_contents, parse_spec
 from xdxd.records import RecordError
 
 MO_KALPHA_A = 0.71073
@@ -73,6 +74,7 @@ class PrepOptions:
     hydrogens_in_data: bool = True    # H atoms contribute to simulated |F|
     wavelength_A: float | None = None  # override; default from the file, else Mo Ka
     formula: str | None = None        # asymmetric-unit contents, e.g. "C12H22O11"
+    molecules: tuple = ()             # --molecule specs: SMILES or .mol/.sdf/.mol2, optional *COUNT
     cell: list[float] | None = None   # a b c (Å) alpha beta gamma (°)
     spacegroup: str | None = None     # H-M, Hall or number
     model: str | None = None          # model file (.res/.ins/.cif) for measured reflections
@@ -282,7 +284,23 @@ def _base(model: CrystalModel, opts: PrepOptions) -> dict:
     contents = _cell_contents(model, opts)
     if contents:
         rec["cell_contents"] = contents
+    if opts.molecules:
+        rec["molecules"] = _molecules(opts)
+        n_ops = len(model.spacegroup.operations())
+        in_cell = contents or {e: n * n_ops for e, n in composition.items()}
+        check_contents(rec["molecules"], in_cell, n_ops, model.source)
     return rec
+
+
+_PARSED: dict[str, dict] = {}
+
+
+def _molecules(opts: PrepOptions) -> list[dict]:
+    """The record's `molecules` from the --molecule specs (parsed once per run)."""
+    for spec in opts.molecules:
+        if spec not in _PARSED:
+            _PARSED[spec] = parse_spec(spec)
+    return [dict(_PARSED[spec]) for spec in opts.molecules]
 
 
 def _cell_contents(model: CrystalModel, opts: PrepOptions) -> dict | None:
@@ -363,8 +381,11 @@ def _composition(model: CrystalModel, opts: PrepOptions) -> tuple[dict, int]:
         order = len(model.spacegroup.operations())
         per_asu = {e: n / order for e, n in model.cell_contents.items()}
         return _split_h(per_asu, f"{model.source}: cell contents / {order} symmetry operations")
+    if opts.molecules:
+        heavy, hydrogens = molecules_contents(_molecules(opts))
+        return _split_h({**heavy, "H": hydrogens}, "the --molecule counts")
     raise RecordError(f"{model.source}: no composition known (give --formula, the "
-                      f"asymmetric-unit contents, e.g. C12H22O11)")
+                      f"asymmetric-unit contents, e.g. C12H22O11, or --molecule)")
 
 
 def _split_h(counts: dict[str, float], what: str) -> tuple[dict, int]:

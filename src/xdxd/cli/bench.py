@@ -41,6 +41,10 @@ def bench(
     data: str = typer.Option("simulate", "--data",
                              help="simulate: |F| from each CIF's model; measured: each subfolder is a "
                                   "measured data set (reflections + model), cut at --dmin."),
+    molecules_from_reference: bool = typer.Option(
+        False, "--molecules-from-reference",
+        help="Name each structure's molecules (SMILES and counts perceived from its model) in the "
+             "record, as a user would with xdxd-prep --molecule; --method molecule or auto then uses them."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Structures run at the same time."),
     threads: int = ThreadsOpt,
     device: str = DeviceOpt,
@@ -72,7 +76,8 @@ def bench(
         ids=[i for s in ids or [] for i in s.split(",") if i] or None, limit=limit,
         dmins=list(dmins), methods=list(methods), samples=samples, seed=seed,
         time_budget_s=time_budget, jobs=jobs, threads=threads, device=resolve_device(device),
-        isolate=isolate, hard_timeout_s=hard_timeout_s, data=data)
+        isolate=isolate, hard_timeout_s=hard_timeout_s, data=data,
+        molecules_from_reference=molecules_from_reference)
     try:
         entries = select_structures(cfg.folder, cfg.classes, cfg.max_atoms, cfg.ids, cfg.limit,
                                     cfg.data)

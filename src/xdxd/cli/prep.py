@@ -70,6 +70,10 @@ def prep(
                                           help="Asymmetric-unit contents, e.g. C12H22O11 (Z'=1: the "
                                                "molecule). Non-H elements become the composition "
                                                "to solve, H the 'hydrogens' count."),
+    molecule: Optional[List[str]] = typer.Option(
+        None, "--molecule", help="A molecule in the crystal (repeatable): SMILES or .mol/.sdf/.mol2 file, "
+                                 "optionally *COUNT per asymmetric unit ('c1ccccc1*0.5', 'O*2'). "
+                                 "xdxd-sample then searches its position, orientation and torsions."),
     cell: Optional[str] = typer.Option(
         None, "--cell", help="Unit cell 'a b c alpha beta gamma' in Å and °; overrides the file's."),
     spacegroup: Optional[str] = typer.Option(
@@ -103,7 +107,7 @@ def prep(
     opts = PrepOptions(d_min_A=dmin, data=data.value, biso=biso, noise=noise, seed=seed,
                        hydrogens_in_data=hydrogens_in_data, wavelength_A=wavelength,
                        formula=formula, cell=_cell(cell), spacegroup=spacegroup, model=model,
-                       columns=columns)
+                       columns=columns, molecules=tuple(molecule or ()))
     log = Log(quiet)
     tasks = plan(inputs or [], opts)
     code = process_stream(tasks, lambda t: run_task_or_error(t, opts), output, log, "prep",

@@ -1,6 +1,7 @@
 """xdxd-sample: candidate structures for each problem record.
 
     xdxd-prep x.cif --dmin 2.0 | xdxd-sample --time-budget 60 | xdxd-refine      (diffusion)
+    xdxd-prep x.hkl --ins x.ins --molecule 'OC(=O)c1ccccc1' | xdxd-sample | xdxd-refine  (molecule)
     xdxd-prep x.cif --dmin 1.0 | xdxd-sample --method dualspace --samples 8 | xdxd-refine
 """
 from __future__ import annotations
@@ -10,28 +11,34 @@ from typing import Optional
 import typer
 
 from xdxd.cli import common
-from xdxd.solve import DEFAULT_SAMPLES, METHODS, sample_record
+from xdxd.solve import DEFAULT_SAMPLES, METHODS, resolve_method, sample_record
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
-Method = common.choices("Method", *METHODS)
+Method = common.choices("Method", "auto", *METHODS)
+# the options each method takes (an option of another method is an error for it)
+METHOD_OPTIONS = {"dualspace": ("trials", "cycles"), "molecule": ("rounds", "steps"),
+                  "diffusion": ("steps", "rounds", "guidance", "weights", "prior")}
 
 
 @app.command()
 def sample(
     ctx: typer.Context,
     inputs: list[str] = typer.Argument(None, help="Problem records (JSON lines); - or none is stdin."),
-    method: Method = typer.Option("diffusion", "--method", "-m",
-                                  help="Sampler: diffusion (the trained model, for 1.5-2.5 A data) or dualspace."),
+    method: Method = typer.Option("auto", "--method", "-m",
+                                  help="Sampler: molecule (the record names its molecules: xdxd-prep --molecule), "
+                                       "diffusion (composition only, the trained model), dualspace (atomic "
+                                       "resolution), or auto: molecule when the record names molecules, else diffusion."),
     samples: Optional[int] = typer.Option(None, "--samples", "-n", min=1,
-                                          help="Candidates per record (dualspace: distinct candidates to emit, default 8; diffusion: structures per batch, default 64)."),
+                                          help="Candidates per record (dualspace, molecule: distinct candidates to emit, default 8; diffusion: structures per batch, default 64)."),
     trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Random starts at most (dualspace; default 1024)."),
     cycles: Optional[int] = typer.Option(None, "--cycles", min=1, help="Recycling cycles per trial (dualspace; default 40)."),
     time_budget: Optional[float] = typer.Option(None, "--time-budget", min=0.0,
                                                 help="Seconds per record after which no new batch starts."),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Denoising steps from noise (diffusion; default 60)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1,
+                                        help="Denoising steps from noise (diffusion; default 60); optimisation steps per round (molecule)."),
     rounds: Optional[int] = typer.Option(None, "--rounds", min=0,
-                                         help="Search rounds around the best after sampling (diffusion; default 8)."),
+                                         help="Search rounds around the best after sampling (diffusion; default 8); rounds of the population (molecule)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", min=0.0,
                                              help="Weight of the |F| misfit gradient (diffusion; default 1)."),
     prior: bool = typer.Option(True, "--prior/--no-prior",
@@ -51,23 +58,23 @@ def sample(
     log = common.Log(quiet)
     common.set_threads(threads)
     dev = common.resolve_device(device)
-    opts = {k: v for k, v in (("trials", trials), ("cycles", cycles), ("steps", steps),
-                              ("rounds", rounds), ("guidance", guidance), ("weights", weights))
-            if v is not None}
-    if not prior:
-        if method.value != "diffusion":
-            log.error("--no-prior applies to --method diffusion only")
+    given = {k: v for k, v in (("trials", trials), ("cycles", cycles), ("steps", steps),
+                               ("rounds", rounds), ("guidance", guidance), ("weights", weights),
+                               ("prior", None if prior else False)) if v is not None}
+    if method.value != "auto":
+        wrong = sorted(set(given) - set(METHOD_OPTIONS[method.value]))
+        if wrong:
+            log.error(f"--method {method.value} takes no {', '.join('--' + w for w in wrong)}")
             raise typer.Exit(2)
-        opts["prior"] = False
-    if samples is None:
-        samples = DEFAULT_SAMPLES.get(method.value, 8)
 
     def work(rec: dict) -> dict:
-        out = sample_record(rec, method=method.value, samples=samples, seed=seed, device=dev,
-                            time_budget_s=time_budget, **opts)
+        name = resolve_method(rec, method.value)
+        opts = {k: v for k, v in given.items() if k in METHOD_OPTIONS[name]}
+        out = sample_record(rec, method=name, samples=samples or DEFAULT_SAMPLES[name], seed=seed,
+                            device=dev, time_budget_s=time_budget, **opts)
         best = out["candidates"][0] if out["candidates"] else None
         if best:
-            log.info(f"{out.get('id', '?')}: best R1 {best['r1']:.3f}, CC {best['cc']:.3f}")
+            log.info(f"{out.get('id', '?')}: {name}, best R1 {best['r1']:.3f}")
         return out
 
     recs = common.read_input_records(inputs or [], log)

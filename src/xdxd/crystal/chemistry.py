@@ -1,6 +1,7 @@
 """Chemistry tables and the bond criterion: the one place every command takes them from.
 
 - radii: gemmi's covalent radii (`covalent_radius`) and van der Waals radii (`vdw_radius`), Å;
+  non-bonded heavy atoms no closer than MIN_CONTACT_FACTOR (r_i + r_j) of the latter;
 - the bond criterion: two atoms are bonded when d < r_i + r_j + BOND_TOL (`is_bond`; the
   sampler's smooth version counts a bond in full up to r_i + r_j + BOND_FULL_A, fading to
   zero at the same limit); a contact shorter than SHORT_FACTOR (r_i + r_j) is too short
@@ -32,6 +33,8 @@ BOND_TOL = 0.45        # Å added to the sum of covalent radii for a bond
 BOND_FULL_A = 0.15     # Å above r_i + r_j a smooth bond count (the sampler's prior) starts to
                        # fall from 1; it reaches 0 at BOND_TOL, where `is_bond` ends
 SHORT_FACTOR = 0.76    # a contact shorter than this times r_i + r_j is too short (C#N 0.79)
+MIN_CONTACT_FACTOR = 0.8  # non-bonded heavy atoms come no closer than this times their van der
+                          # Waals radii's sum (short O-H...O 2.45 Å is 0.81, C...C 3.3 Å 0.97)
 BO_OFFSET = 0.05       # Å added to r_i + r_j for a bond of order 1
 BO_SLOPE = 0.30        # Å, Pauling's bond-order slope
 # single-bond lengths (Å) where r_i + r_j + BO_OFFSET is far off: polar bonds of the

@@ -95,8 +95,8 @@ class StructureFactors:
 
     def calc(self, frac: torch.Tensor, type_idx: torch.Tensor, uiso: torch.Tensor,
              weight: torch.Tensor | None = None, uaniso: torch.Tensor | None = None,
-             aniso_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Complex F (B,M).
+             aniso_mask: torch.Tensor | None = None, first: int | None = None) -> torch.Tensor:
+        """Complex F (B,M), or (B,first) for the first `first` reflections only.
 
         frac (B,N,3) fractional; type_idx (N,) or (B,N) index into self.types;
         uiso (B,N) Å²; weight (B,N) occupancy/stabilizer order (default 1);
@@ -105,7 +105,7 @@ class StructureFactors:
         B, N, _ = frac.shape
         if weight is None:
             weight = torch.ones(B, N, device=frac.device, dtype=frac.dtype)
-        M = self.n_reflections
+        M = self.n_reflections if first is None else min(first, self.n_reflections)
         O = self.hR.shape[0]
         step = max(1, self.chunk_elements // max(1, B * N * O))
         parts = []

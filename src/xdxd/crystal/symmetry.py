@@ -242,13 +242,38 @@ def make_cell(cell: list[float] | tuple) -> gemmi.UnitCell:
 
 @lru_cache(maxsize=256)
 def _stabilizer_orders(hall: str) -> tuple[int, ...]:
-    sg = gemmi.find_spacegroup_by_ops(gemmi.symops_from_hall(hall))
-    ops = symops(sg)
-    g = np.arange(24) / 24.0  # every special position has coordinates in 1/24ths
+    pts, fixed = _grid_stabilizers(hall)
+    return tuple(sorted(set(int(k) for k in fixed.sum(-1) if k > 1)))
+
+
+@lru_cache(maxsize=64)
+def _grid_stabilizers(hall: str) -> tuple[np.ndarray, np.ndarray]:
+    """Points (P,3) of a 1/24 grid of the cell (every special position has coordinates in
+    1/24ths) and which operations (P,O) bool map each onto itself."""
+    ops = symops(gemmi.find_spacegroup_by_ops(gemmi.symops_from_hall(hall)))
+    g = np.arange(24) / 24.0
     pts = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
     d = apply_ops(pts, ops, wrap=False) - pts[:, None]
-    fixed = np.all(np.abs(d - np.round(d)) < 1e-6, axis=-1).sum(-1)  # (P,)
-    return tuple(sorted(set(int(k) for k in fixed if k > 1)))
+    return pts, np.all(np.abs(d - np.round(d)) < 1e-6, axis=-1)
+
+
+def special_sites(ops: SymOps, order: int) -> tuple[np.ndarray, np.ndarray]:
+    """The special positions of one stabilizer order: points (S,3) fractional, one per set
+    of symmetry-equivalent points of a 1/24 grid, and the projector (S,3,3) of each (the
+    mean of its stabilizer's rotations: x0 + P d stays on the site for any d)."""
+    pts, fixed = _grid_stabilizers(ops.hall)
+    rows = np.nonzero(fixed.sum(-1) == order)[0]
+    seen: set[tuple] = set()
+    keep = []
+    for i in rows:
+        key = tuple(np.round(pts[i] * 24).astype(int) % 24)
+        if key in seen:
+            continue
+        keep.append(i)
+        for img in apply_ops(pts[i][None], ops)[0]:  # its symmetry equivalents are the same site
+            seen.add(tuple(np.round(img * 24).astype(int) % 24))
+    projector = np.array([ops.rot[fixed[i]].mean(0) for i in keep]).reshape(-1, 3, 3)
+    return pts[keep], projector
 
 
 def stabilizer_orders(ops: SymOps) -> tuple[int, ...]:

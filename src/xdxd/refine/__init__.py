@@ -91,6 +91,22 @@ def _stack_aniso(arrays: list[records.AtomArrays]) -> np.ndarray | None:
                      for a in arrays])
 
 
+def _riding_counts(atoms: list[dict]) -> list[int] | None:
+    """H atoms riding on each non-riding atom (in order), or None without riding atoms."""
+    parents = [a["riding"] for a in atoms if a.get("riding")]
+    if not parents:
+        return None
+    return [parents.count(a.get("label")) for a in atoms if not a.get("riding")]
+
+
+def _labels_fixed(rec: dict, source: str, picked: list) -> bool:
+    """True when the elements come from the molecules the record names (candidates of the
+    molecule method): no element swaps then."""
+    if not rec.get("molecules") or source != "candidates":
+        return False
+    return all(rec["candidates"][i].get("method") == "molecule" for i, _ in picked)
+
+
 def _r1_key(cand: dict) -> float:
     r = cand.get("r1")
     return float(r) if isinstance(r, (int, float)) and math.isfinite(r) else math.inf
@@ -129,13 +145,18 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
     rid = rec.get("id", "?")
     rec = dict(rec)
     source, picked = _structures(rec, opts.source, top or TOP)
-    # riding H of an earlier refinement are placed afresh on the refined parents
+    # riding H (of a molecule, or of an earlier refinement) give each atom's H count, and
+    # are placed afresh on the refined parents
+    given_counts = [_riding_counts(atoms) for _, atoms in picked]
     picked = [(i, [a for a in atoms if not a.get("riding")]) for i, atoms in picked]
     keep_aniso = opts.aniso
     riding_h = opts.riding_h
     if riding_h is None:  # on, unless the record says its (simulated) data have no H
         riding_h = rec.get("metrics", {}).get("hydrogens_in_data", True) is not False
-    swap = (source != "reference") if opts.swap is None else opts.swap
+    if opts.swap is None:  # on, except for a reference and where the molecules fix the labels
+        swap = source != "reference" and not _labels_fixed(rec, source, picked)
+    else:
+        swap = opts.swap
     rank_cycles = min(cycles, opts.rank_cycles)
     bonds = opts.bonds
 
@@ -188,7 +209,8 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
         for n in np.argsort(keys, kind="stable")[:RIDING_TOP]:
             r = refined[n]
             res, _ = refine_riding(data, r.elements, r.frac, r.uiso, r.occ, r.uaniso, hyd,
-                                   cycles=rank_cycles, rounds=2, count_frac=arrays[n].frac, opts=lsq)
+                                   cycles=rank_cycles, rounds=2, count_frac=arrays[n].frac,
+                                   counts=given_counts[n], opts=lsq)
             lead[int(n)] = res.r1 + CHEM_WEIGHT * chems[n].score
         best = min(lead, key=lead.get)
     cand_index, _ = picked[best]
@@ -209,10 +231,12 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
         # H counts from the model as given: a heavy-atom refinement at 2 Å bends rings enough
         # to mislead them (measured: right labels back in 33 vs 25 of 59 single swaps)
         count_frac = arrays[best].frac
-        counts = None  # decided from count_frac, unless the swaps chose them
+        counts = given_counts[best]  # else decided from count_frac, unless the swaps chose them
+        recount = counts is None
         if swap:  # the swaps are judged on positions refined with the H of the current labels
             pre, _ = refine_riding(data, elements, frac, uiso, r.occ, r.uaniso, hyd,
-                                   cycles=rank_cycles, rounds=2, count_frac=count_frac, opts=lsq)
+                                   cycles=rank_cycles, rounds=2, count_frac=count_frac,
+                                   counts=counts, opts=lsq)
             frac, uiso = pre.frac[:n], pre.uiso[:n]
 
         def finish(els: list[str], counts, swaps: list[dict], close: list[tuple], frac, uiso) -> tuple:
@@ -225,7 +249,7 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
                 if k:  # a runner-up: its last swap did not lower the 4-cycle objective
                     sws = sws[:-1] + [dict(sws[-1], by="final refinement")]
                 fin = refine_riding(data, e, frac, uiso, r.occ, r.uaniso, hyd, cycles=cycles,
-                                    count_frac=count_frac, counts=cts, recount=True, opts=lsq)
+                                    count_frac=count_frac, counts=cts, recount=recount, opts=lsq)
                 score = fin[0].r1 + CHEM_WEIGHT * check(cell, ops, e, fin[0].frac[:n], hyd).score
                 if kept is None or score < kept[0] - 1e-9:
                     kept = (score, e, sws, fin)

@@ -5,7 +5,8 @@
 
 A method is a function (rec, samples, seed, device, time_budget_s, **opts) ->
 (candidates, info); register it in METHODS. Candidates are best first, each
-{"atoms": [...], "r1": float, "cc": float, "method": str, "trial": int, ...}.
+{"atoms": [...], "r1": float, "method": str, ...} with the method's own figures of merit.
+`auto` is `molecule` for a record that names its molecules and `diffusion` otherwise.
 """
 from __future__ import annotations
 
@@ -21,28 +22,44 @@ def _diffusion(rec: dict, **kw) -> tuple[list[dict], dict]:
     return diffusion.sample(rec, **kw)
 
 
-# name -> sampler; the diffusion model registers here too
+def _molecule(rec: dict, **kw) -> tuple[list[dict], dict]:
+    """The known-molecule search (xdxd.solve.molecule), imported only when asked for."""
+    from xdxd.solve import molecule
+    return molecule.sample(rec, **kw)
+
+
+# name -> sampler
 METHODS: dict[str, Callable[..., tuple[list[dict], dict]]] = {
     "dualspace": dualspace.sample,
     "diffusion": _diffusion,
+    "molecule": _molecule,
 }
 
 # candidates per record when none is asked for: dualspace emits distinct ones; diffusion
 # draws a population in one batch and searches around its best
-DEFAULT_SAMPLES = {"dualspace": 8, "diffusion": 64}
+DEFAULT_SAMPLES = {"dualspace": 8, "diffusion": 64, "molecule": 8}
+
+
+def resolve_method(rec: dict, method: str) -> str:
+    """The method that runs for a record: `auto` is molecule when the record names its
+    molecules, diffusion otherwise; any other name is itself."""
+    if method == "auto":
+        return "molecule" if rec.get("molecules") else "diffusion"
+    return method
 
 
 def sample_record(rec: dict, method: str = "dualspace", samples: int = 8, seed: int = 0,
                   device: str = "cpu", time_budget_s: float | None = None, **opts) -> dict:
     """Return a copy of the problem record with `candidates` (best first) added.
 
-    method: a key of METHODS; samples: how many distinct candidates to return;
+    method: a key of METHODS, or "auto"; samples: how many distinct candidates to return;
     time_budget_s: stop starting new batches of trials after this many seconds;
     opts: method settings (for dualspace: trials, batch, cycles, omit, ...).
     Raises ValueError for an unknown method, records.RecordError for a bad record.
     """
+    method = resolve_method(rec, method)
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
+        raise ValueError(f"unknown method {method!r}; known: auto, {', '.join(sorted(METHODS))}")
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}")
     cands, info = METHODS[method](rec, samples=samples, seed=seed, device=device,

@@ -37,6 +37,7 @@ from xdxd.crystal.dataset import DataSet
 from xdxd.crystal.structure_factors import StructureFactors
 from xdxd.refine.least_squares import LsqOptions, refine_batch
 from xdxd.refine.swaps import Verdict, greedy_swaps
+from xdxd.solve.options import config_from
 
 
 @dataclass
@@ -381,8 +382,5 @@ def sample(rec: dict, samples: int = 8, seed: int = 0, device: str = "cpu",
 
     opts: any field of DualSpaceOptions (trials, batch, cycles, omit, ...).
     """
-    unknown = set(opts) - set(DualSpaceOptions.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"unknown dualspace option(s): {', '.join(sorted(unknown))}")
-    prob = Problem.from_record(rec)
-    return solve(prob, samples, seed, device, time_budget_s, DualSpaceOptions(**opts))
+    settings = config_from(DualSpaceOptions, "dualspace", **opts)
+    return solve(Problem.from_record(rec), samples, seed, device, time_budget_s, settings)

@@ -19,7 +19,7 @@ from importlib import resources
 
 import numpy as np
 
-from xdxd.crystal.chemistry import xh_distance
+from xdxd.molecule.conformer import embed, xray_hydrogens
 
 # side chains of the 20 amino acids as they sit in a peptide: N[C@@H](R)C(=O)
 AMINO_ACIDS = {
@@ -37,24 +37,6 @@ SOLVENTS = {
     "CS(C)=O": 4, "CN(C)C=O": 4, "c1ccccc1": 4, "Cc1ccccc1": 4, "C1CCOC1": 4,
     "CCOC(C)=O": 3, "CC(C)O": 2, "C1COCCO1": 2,
 }
-
-
-def xray_hydrogens(mol, xyz: np.ndarray) -> np.ndarray:
-    """Move every H along its bond to the X-ray X-H length (`chemistry.xh_distance`, SHELXL's
-    riding distances; an X without one keeps the force field's); (n,3) Å."""
-    xyz = xyz.copy()
-    for a in mol.GetAtoms():
-        if a.GetAtomicNum() != 1 or a.GetDegree() != 1:
-            continue
-        x = a.GetNeighbors()[0]
-        heavy = sum(1 for n in x.GetNeighbors() if n.GetAtomicNum() > 1)
-        target = xh_distance(x.GetSymbol(), heavy, x.GetTotalNumHs(includeNeighbors=True), default=None)
-        if target is None:
-            continue
-        i, j = a.GetIdx(), x.GetIdx()
-        v = xyz[i] - xyz[j]
-        xyz[i] = xyz[j] + v * (target / np.linalg.norm(v))
-    return xyz
 
 
 @dataclass
@@ -134,26 +116,6 @@ def has_fixed_stereo(mol) -> bool:
     from rdkit import Chem
     return any(True for _ in Chem.FindMolChiralCenters(mol, includeUnassigned=False,
                                                         useLegacyImplementation=False))
-
-
-def embed(mol, seed: int, name: str = ""):
-    """Add hydrogens and embed one ETKDGv3 conformer, cleaned up with MMFF94 (UFF when MMFF
-    lacks parameters). Returns the new RDKit molecule; raises ValueError if embedding fails."""
-    from rdkit import Chem
-    from rdkit.Chem import AllChem
-
-    mol = Chem.AddHs(mol)
-    params = AllChem.ETKDGv3()
-    params.randomSeed = int(seed) % (2**31 - 1)
-    if AllChem.EmbedMolecule(mol, params) != 0:
-        params.useRandomCoords = True
-        if AllChem.EmbedMolecule(mol, params) != 0:
-            raise ValueError(f"{name}: RDKit could not embed a conformer")
-    if AllChem.MMFFHasAllMoleculeParams(mol):
-        AllChem.MMFFOptimizeMolecule(mol, maxIters=500)
-    else:
-        AllChem.UFFOptimizeMolecule(mol, maxIters=500)
-    return mol
 
 
 def _graph(mol) -> tuple[np.ndarray, np.ndarray]:

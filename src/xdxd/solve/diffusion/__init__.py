@@ -22,6 +22,7 @@ import numpy as np
 
 from xdxd.solve.diffusion.config import SamplerConfig
 from xdxd.solve.diffusion.problem import problem_from_record
+from xdxd.solve.options import config_from
 
 
 @lru_cache(maxsize=4)
@@ -54,7 +55,7 @@ def sample(rec: dict, samples: int = 64, seed: int = 0, device: str = "cpu",
     from xdxd.solve.diffusion.guidance import (agreement_of_amplitudes, amplitudes, bonding_energy,
                                                site_pattern)
     from xdxd.solve.diffusion.sampler import search
-    cfg = SamplerConfig.with_options(**options)
+    cfg = config_from(SamplerConfig, "diffusion", **options)
     t0 = time.perf_counter()
     path = resolve_weights(weights)
     model, schedule, meta = _model(str(path), str(device))

@@ -2,12 +2,12 @@
 
 What `xdxd-sample --method diffusion` runs is `SamplerConfig()`; the command's options
 (--steps, --rounds, --guidance, --no-prior) and `sample_record(rec, "diffusion", **opts)`
-override single fields. Experiments pass their own SamplerConfig instead of patching
+override single fields (solve.options.config_from). Experiments pass their own SamplerConfig instead of patching
 module constants. Units: Å for lengths and noise levels, Å² for blurs, s for time.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,3 @@ class SamplerConfig:
     min_pass_s: float = 5.0              # a search ending with this much budget left (s) ...
     min_pass_share: float = 0.1          # ... and this share of it starts another from new noise
     pass_seed: int = 7919                # seed offset of each further pass
-
-    @classmethod
-    def with_options(cls, **options) -> "SamplerConfig":
-        """The defaults with some fields replaced; ValueError names unknown options."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"unknown diffusion option(s): {', '.join(unknown)}")
-        return cls(**options)

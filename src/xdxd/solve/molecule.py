@@ -1,0 +1,506 @@
+"""The `molecule` method: direct-space search over the position, orientation and torsions of
+the molecules a record names (`molecules`, from `xdxd-prep --molecule`).
+
+Each molecule is a rigid conformer with torsions (molecule.tree); a particle is one
+guess of every molecule's centre (Cartesian Å), orientation (quaternion) and torsion
+changes (rad). A population of particles is one torch batch, searched as powder
+crystallography's direct-space methods do (DASH, FOX; GALLOP: local optimisation of a
+population with Adam plus a global step):
+
+- objective (`Objective`): the amplitude misfit Σ (|Fo| - k|Fc|)² / Σ |Fo|² over the
+  reflections in use, k the least-squares scale and one overall Uiso per particle fitted
+  on a grid (H atoms included in |Fc|: at 2 Å they carry a tenth of the scattering), plus
+  CLASH_WEIGHT × Σ ((d0 - d)/0.1 Å)² over heavy-atom contacts shorter than
+  d0 = chemistry.MIN_CONTACT_FACTOR (r_i + r_j) (van der Waals radii; symmetry images and
+  other molecules, and atoms of one molecule more than three bonds apart);
+- local optimisation (`optimise`): Adam on all particles at once for `steps` steps, the
+  reflections in use growing from the low-resolution share `low_res_start` to all of them;
+- selection (`search`): after each round the best `keep` particles stay, a share is put
+  back near them (small random moves) and the rest start afresh at random; the best
+  distinct structures (|Fc| patterns, so origin shifts and the enantiomorph count once)
+  become the candidates. The search stops after `rounds` rounds, at the time budget, or
+  when the best `agree` particles are one structure.
+
+A molecule on a special position (count 1/2, 1/3, 1/4 or 1/6 of a molecule in the asymmetric
+unit) is searched whole, with that weight in |Fc|, starting on a site of that order: where
+the site's symmetry maps it onto itself its images add up to the full molecule, so the
+data hold it there. Its candidates list one atom of each set the symmetry relates
+(`_unique_part`), as the asymmetric unit has them.
+Every setting is in MoleculeConfig; random numbers come from torch.Generator(seed) on the
+CPU, so a seed and a number of rounds give the same candidates on any machine.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from xdxd import records
+from xdxd.crystal.chemistry import MIN_CONTACT_FACTOR, is_hydrogen, vdw_radius
+from xdxd.crystal.dataset import DataSet
+from xdxd.crystal.statistics import distinct_patterns
+from xdxd.crystal.structure_factors import StructureFactors
+from xdxd.molecule.tree import MoleculeModel, TorsionTree, molecule_model, place
+from xdxd.crystal.symmetry import apply_ops_torch, special_sites
+from xdxd.solve.diffusion.bonding import _identity_op, lattice_cells
+from xdxd.solve.options import config_from
+
+CLASH_WIDTH_A = 0.1  # Å inside the contact limit that costs one unit
+
+
+@dataclass(frozen=True)
+class MoleculeConfig:
+    particles: int = 256          # particles in the population (one batch)
+    rounds: int = 12              # rounds of local optimisation and selection
+    steps: int = 60               # Adam steps per round
+    low_res_start: float = 0.3    # share of the reflections (lowest resolution first) at step 0;
+                                  # all of them from two thirds of the steps on
+    h_share: float = 0.34         # share of the steps (the last) that include the H atoms
+    lr_centre: float = 0.15       # Å, Adam step of the molecule centres
+    lr_orientation: float = 0.06  # quaternion units (about rad/2), Adam step of the orientations
+    lr_torsion: float = 0.1       # rad, Adam step of the torsions
+    clash_weight: float = 0.002   # misfit units per unit of clash
+    keep: float = 0.25            # share of the population kept after a round
+    near: float = 0.5             # share put back near the kept (the rest start afresh)
+    move_centre: float = 0.5      # Å, spread of a move near a kept particle
+    move_orientation: float = 0.15  # quaternion units
+    move_torsion: float = 0.6     # rad
+    agree: int = 8                # stop once this many best particles are one structure ...
+    agree_cc: float = 0.995       # ... (their |Fc| correlate above this)
+    seed_conformer: int = 0       # RDKit embedding seed
+
+
+# ---------------------------------------------------------------------------
+# the problem
+
+@dataclass
+class Copy:
+    """One molecule in the asymmetric unit: its model, tree, its atoms' rows in the
+    asymmetric unit's atom list (a slice), and its weight: 1, or 1/k for a molecule on a
+    special position whose site symmetry of order k maps it onto itself."""
+    model: MoleculeModel
+    tree: TorsionTree
+    rows: slice
+    weight: float = 1.0
+
+
+class Objective:
+    """Misfit and clash of a batch of asymmetric units (all molecules' atoms, H included)."""
+
+    U_GRID_A2 = tuple(0.01 * i for i in range(1, 13))  # overall Uiso tried per particle, Å²
+
+    def __init__(self, data: DataSet, copies: list[Copy], device: str):
+        self.copies = copies
+        self.elements = [e for c in copies for e in c.model.elements]
+        kw = dict(device=device, dtype=torch.float32)
+        order = np.argsort(1.0 / np.maximum(_s2(data), 1e-12), kind="stable")[::-1].copy()
+        self.order = torch.tensor(order, device=device)  # reflections, lowest resolution first
+        types = sorted(set(self.elements))
+        self.sf = StructureFactors(data.cell, data.ops, data.hkl[order], types, device=device)
+        self.type_idx = self.sf.type_index(self.elements)
+        self.weight = torch.tensor([c.weight for c in copies for _ in c.model.elements], **kw)  # (N,)
+        self.fo = torch.tensor(data.F[order], **kw)
+        self.s2 = self.sf.s2
+        self.orth = torch.tensor(np.array(data.cell.orth.mat), **kw)
+        self.deorth = torch.tensor(np.array(data.cell.frac.mat), **kw)
+        self.rot = torch.tensor(data.ops.rot, **kw)
+        self.tran = torch.tensor(data.ops.tran, **kw)
+        self.u_grid = torch.tensor(self.U_GRID_A2, **kw)
+        heavy = [k for k, e in enumerate(self.elements) if not is_hydrogen(e)]
+        self.heavy = torch.tensor(heavy, device=device)
+        r = torch.tensor([vdw_radius(self.elements[k]) for k in heavy], **kw)
+        self.limit = MIN_CONTACT_FACTOR * (r[:, None] + r[None, :])          # (H,H) Å
+        # lattice translations that can bring an image within the longest contact limit
+        cells, zero = lattice_cells(self.orth, float(self.limit.max()) + 0.5)
+        self.lattice = cells.to(device) @ self.orth.T                          # (C,3) Å
+        self.lattice2 = (self.lattice ** 2).sum(-1)                            # (C,)
+        O, C = len(self.rot), len(cells)
+        self.limit_cols = self.limit.repeat_interleave(O * C, dim=1)          # (H,H*O*C) Å
+        # an atom and itself, or atoms of one molecule three bonds apart or fewer, under the
+        # identity and no lattice translation, are not contacts; nor is anything between a
+        # molecule on a special position and its own images (they are the molecule itself)
+        near = torch.tensor(_near_pairs(copies, heavy), device=device)        # (H,H) bool
+        same = torch.zeros(O, C, dtype=torch.bool, device=device)
+        same[_identity_op(self.rot, self.tran), zero] = True
+        skip = near[:, :, None] & same.reshape(-1)[None, None]                 # (H,H,O*C)
+        part = torch.tensor(_fractional_pairs(copies, heavy), device=device)  # (H,H) bool
+        skip = skip | (part[:, :, None] & ~same.reshape(-1)[None, None])
+        self.counted = ~skip.reshape(len(heavy), -1)
+
+    def misfit(self, frac: torch.Tensor, m: int | None = None, hydrogens: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(misfit (B,), overall Uiso (B,) Å²) of frac (B,N,3) on the m lowest-resolution
+        reflections (all by default), with or without the H atoms; the U is fitted
+        without a gradient."""
+        m = len(self.fo) if m is None else m
+        types, weight = self.type_idx, self.weight
+        if not hydrogens:
+            frac, types, weight = frac[:, self.heavy], types[self.heavy], weight[self.heavy]
+        B, N, _ = frac.shape
+        zero = torch.zeros(B, N, device=frac.device)
+        fc0 = self.sf.calc(frac, types, zero, weight.expand(B, N), first=m).abs()      # (B,m)
+        fo, s2 = self.fo[:m], self.s2[:m]
+        with torch.no_grad():
+            dw = torch.exp(-2 * math.pi ** 2 * self.u_grid[:, None] * s2)              # (G,m)
+            fc = fc0[:, None] * dw                                                      # (B,G,m)
+            k = (fo * fc).sum(-1) / (fc * fc).sum(-1).clamp_min(1e-12)
+            r = (fo - k[..., None] * fc).abs().sum(-1)
+            u = self.u_grid[r.argmin(-1)]                                               # (B,)
+        fc = fc0 * torch.exp(-2 * math.pi ** 2 * u[:, None] * s2)
+        k = (fo * fc).sum(-1, keepdim=True) / (fc * fc).sum(-1, keepdim=True).clamp_min(1e-12)
+        return ((fo - k * fc) ** 2).sum(-1) / (fo * fo).sum(), u
+
+    def r1(self, frac: torch.Tensor) -> torch.Tensor:
+        """R1 (B,) on all reflections at each particle's fitted overall Uiso."""
+        with torch.no_grad():
+            B, N, _ = frac.shape
+            fc0 = self.fc0(frac)
+            _, u = self.misfit(frac)
+            fc = fc0 * torch.exp(-2 * math.pi ** 2 * u[:, None] * self.s2)
+            k = (self.fo * fc).sum(-1, keepdim=True) / (fc * fc).sum(-1, keepdim=True).clamp_min(1e-12)
+            return (self.fo - k * fc).abs().sum(-1) / self.fo.sum()
+
+    def fc0(self, frac: torch.Tensor) -> torch.Tensor:
+        """|Fc| (B,M) of frac (B,N,3) at U = 0, all atoms, all reflections (no gradient)."""
+        with torch.no_grad():
+            B, N, _ = frac.shape
+            zero = torch.zeros(B, N, device=frac.device)
+            return self.sf.calc(frac, self.type_idx, zero, self.weight.expand(B, N)).abs()
+
+    def clash(self, frac: torch.Tensor) -> torch.Tensor:
+        """Σ ((d0 - d) / CLASH_WIDTH_A)² (B,) over heavy-atom contacts shorter than d0."""
+        x = frac[:, self.heavy]                                               # (B,H,3)
+        d = apply_ops_torch(x, self.rot, self.tran)[:, None] - x[:, :, None, None]  # (B,H,H,O,3)
+        c = (d - torch.round(d)) @ self.orth.T                                # nearest image, Å
+        # |c + L|² for the lattice translations L that can bring a contact within reach
+        d2 = (c ** 2).sum(-1, keepdim=True) + 2 * c @ self.lattice.T + self.lattice2  # (B,H,H,O,C)
+        dist = d2.clamp_min(1e-12).sqrt().flatten(2)                          # (B,H,H*O*C)
+        over = (self.limit_cols - dist).clamp_min(0.0) * self.counted
+        return 0.5 * ((over / CLASH_WIDTH_A) ** 2).sum((-1, -2))
+
+
+def _s2(data: DataSet) -> np.ndarray:
+    from xdxd.crystal.structure_factors import inverse_d2
+    return inverse_d2(data.cell, data.hkl)
+
+
+def _fractional_pairs(copies: list[Copy], heavy: list[int]) -> np.ndarray:
+    """(H,H) bool over the heavy atoms: both in one molecule on a special position."""
+    n = sum(c.model.n_atoms for c in copies)
+    part = np.zeros((n, n), bool)
+    for c in copies:
+        if c.weight < 1:
+            part[c.rows, c.rows] = True
+    return part[np.ix_(heavy, heavy)]
+
+
+def _near_pairs(copies: list[Copy], heavy: list[int]) -> np.ndarray:
+    """(H,H) bool over the heavy atoms: in one molecule and at most three bonds apart."""
+    from xdxd.molecule.tree import _depths
+    n = sum(c.model.n_atoms for c in copies)
+    near = np.zeros((n, n), bool)
+    for c in copies:
+        m = c.model
+        for a in range(m.n_atoms):
+            d = _depths(m.n_atoms, m.bonds, a)
+            near[c.rows.start + a, c.rows.start + np.nonzero(d <= 3)[0]] = True
+    return near[np.ix_(heavy, heavy)]
+
+
+# ---------------------------------------------------------------------------
+# particles
+
+@dataclass
+class Particles:
+    """Parameters of a population over all K molecule copies: centre (B,K,3) Å, a shift
+    from the copy's starting site; orientation (B,K,4) quaternion; torsions (B,T) rad;
+    site (B,K): which of the copy's sites (`MoleculeSearch.sites`) it started on."""
+    centre: torch.Tensor
+    orientation: torch.Tensor
+    torsions: torch.Tensor
+    site: torch.Tensor
+
+    FIELDS = ("centre", "orientation", "torsions", "site")
+
+    def take(self, idx: torch.Tensor) -> "Particles":
+        return Particles(*(getattr(self, f)[idx] for f in self.FIELDS))
+
+    @staticmethod
+    def cat(parts: list["Particles"]) -> "Particles":
+        return Particles(*(torch.cat([getattr(p, f) for p in parts]) for f in Particles.FIELDS))
+
+
+class MoleculeSearch:
+    """The search for one record: copies of the molecules, the objective, the population."""
+
+    def __init__(self, data: DataSet, models: list[tuple[MoleculeModel, float]],
+                 cfg: MoleculeConfig, device: str = "cpu"):
+        self.cfg, self.device = cfg, device
+        self.copies, start = [], 0
+        for m, weight in models:
+            self.copies.append(Copy(m, TorsionTree(m, device), slice(start, start + m.n_atoms), weight))
+            start += m.n_atoms
+        self.objective = Objective(data, self.copies, device)
+        # where each copy starts: anywhere, or for a molecule on a special position on a site
+        # of its order (its centre then moves freely: the conformer's centroid need not be
+        # the molecule's centre of symmetry, and the data hold it on the site)
+        self.sites = []
+        for c in self.copies:
+            x0 = np.zeros((1, 3))
+            if c.weight < 1:
+                x0, _ = special_sites(data.ops, round(1 / c.weight))
+                if not len(x0):
+                    raise records.RecordError(f"{data.spacegroup.xhm()} has no special position of "
+                                              f"order {round(1 / c.weight)} for {c.model.smiles}")
+            self.sites.append(torch.tensor(x0, dtype=torch.float32, device=device))
+        self.t_slices, t0 = [], 0
+        for c in self.copies:
+            self.t_slices.append(slice(t0, t0 + c.tree.n_torsions))
+            t0 += c.tree.n_torsions
+        self.n_torsions = t0
+
+    def frac(self, p: Particles) -> torch.Tensor:
+        """Fractional coordinates (B,N,3) of every atom of the asymmetric unit."""
+        o = self.objective
+        parts = []
+        for k, (c, ts, x0) in enumerate(zip(self.copies, self.t_slices, self.sites)):
+            x = c.tree.build(p.torsions[:, ts])
+            centre = x0[p.site[:, k]] + p.centre[:, k] @ o.deorth.T
+            parts.append(place(x, p.orientation[:, k], centre, o.orth, o.deorth))
+        return torch.cat(parts, dim=1)
+
+    def random(self, n: int, gen: torch.Generator) -> Particles:
+        """n particles anywhere: centres uniform in the cell, orientations uniform, torsions
+        uniform in [-pi, pi]."""
+        K = len(self.copies)
+        frac = torch.rand(n, K, 3, generator=gen)
+        q = torch.randn(n, K, 4, generator=gen)
+        t = (torch.rand(n, self.n_torsions, generator=gen) * 2 - 1) * math.pi
+        site = torch.stack([torch.randint(len(x0), (n,), generator=gen) for x0 in self.sites], 1)
+        special = torch.tensor([c.weight < 1 for c in self.copies])
+        frac = torch.where(special[None, :, None], 0.0, frac)  # on a special position: its site
+        dev = self.device
+        return Particles((frac @ self.objective.orth.cpu().T).to(dev),
+                         (q / q.norm(dim=-1, keepdim=True)).to(dev), t.to(dev), site.to(dev))
+
+    def near(self, p: Particles, gen: torch.Generator) -> Particles:
+        """Copies of p moved a little (cfg.move_*)."""
+        cfg, dev = self.cfg, self.device
+        q = p.orientation + cfg.move_orientation * torch.randn(p.orientation.shape, generator=gen).to(dev)
+        return Particles(p.centre + cfg.move_centre * torch.randn(p.centre.shape, generator=gen).to(dev),
+                         q / q.norm(dim=-1, keepdim=True),
+                         p.torsions + cfg.move_torsion * torch.randn(p.torsions.shape, generator=gen).to(dev),
+                         p.site)
+
+    def score(self, p: Particles) -> torch.Tensor:
+        """Objective (B,) on all reflections: misfit + clash_weight × clash."""
+        with torch.no_grad():
+            frac = self.frac(p)
+            return self.objective.misfit(frac)[0] + self.cfg.clash_weight * self.objective.clash(frac)
+
+    def optimise(self, p: Particles) -> Particles:
+        """cfg.steps Adam steps on every particle at once, low resolution first."""
+        cfg, obj = self.cfg, self.objective
+        params = [p.centre.clone().requires_grad_(True), p.orientation.clone().requires_grad_(True),
+                  p.torsions.clone().requires_grad_(True)]
+        opt = torch.optim.Adam([{"params": [params[0]], "lr": cfg.lr_centre},
+                                {"params": [params[1]], "lr": cfg.lr_orientation},
+                                {"params": [params[2]], "lr": cfg.lr_torsion}])
+        M = len(obj.fo)
+        for step in range(cfg.steps):
+            done = step / max(1, cfg.steps)
+            share = cfg.low_res_start + (1 - cfg.low_res_start) * min(1.0, 1.5 * done)
+            frac = self.frac(Particles(*params, p.site))
+            misfit = obj.misfit(frac, max(8, int(share * M)), hydrogens=done >= 1 - cfg.h_share)[0]
+            loss = misfit + cfg.clash_weight * obj.clash(frac)
+            opt.zero_grad()
+            loss.sum().backward()
+            opt.step()
+        with torch.no_grad():
+            q = params[1] / params[1].norm(dim=-1, keepdim=True)
+            return Particles(params[0].detach(), q, params[2].detach(), p.site)
+
+
+def search(data: DataSet, models: list[tuple[MoleculeModel, float]], cfg: MoleculeConfig, seed: int = 0,
+           device: str = "cpu", time_budget_s: float | None = None) -> tuple[MoleculeSearch, Particles, torch.Tensor, dict]:
+    """The search (module docstring): (the search, final population, its scores, info)."""
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    s = MoleculeSearch(data, models, cfg, device)
+    B = cfg.particles
+    pop = s.random(B, gen)
+    rounds, stopped, last = 0, "rounds", None
+    for r in range(cfg.rounds):
+        t_round = time.perf_counter()
+        if time_budget_s is not None and last is not None and t_round - t0 + last > time_budget_s:
+            stopped = "time budget"
+            break
+        pop = s.optimise(pop)
+        score = s.score(pop)
+        rounds += 1
+        order = torch.argsort(score)
+        pop, score = pop.take(order), score[order]
+        if _agree(s, pop, cfg):
+            stopped = "agreed"
+            break
+        if r + 1 == cfg.rounds:
+            break
+        n_keep = max(1, int(cfg.keep * B))
+        n_near = int(cfg.near * B)
+        kept = pop.take(torch.arange(n_keep, device=score.device))
+        pick = torch.randint(n_keep, (n_near,), generator=gen).to(score.device)
+        pop = Particles.cat([kept, s.near(kept.take(pick), gen), s.random(B - n_keep - n_near, gen)])
+        last = time.perf_counter() - t_round
+    score = s.score(pop)
+    order = torch.argsort(score)
+    info = {"rounds": rounds, "stopped": stopped, "best_score": round(float(score[order[0]]), 5),
+            "seconds": round(time.perf_counter() - t0, 3)}
+    return s, pop.take(order), score[order], info
+
+
+def _agree(s: MoleculeSearch, pop: Particles, cfg: MoleculeConfig) -> bool:
+    """True when the cfg.agree best particles (pop sorted best first) give one |Fc|."""
+    if cfg.agree < 2:
+        return False
+    with torch.no_grad():
+        frac = s.frac(pop.take(torch.arange(cfg.agree, device=pop.centre.device)))
+        B, N, _ = frac.shape
+        fc = s.objective.fc0(frac)
+        z = fc - fc.mean(-1, keepdim=True)
+        z = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return bool(((z @ z.T) > cfg.agree_cc).all())
+
+
+# ---------------------------------------------------------------------------
+# the method
+
+SITE_ORDERS = (2, 3, 4, 6)  # a molecule on a special position: count 1/k of these
+
+
+def expand_molecules(rec: dict) -> list[tuple[str, float]]:
+    """(SMILES, weight) of each molecule copy in the asymmetric unit: count 2 is two copies
+    of weight 1, count 0.5 one of weight 1/2 (a molecule on a site of order 2), count 1.5
+    one of each."""
+    rid = rec.get("id", "?")
+    mols = rec.get("molecules") or []
+    if not mols:
+        raise records.RecordError(f"{rid}: no molecules in the record (xdxd-prep --molecule)")
+    out = []
+    for m in mols:
+        count = float(m.get("count", 1))
+        whole = int(math.floor(count + 1e-6))
+        part = count - whole
+        out += [(m["smiles"], 1.0)] * whole
+        if part > 1e-4:
+            k = round(1 / part)
+            if k not in SITE_ORDERS or abs(part - 1 / k) > 1e-3:
+                raise records.RecordError(f"{rid}: molecule {m['smiles']!r} count {count:g}: a part "
+                                          f"of a molecule must be 1/2, 1/3, 1/4 or 1/6 (a special position)")
+            out.append((m["smiles"], 1.0 / k))
+    return out
+
+
+def sample(rec: dict, samples: int = 8, seed: int = 0, device: str = "cpu",
+           time_budget_s: float | None = None, **options) -> tuple[list[dict], dict]:
+    """Record -> (up to `samples` distinct candidates, best first, info). options: fields of
+    MoleculeConfig. Each candidate holds every atom of the asymmetric unit: the heavy
+    atoms with labels, and the H atoms flagged as riding on their parents."""
+    cfg = config_from(MoleculeConfig, "molecule", **options)
+    data = DataSet.from_record(rec).nonzero()
+    rid = str(rec.get("id", "?"))
+    if len(data) < 8:
+        raise records.RecordError(f"{rid}: too few reflections ({len(data)}) to solve")
+    models = []
+    for smiles, weight in expand_molecules(rec):
+        try:
+            models.append((molecule_model(smiles, cfg.seed_conformer), weight))
+        except ValueError as e:
+            raise records.RecordError(f"{rid}: {e}") from None
+    s, pop, score, info = search(data, models, cfg, seed, device, time_budget_s)
+    with torch.no_grad():
+        frac = s.frac(pop)
+        r1 = s.objective.r1(frac)
+        _, u = s.objective.misfit(frac)
+        fc = s.objective.fc0(frac)
+    keep = distinct_patterns(fc.cpu().numpy(), np.arange(len(fc)), samples)
+    frac = np.mod(frac.cpu().numpy(), 1.0)
+    out = [{"atoms": _atoms(s.copies, frac[i], float(u[i]), data), "r1": round(float(r1[i]), 5),
+            "score": round(float(score[i]), 5), "method": "molecule", "particle": int(i)}
+           for i in keep]
+    info.update({"particles": cfg.particles, "steps": cfg.steps,
+                 "molecules": [[m.smiles, w] for m, w in models],
+                 "torsions": [m.torsions.shape[0] for m, _ in models], "config": asdict(cfg)})
+    return out, info
+
+
+def _atoms(copies: list[Copy], frac: np.ndarray, uiso: float, data: DataSet) -> list[dict]:
+    """Record atoms of one asymmetric unit: heavy atoms labelled by element (C1, C2, N1,
+    ...), each H after them labelled by its parent and flagged `riding`. A molecule on a
+    special position gives one atom of each set of atoms its site symmetry maps onto each
+    other (an atom left without its partners keeps the molecule's weight as occupancy)."""
+    count: dict[str, int] = {}
+    heavy, hydrogens = [], []
+    for c in copies:
+        x = frac[c.rows]
+        occ = np.ones(c.model.n_atoms)
+        keep = np.ones(c.model.n_atoms, bool)
+        if c.weight < 1:
+            x, keep, occ = _unique_part(x, c, data)
+        labels = {}
+        for a, e in enumerate(c.model.elements):
+            if c.model.parent[a] >= 0 or not keep[a]:
+                continue
+            count[e] = count.get(e, 0) + 1
+            labels[a] = f"{e}{count[e]}"
+            heavy.append({"element": e, "label": labels[a], "xyz": _xyz(x[a]), "uiso": round(uiso, 5),
+                          "occ": round(float(occ[a]), 4)})
+        per_parent: dict[int, int] = {}
+        for a, e in enumerate(c.model.elements):
+            p = int(c.model.parent[a])
+            if p < 0 or p not in labels:
+                continue
+            per_parent[p] = per_parent.get(p, 0) + 1
+            hydrogens.append({"element": "H", "label": f"H{labels[p]}{per_parent[p]}",
+                              "xyz": _xyz(x[a]), "uiso": round(1.2 * uiso, 5),
+                              "occ": round(float(occ[p]), 4), "riding": labels[p]})
+    return heavy + hydrogens
+
+
+def _unique_part(x: np.ndarray, c: Copy, data: DataSet, tol_A: float = 1.1
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(positions (n,3), keep (n,) bool, occupancy (n,)) of a molecule x (n,3) fractional of
+    weight 1/k. Of each set of same-element atoms the symmetry maps onto each other (within
+    tol_A Å) the first is kept, moved to the mean of the set mapped back onto it (so the
+    molecule has its site's symmetry exactly). A kept atom whose set, times the operations
+    that map it onto itself, makes k has occupancy 1 (the molecule sits on its site);
+    otherwise the molecule's 1/k."""
+    from xdxd.crystal.symmetry import apply_ops, frac_distance
+    ops = data.ops
+    images = apply_ops(x, ops, wrap=False)                                # (n,O,3)
+    inverse = np.linalg.inv(ops.rot)                                       # (O,3,3)
+    n, k, els = len(x), round(1 / c.weight), c.model.elements
+    keep = np.ones(n, bool)
+    occ = np.full(n, c.weight)
+    out = x.copy()
+    for a in range(n):
+        if not keep[a]:
+            continue
+        d = frac_distance(images[a][:, None], x[None], data.cell)         # (O,n) Å
+        mates = [b for b in range(n) if b != a and els[b] == els[a] and (d[:, b] < tol_A).any()]
+        if (len(mates) + 1) * int((d[:, a] < tol_A).sum()) >= k:
+            occ[a] = 1.0
+        # every member of the set, mapped back onto a: R^-1 (x_b - t), the lattice copy nearest a
+        o, b = np.nonzero(d < tol_A)
+        ok = np.isin(b, [a] + mates)
+        back = np.einsum("kij,kj->ki", inverse[o[ok]], x[b[ok]] - ops.tran[o[ok]])
+        back -= np.round(back - x[a])
+        out[a] = back.mean(0)
+        keep[mates] = False
+    return np.mod(out, 1.0), keep, occ
+
+
+def _xyz(x: np.ndarray) -> list[float]:
+    return [round(float(v), 6) for v in x]

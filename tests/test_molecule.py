@@ -1,0 +1,200 @@
+"""The known-molecule search: specs into the record, the torsion tree, the objective, the
+search end to end, molecules on special positions, and bad molecules as error records."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from test_refine import one_thread  # noqa: F401 (autouse fixture)
+from xdxd.crystal.dataset import DataSet
+from xdxd.crystal.symmetry import find_spacegroup, make_cell, spglib_number, symops, unique_images
+from xdxd.molecule import TorsionTree, molecule_model, parse_spec, place
+from xdxd.records import RecordError
+
+ROOT = Path(__file__).parents[1]
+DATA = Path(__file__).parent / "data" / "cod"
+SMILES_1100656 = "C[C@@H]1NC(=S)O[C@@H]1c1ccccc1"
+
+
+def dihedral(x: np.ndarray, a: int, b: int, c: int, d: int) -> float:
+    """Dihedral angle a-b-c-d in radians."""
+    b0, b1, b2 = x[a] - x[b], x[c] - x[b], x[d] - x[c]
+    b1 = b1 / np.linalg.norm(b1)
+    v = b0 - (b0 @ b1) * b1
+    w = b2 - (b2 @ b1) * b1
+    return float(np.arctan2(np.cross(b1, v) @ w, v @ w))
+
+
+def test_specs_give_canonical_smiles_and_counts():
+    assert parse_spec("c1ccccc1*0.5") == {"smiles": "c1ccccc1", "count": 0.5}
+    assert parse_spec("O*2") == {"smiles": "O", "count": 2.0}
+    assert parse_spec("OC(=O)c1ccccc1")["smiles"] == "O=C(O)c1ccccc1"
+    for bad in ("C1CC", "not-a-molecule", "CC*0"):
+        with pytest.raises(RecordError, match="--molecule"):
+            parse_spec(bad)
+
+
+def test_molecule_files_are_read_for_their_connectivity(tmp_path):
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+    mol = Chem.AddHs(Chem.MolFromSmiles("OC(=O)c1ccccc1"))
+    AllChem.EmbedMolecule(mol, randomSeed=1)
+    Chem.MolToMolFile(mol, str(tmp_path / "benzoic.mol"))
+    assert parse_spec(f"{tmp_path / 'benzoic.mol'}*2") == {"smiles": "O=C(O)c1ccccc1", "count": 2.0}
+    (tmp_path / "junk.mol").write_text("this is not a molecule\n")
+    with pytest.raises(RecordError, match="junk.mol: not a molecule file"):
+        parse_spec(str(tmp_path / "junk.mol"))
+
+
+def test_the_tree_builds_the_conformer_and_turns_each_torsion():
+    """At zero torsion changes the tree is the RDKit conformer (<= 1e-4 Å); a change of
+    0.7 rad on one bond turns that bond's dihedral by 0.7 rad and keeps every bond length."""
+    m = molecule_model("CCOC(=O)CCc1ccc(O)cc1")
+    assert len(m.torsions) >= 3
+    tree = TorsionTree(m, dtype=torch.float64)
+    x0 = tree.build(torch.zeros(1, tree.n_torsions, dtype=torch.float64))[0].numpy()
+    assert np.abs(x0 - (m.xyz - m.xyz[m.heavy].mean(0))).max() < 1e-4
+    bonds = lambda x: np.linalg.norm(x[m.bonds[:, 0]] - x[m.bonds[:, 1]], axis=1)  # noqa: E731
+    for k, (i, j) in enumerate(m.torsions):
+        a = next(n for n in _heavy_neighbours(m, i) if n != j)
+        d = next(n for n in _heavy_neighbours(m, j) if n != i)
+        angles = torch.zeros(1, tree.n_torsions, dtype=torch.float64)
+        angles[0, k] = 0.7
+        x = tree.build(angles)[0].numpy()
+        turn = (dihedral(x, a, i, j, d) - dihedral(x0, a, i, j, d) + np.pi) % (2 * np.pi) - np.pi
+        assert abs(abs(turn) - 0.7) < 1e-6, (k, turn)
+        assert np.abs(bonds(x) - bonds(x0)).max() < 1e-9
+
+
+def _heavy_neighbours(m, i):
+    return [int(b) if a == i else int(a) for a, b in m.bonds if i in (a, b) and m.parent[a if b == i else b] < 0]
+
+
+def test_a_placed_molecule_has_the_space_group_it_was_placed_in():
+    cell = make_cell([11.0, 7.5, 13.0, 90, 104, 90])
+    ops = symops(find_spacegroup("P 1 21/c 1"))
+    m = molecule_model("OC(=O)c1ccccc1")
+    tree = TorsionTree(m)
+    orth = torch.tensor(np.array(cell.orth.mat), dtype=torch.float32)
+    deorth = torch.tensor(np.array(cell.frac.mat), dtype=torch.float32)
+    gen = torch.Generator().manual_seed(3)
+    frac = place(tree.build(torch.randn(2, tree.n_torsions, generator=gen)), torch.randn(2, 4, generator=gen),
+                 torch.rand(2, 3, generator=gen), orth, deorth).numpy()
+    for f in frac:
+        pos, owner = unique_images(np.mod(f, 1.0), ops, cell)
+        z = np.array([{"C": 6, "O": 8, "H": 1}[m.elements[k]] for k in owner])
+        assert spglib_number(cell, pos, z) == 14
+
+
+def _problem(cif: str, d_min: float = 2.0):
+    """A simulated record of a shipped CIF with its molecules named from its model."""
+    from xdxd.bench import molecules_stage
+    from xdxd.prep import prepare_from_model_cif
+    return molecules_stage(prepare_from_model_cif(cif, d_min=d_min)[0])
+
+
+def test_the_objective_gradient_matches_finite_differences():
+    from xdxd.solve.molecule import MoleculeConfig, MoleculeSearch, Particles
+    rec = _problem(str(ROOT / "examples" / "1100656.cif"))
+    models = [(molecule_model(SMILES_1100656), 1.0)]
+    s = MoleculeSearch(DataSet.from_record(rec).nonzero(), models, MoleculeConfig(clash_weight=0.01))
+    p = s.random(1, torch.Generator().manual_seed(0))
+
+    def loss(centre, q, t):
+        frac = s.frac(Particles(centre, q, t, p.site))
+        return s.objective.misfit(frac)[0] + 0.01 * s.objective.clash(frac)
+
+    params = [p.centre.clone().requires_grad_(True), p.orientation.clone().requires_grad_(True),
+              p.torsions.clone().requires_grad_(True)]
+    loss(*params).sum().backward()
+    for k, (x, eps) in enumerate(zip(params, (2e-3, 2e-3, 2e-3))):
+        flat = x.detach().reshape(-1)
+        for i in range(min(3, flat.numel())):
+            up, dn = [q.detach().clone() for q in params], [q.detach().clone() for q in params]
+            up[k].reshape(-1)[i] += eps
+            dn[k].reshape(-1)[i] -= eps
+            numeric = float(loss(*up) - loss(*dn)) / (2 * eps)
+            analytic = float(x.grad.reshape(-1)[i])
+            assert abs(numeric - analytic) <= 0.05 * abs(analytic) + 1e-3, (k, i, numeric, analytic)
+
+
+def test_a_molecule_on_an_inversion_centre_comes_out_centrosymmetric():
+    """p-Dichlorobenzene placed on the inversion centre of P-1 with weight 1/2: the
+    candidate lists one atom of each centrosymmetric pair (Cl, 3 C, occupancy 1), and
+    those atoms expanded by symmetry give the whole molecule back."""
+    from xdxd.solve.molecule import Copy, _atoms
+    m = molecule_model("Clc1ccc(Cl)cc1")
+    cell = make_cell([12.0, 10.0, 8.0, 95, 100, 90])
+    sg = find_spacegroup("P -1")
+    data = DataSet(cell, sg, np.zeros((1, 3), int), np.ones(1), np.ones(1))
+    x = (m.xyz - m.xyz[m.heavy].mean(0)) @ np.array(cell.frac.mat).T + 0.5  # centred on (½, ½, ½)
+    copy = Copy(m, TorsionTree(m), slice(0, m.n_atoms), 0.5)
+    atoms = _atoms([copy], x, 0.04, data)
+    heavy = [a for a in atoms if not a.get("riding")]
+    assert sorted(a["element"] for a in heavy) == ["C", "C", "C", "Cl"]
+    assert all(a["occ"] == 1.0 for a in heavy)
+    pos, _ = unique_images(np.array([a["xyz"] for a in heavy]), symops(sg), cell)
+    assert len(pos) == 8
+    whole = np.mod(x[m.heavy], 1.0)
+    d = pos[:, None] - whole[None]
+    d -= np.round(d)
+    assert np.linalg.norm(d @ np.array(cell.orth.mat).T, axis=-1).min(1).max() < 0.15
+
+
+def test_molecules_are_read_off_a_known_structure():
+    assert _problem(str(ROOT / "examples" / "1100656.cif"))["molecules"] == \
+        [{"smiles": SMILES_1100656, "count": 1.0}]
+    assert _problem(str(DATA / "2000642.cif"))["molecules"] == \
+        [{"smiles": "O=C(c1ccccc1)c1ccc(C(=O)c2ccccc2)cc1", "count": 0.5}]
+
+
+def test_the_molecule_search_solves_a_small_structure_at_2_angstrom():
+    """1100656 (P1, 13 non-H atoms) from 2.0 Å data, the molecule named: sample (auto picks
+    the molecule method) -> refine (no swaps: the molecule fixes the labels) -> solved."""
+    from xdxd.refine import refine_record
+    from xdxd.score import score_record
+    from xdxd.solve import sample_record
+    rec = _problem(str(ROOT / "examples" / "1100656.cif"))
+    out = sample_record(rec, method="auto", samples=4, seed=0, rounds=4)
+    assert out["history"][-1]["method"] == "molecule" and out["candidates"][0]["method"] == "molecule"
+    assert any(a.get("riding") for a in out["candidates"][0]["atoms"])
+    solved = score_record(refine_record(out), candidates=False)
+    assert solved["solution"]["swaps"] == [] and solved["solution"]["r1"] < 0.05
+    assert solved["metrics"]["matched_strict"]
+
+
+def test_prep_molecule_errors_are_records_and_the_stream_goes_on(tmp_path):
+    """A molecule that does not fit one input's composition fails that record only; a bad
+    SMILES fails every record with a one-line error naming it; exit code 1."""
+    from xdxd.cli.prep import app
+    runner = CliRunner()
+    good, other = str(ROOT / "examples" / "1100656.cif"), str(DATA / "2205750.cif")
+    res = runner.invoke(app, [good, other, "--dmin", "2.0", "--molecule", SMILES_1100656, "-q"])
+    assert res.exit_code == 1
+    recs = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [bool(r.get("error")) for r in recs] == [False, True]
+    assert recs[0]["molecules"] == [{"smiles": SMILES_1100656, "count": 1.0}]
+    assert "the molecules put C40 N4 O4 S4 in the cell" in recs[1]["error"] and other in recs[1]["error"]
+    res = runner.invoke(app, [good, "--dmin", "2.0", "--molecule", "C1CC(", "-q"])
+    assert res.exit_code == 1
+    rec = json.loads(res.stdout.splitlines()[0])
+    assert "--molecule 'C1CC(': not a SMILES" in rec["error"] and "\n" not in rec["error"]
+
+
+def test_molecules_alone_give_the_composition(tmp_path):
+    """With no formula, model or cell contents, --molecule is the composition."""
+    import shutil
+    from xdxd.prep import PrepOptions, prepare
+    src = tmp_path / "alanine.hkl"  # alone: no companion model beside it
+    shutil.copy(ROOT / "tests" / "data" / "measured" / "l-alanine" / "iam.hkl", src)
+    recs = list(prepare([str(src)], PrepOptions(d_min_A=2.0, data="measured",
+                                                cell=[6.03, 12.34, 5.79, 90, 90, 90],
+                                                spacegroup="P 21 21 21",
+                                                molecules=("C[C@H]([NH3+])C(=O)[O-]",))))
+    assert not recs[0].get("error"), recs[0].get("error")
+    assert recs[0]["composition"] == {"C": 3, "N": 1, "O": 2} and recs[0]["hydrogens"] == 7
