@@ -71,6 +71,20 @@ def test_the_tree_builds_the_conformer_and_turns_each_torsion():
         assert np.abs(bonds(x) - bonds(x0)).max() < 1e-9
 
 
+def test_a_flexible_ring_gives_several_conformations_each_built_exactly():
+    """Cyclohexyl-morpholine: distinct chair conformations (axial and equatorial), each
+    reproduced by the tree at zero torsions; a flat molecule keeps one conformer."""
+    m = molecule_model("C1CCCCC1N1CCOCC1", rings=4)
+    assert len(m.conformers) >= 2
+    tree = TorsionTree(m, dtype=torch.float64)
+    zero = torch.zeros(len(m.conformers), tree.n_torsions, dtype=torch.float64)
+    x = tree.build(zero, torch.arange(len(m.conformers))).numpy()
+    ref = m.conformers - m.conformers[:, m.heavy].mean(1, keepdims=True)
+    assert np.abs(x - ref).max() < 1e-4
+    assert np.abs(ref[0] - ref[1]).max() > 0.3  # not one conformation twice
+    assert len(molecule_model("c1ccccc1C(=O)O", rings=4).conformers) == 1
+
+
 def _heavy_neighbours(m, i):
     return [int(b) if a == i else int(a) for a, b in m.bonds if i in (a, b) and m.parent[a if b == i else b] < 0]
 
@@ -106,7 +120,7 @@ def test_the_objective_gradient_matches_finite_differences():
     p = s.random(1, torch.Generator().manual_seed(0))
 
     def loss(centre, q, t):
-        frac = s.frac(Particles(centre, q, t, p.site))
+        frac = s.frac(Particles(centre, q, t, p.site, p.conformer))
         return s.objective.misfit(frac)[0] + 0.01 * s.objective.clash(frac)
 
     params = [p.centre.clone().requires_grad_(True), p.orientation.clone().requires_grad_(True),
@@ -151,6 +165,47 @@ def test_molecules_are_read_off_a_known_structure():
         [{"smiles": SMILES_1100656, "count": 1.0}]
     assert _problem(str(DATA / "2000642.cif"))["molecules"] == \
         [{"smiles": "O=C(c1ccccc1)c1ccc(C(=O)c2ccccc2)cc1", "count": 0.5}]
+
+
+def _perceived(smiles: str, hydrogens=None) -> list[dict]:
+    """molecules_of on one RDKit conformer of smiles in a 30 Å P1 cell, its H replaced by
+    hydrogens(xyz, mol) -> (positions Å, occupancies) when given."""
+    from rdkit import Chem
+    from xdxd.molecule.conformer import embed
+    from xdxd.molecule.perceive import molecules_of
+    mol = embed(Chem.MolFromSmiles(smiles), 1)
+    xyz = mol.GetConformer().GetPositions()
+    els = [a.GetSymbol() for a in mol.GetAtoms()]
+    occ = np.ones(len(els))
+    if hydrogens is not None:
+        heavy = [k for k, e in enumerate(els) if e != "H"]
+        h_xyz, h_occ = hydrogens(xyz, mol)
+        xyz, occ = np.vstack([xyz[heavy], h_xyz]), np.concatenate([occ[heavy], h_occ])
+        els = [els[k] for k in heavy] + ["H"] * len(h_xyz)
+    cell = make_cell([30.0, 30.0, 30.0, 90, 90, 90])
+    return molecules_of(els, xyz / 30.0 + 0.5, cell, symops(find_spacegroup("P 1")), occ)
+
+
+def test_perception_of_nitro_groups_ions_and_disordered_methyl_hydrogens():
+    from rdkit import Chem
+    two_nitro = _perceived("O=C1CSC(c2ccc([N+](=O)[O-])cc2)N1Cc1ccc([N+](=O)[O-])cc1")[0]["smiles"]
+    assert Chem.MolToSmiles(Chem.MolFromSmiles(two_nitro), isomericSmiles=False) == \
+        "O=C1CSC(c2ccc([N+](=O)[O-])cc2)N1Cc1ccc([N+](=O)[O-])cc1"  # its stereocentre read off the 3-D
+    from xdxd.molecule.perceive import molecules_of
+    octahedron = np.vstack([np.zeros(3), 1.6 * np.eye(3), -1.6 * np.eye(3)]) / 20.0 + 0.5
+    assert molecules_of(["P"] + ["F"] * 6, octahedron, make_cell([20.0, 20.0, 20.0, 90, 90, 90]),
+                        symops(find_spacegroup("P 1"))) == [{"smiles": "F[P-](F)(F)(F)(F)F", "count": 1.0}]
+
+    def six_half_h(xyz, mol):
+        """The methyl's three H turned 60° about the C-C bond as a second set, all at 0.5."""
+        c, n = 0, 1  # C of the methyl, its neighbour
+        hs = [a.GetIdx() for a in mol.GetAtomWithIdx(c).GetNeighbors() if a.GetSymbol() == "H"]
+        k = (xyz[c] - xyz[n]) / np.linalg.norm(xyz[c] - xyz[n])
+        v = xyz[hs] - xyz[c]  # Rodrigues: v cos + (k x v) sin + k (k.v)(1 - cos), 60°
+        turned = xyz[c] + v * 0.5 + np.cross(k, v) * np.sqrt(0.75) + np.outer(v @ k, k) * 0.5
+        rest = [k for k, a in enumerate(mol.GetAtoms()) if a.GetSymbol() == "H" and k not in hs]
+        return np.vstack([xyz[hs], turned, xyz[rest]]), np.r_[np.full(6, 0.5), np.ones(len(rest))]
+    assert _perceived("CC(=O)Nc1ccccc1", six_half_h) == [{"smiles": "CC(=O)Nc1ccccc1", "count": 1.0}]
 
 
 def test_the_molecule_search_solves_a_small_structure_at_2_angstrom():

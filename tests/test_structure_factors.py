@@ -183,3 +183,57 @@ def test_chunking_does_not_change_result():
     uiso = torch.full((1, len(els)), 0.03, dtype=torch.float64)
     assert torch.allclose(big.calc(frac, big.type_index(els), uiso),
                           small.calc(frac, small.type_index(els), uiso))
+
+
+@pytest.mark.parametrize("hm", ["P -1", "P 1 21/c 1", "C 1 2/c 1", "P b c a", "I 41/a", "R -3:H", "F d d 2"])
+def test_fewer_operations_give_the_same_structure_factors_and_gradient(hm):
+    """The shortened sum (centring translations as a factor, cos over half the operations
+    about an inversion centre at the origin) equals the sum over every operation, value
+    and gradient, and the gradient matches finite differences."""
+    from xdxd.crystal.structure_factors import reduced_ops
+    sg = gemmi.SpaceGroup(hm)
+    ops = symops(sg)
+    cell = gemmi.UnitCell(9.0, 10.0, 11.0, 90.0, 90.0, 120.0 if "R" in hm else 90.0)
+    if "I 41" in hm:
+        cell = gemmi.UnitCell(9.0, 9.0, 11.0, 90.0, 90.0, 90.0)
+    hkl = np.array([h for h in np.ndindex(7, 7, 7)]) - 3
+    hkl = np.array([h for h in hkl if any(h) and not sg.operations().is_systematically_absent(list(map(int, h)))])
+    rot, _, factor, centric = reduced_ops(ops, hkl)
+    assert len(rot) * factor == len(ops.rot)
+    assert centric == (hm not in ("I 41/a", "F d d 2"))  # I 41/a (origin choice 1): inversion off the origin
+    sf = StructureFactors(cell, ops, hkl, ["C", "O"], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    frac = torch.rand(2, 4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    types = torch.tensor([0, 1, 0, 1])
+    u = torch.full((2, 4), 0.03, dtype=torch.float64, requires_grad=True)
+    full = lambda x, uu: _every_operation(sf, x, types, uu)
+    F, F_full = sf.calc(frac, types, u), full(frac, u)
+    assert torch.allclose(F, F_full, atol=1e-9 * float(F_full.abs().max().detach()))
+    g = torch.autograd.grad(F.abs().sum(), [frac, u])
+    g_full = torch.autograd.grad(F_full.abs().sum(), [frac, u])
+    for a, b in zip(g, g_full):
+        assert torch.allclose(a, b, atol=1e-8 * float(b.abs().max().detach()))
+    assert torch.autograd.gradcheck(lambda x: sf.calc(x, types, u.detach()[:1]).abs()[:, :20],
+                                    (frac.detach()[:1].clone().requires_grad_(True),))
+
+
+def test_reflections_breaking_the_centring_keep_every_operation():
+    from xdxd.crystal.structure_factors import reduced_ops
+    ops = symops(gemmi.SpaceGroup("C 1 2/c 1"))
+    hkl = np.array([[1, 0, 0], [1, 1, 0], [2, 1, 3]])  # h + k odd: the centring does not hold
+    rot, _, factor, centric = reduced_ops(ops, hkl)
+    assert len(rot) == 4 and factor == 2 and centric  # the inversion still halves
+    sf = StructureFactors(gemmi.UnitCell(9.0, 10.0, 11.0, 90.0, 100.0, 90.0), ops, hkl, ["C"],
+                          dtype=torch.float64)
+    frac = torch.rand(1, 3, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    types, u = torch.zeros(3, dtype=torch.long), torch.full((1, 3), 0.02, dtype=torch.float64)
+    assert torch.allclose(sf.calc(frac, types, u), _every_operation(sf, frac, types, u), atol=1e-9)
+
+
+def _every_operation(sf, frac, types, uiso):
+    """F (B,M) summed over every operation by autograd: the reference."""
+    from xdxd.crystal.structure_factors import TWO_PI
+    phase = TWO_PI * (torch.einsum("bnc,omc->bnom", frac, sf.hR) + sf.ht)
+    amp = sf.f0[types][None] * torch.exp(-2 * np.pi ** 2 * uiso[..., None] * sf.s2)
+    return torch.complex(torch.einsum("bnm,bnom->bm", amp, torch.cos(phase)),
+                         torch.einsum("bnm,bnom->bm", amp, torch.sin(phase)))

@@ -160,7 +160,7 @@ def molecules_stage(rec: dict) -> dict:
         raise ValueError("no reference atoms to read the molecules from")
     ops = symops(spacegroup_from_record(rec["spacegroup"]))
     out = dict(rec)
-    out["molecules"] = molecules_of(atoms.elements, atoms.frac, make_cell(rec["cell"]), ops)
+    out["molecules"] = molecules_of(atoms.elements, atoms.frac, make_cell(rec["cell"]), ops, atoms.occ)
     return out
 
 

@@ -7,6 +7,12 @@ T_j = exp(-2 pi² U s²) (isotropic, U in Å²) or exp(-(hR) beta (hR)^T) (aniso
 and w_j = occupancy / (order of the site's stabilizer), so a site on a special position
 counts once per distinct image, as gemmi does after change_occupancies_to_crystallographic.
 
+The sum over operations is shortened where the reflections allow it (`reduced_ops`): a
+centring translation c adds a factor 2 (or 3, 4) for every h with h.c integral, and an
+inversion centre at the origin pairs each operation with its inverse, so F is real and
+2 sum cos over half the operations. The isotropic path has its own gradient
+(`_OpsSum`), which keeps one copy of cos and sin instead of autograd's several.
+
 Every command computes structure factors through `StructureFactors`.
 """
 from __future__ import annotations
@@ -59,6 +65,75 @@ def beta_from_ucif(cell: gemmi.UnitCell, uaniso: torch.Tensor) -> torch.Tensor:
     return 2 * math.pi ** 2 * U * n[:, None] * n[None, :]
 
 
+def _integral(x: np.ndarray, tol: float = 1e-6) -> bool:
+    return bool(np.all(np.abs(x - np.round(x)) < tol))
+
+
+def reduced_ops(ops: SymOps, hkl: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, bool]:
+    """(rot (K,3,3), tran (K,3), factor, centric): operations that give, for these
+    reflections (M,3), F = factor × sum over the K operations of exp(2 pi i h.(R x + t)),
+    or, when centric, factor × sum of cos (F real). Pure translations (centring) are
+    dropped when h.c is integral for every reflection, and an inversion centre at the
+    origin (or one centring vector away) halves the rest; otherwise all operations, factor 1."""
+    rot, tran = np.asarray(ops.rot, float), np.asarray(ops.tran, float)
+    hkl = np.asarray(hkl, float).reshape(-1, 3)
+    eye = np.eye(3)
+    factor, centric = 1.0, False
+    centring = [t for r, t in zip(rot, tran) if np.allclose(r, eye)]
+    if len(centring) > 1 and all(_integral(hkl @ c) for c in centring):
+        first = [k for k in range(len(rot)) if not any(np.allclose(rot[k], rot[j]) for j in range(k))]
+        rot, tran, factor = rot[first], tran[first], factor * len(centring)
+    inversion = [t for r, t in zip(rot, tran) if np.allclose(r, -eye)]
+    if any(_integral(hkl @ t) for t in inversion):
+        half: list[int] = []  # an operation stays unless its rotation is minus one that stayed
+        for k in range(len(rot)):
+            if not any(np.allclose(rot[k], -rot[j]) for j in half):
+                half.append(k)
+        rot, tran, factor, centric = rot[half], tran[half], factor * 2, True
+    return rot, tran, factor, centric
+
+
+class _OpsSum(torch.autograd.Function):
+    """(Re F, Im F) (B,m) = sum_n amp (B,N,m) sum_o (cos, sin) 2 pi (x.hR + ht), with the
+    gradient in frac (B,N,3) and amp written out; centric: Im F = 0 and sin only backward."""
+
+    @staticmethod
+    def forward(ctx, frac, amp, hR, ht, centric):
+        phase = TWO_PI * (torch.einsum("bnc,omc->bnom", frac, hR) + ht[None, None])  # (B,N,O,m)
+        cos = torch.cos(phase)
+        sin = None if centric else torch.sin(phase)
+        cos_o = cos.sum(2)                                                         # (B,N,m)
+        sin_o = None if centric else sin.sum(2)
+        re = (amp * cos_o).sum(1)
+        im = torch.zeros_like(re) if centric else (amp * sin_o).sum(1)
+        ctx.centric = centric
+        if centric:
+            ctx.save_for_backward(hR, amp, phase, cos_o)
+        else:
+            ctx.save_for_backward(hR, amp, cos, sin, cos_o, sin_o)
+        return re, im
+
+    @staticmethod
+    def backward(ctx, g_re, g_im):
+        g_frac = g_amp = None
+        if ctx.centric:
+            hR, amp, phase, cos_o = ctx.saved_tensors
+            if ctx.needs_input_grad[0]:
+                d_phase = torch.sin(phase) * (-amp * g_re[:, None])[:, :, None]     # (B,N,O,m)
+                g_frac = TWO_PI * torch.einsum("bnom,omc->bnc", d_phase, hR)
+            if ctx.needs_input_grad[1]:
+                g_amp = cos_o * g_re[:, None]
+        else:
+            hR, amp, cos, sin, cos_o, sin_o = ctx.saved_tensors
+            if ctx.needs_input_grad[0]:
+                d_phase = (cos * (amp * g_im[:, None])[:, :, None]
+                           - sin * (amp * g_re[:, None])[:, :, None])                  # (B,N,O,m)
+                g_frac = TWO_PI * torch.einsum("bnom,omc->bnc", d_phase, hR)
+            if ctx.needs_input_grad[1]:
+                g_amp = cos_o * g_re[:, None] + sin_o * g_im[:, None]
+        return g_frac, g_amp, None, None, None
+
+
 class StructureFactors:
     """Structure factors of many candidate structures at one set of reflections.
 
@@ -85,6 +160,10 @@ class StructureFactors:
         # h R for every op: (O,M,3); phase of the translation: (O,M)
         self.hR = torch.tensor(np.einsum("mi,oij->omj", hkl, ops.rot), **kw)
         self.ht = torch.tensor(np.einsum("mi,oi->om", hkl, ops.tran), **kw)
+        # the same sum with fewer operations (isotropic path): F = factor x sum over them
+        rot, tran, self.factor, self.centric = reduced_ops(ops, hkl)
+        self.hR_reduced = torch.tensor(np.einsum("mi,oij->omj", hkl, rot), **kw)
+        self.ht_reduced = torch.tensor(np.einsum("mi,oi->om", hkl, tran), **kw)
 
     @property
     def n_reflections(self) -> int:
@@ -106,7 +185,7 @@ class StructureFactors:
         if weight is None:
             weight = torch.ones(B, N, device=frac.device, dtype=frac.dtype)
         M = self.n_reflections if first is None else min(first, self.n_reflections)
-        O = self.hR.shape[0]
+        O = self.hR_reduced.shape[0] if uaniso is None else self.hR.shape[0]
         step = max(1, self.chunk_elements // max(1, B * N * O))
         parts = []
         for m0 in range(0, M, step):
@@ -115,17 +194,18 @@ class StructureFactors:
         return torch.cat(parts, dim=1)
 
     def _calc_chunk(self, frac, type_idx, uiso, weight, uaniso, aniso_mask, sl):
-        hR, ht, s2 = self.hR[:, sl], self.ht[:, sl], self.s2[sl]
+        s2 = self.s2[sl]
         f0 = self.f0[:, sl][type_idx]  # (N,m) or (B,N,m)
         if f0.dim() == 2:
             f0 = f0.unsqueeze(0)
-        phase = TWO_PI * (torch.einsum("bnc,omc->bnom", frac, hR) + ht[None, None])
         dw_iso = torch.exp(-2 * math.pi ** 2 * uiso[..., None] * s2)  # (B,N,m)
         amp = weight[..., None] * f0 * dw_iso  # (B,N,m)
         if uaniso is None or aniso_mask is None or not bool(aniso_mask.any()):
-            re = torch.einsum("bnm,bnom->bm", amp, torch.cos(phase))
-            im = torch.einsum("bnm,bnom->bm", amp, torch.sin(phase))
+            amp = (self.factor * amp).expand(frac.shape[0], -1, -1)
+            re, im = _OpsSum.apply(frac, amp, self.hR_reduced[:, sl], self.ht_reduced[:, sl], self.centric)
             return torch.complex(re, im)
+        hR, ht = self.hR[:, sl], self.ht[:, sl]
+        phase = TWO_PI * (torch.einsum("bnc,omc->bnom", frac, hR) + ht[None, None])
         beta = beta_from_ucif(self.cell, uaniso)  # (B,N,3,3)
         q = torch.einsum("omi,bnij,omj->bnom", hR, beta, hR)
         # anisotropic atoms: replace the isotropic factor by the per-image one

@@ -1,4 +1,5 @@
-"""3-D conformers of molecules: RDKit ETKDGv3 embedding, MMFF94 clean-up, X-ray X-H lengths.
+"""3-D conformers of molecules: RDKit ETKDGv3 embedding, MMFF94 clean-up, X-ray X-H lengths;
+the distinct ring conformations of a molecule with flexible rings (`ring_conformers`).
 
 The one place SMILES become coordinates, for the molecule search (molecule.tree) and for
 the training crystals (synth). Cartesian Å, hydrogens explicit.
@@ -46,3 +47,56 @@ def embed(mol, seed: int, name: str = ""):
     else:
         AllChem.UFFOptimizeMolecule(mol, maxIters=500)
     return mol
+
+
+RING_TRIES = 30         # conformers embedded to find the ring conformations
+RING_DIFFERENT_DEG = 30  # two conformations differ where an endocyclic torsion differs by more
+RING_WINDOW_KCAL = 4.0   # kcal/mol above the lowest that a ring conformation may lie (no twist-boats)
+
+
+def flexible_ring_torsions(mol) -> list[tuple[int, int, int, int]]:
+    """Endocyclic torsions (a, b, c, d) of the rings that are not flat: rings of 4 or more
+    atoms with an sp3 atom (a cyclohexane, piperidine or furanose turns; a benzene does not)."""
+    from rdkit import Chem
+    out = []
+    for ring in mol.GetRingInfo().AtomRings():
+        if len(ring) < 4:
+            continue
+        if not any(mol.GetAtomWithIdx(a).GetHybridization() == Chem.HybridizationType.SP3 for a in ring):
+            continue
+        n = len(ring)
+        out += [tuple(ring[(k + i) % n] for i in range(4)) for k in range(n)]
+    return out
+
+
+def ring_conformers(mol, seed: int, most: int) -> list[int]:
+    """Conformer ids of mol (H added) with distinct ring conformations, lowest MMFF energy
+    first, at most `most`: RING_TRIES ETKDGv3 conformers are embedded and MMFF-optimised in
+    place; one differs from another where an endocyclic torsion of a flexible ring
+    differs by more than RING_DIFFERENT_DEG, and none lies more than RING_WINDOW_KCAL above
+    the lowest. [] when the molecule has no flexible ring."""
+    from rdkit.Chem import AllChem, rdMolTransforms
+    torsions = flexible_ring_torsions(mol)
+    if not torsions or most < 2:
+        return []
+    params = AllChem.ETKDGv3()
+    params.randomSeed = int(seed) % (2**31 - 2) + 1  # seed 0 gives RING_TRIES copies of one conformer
+    ids = list(AllChem.EmbedMultipleConfs(mol, RING_TRIES, params))
+    if not ids:
+        return []
+    if AllChem.MMFFHasAllMoleculeParams(mol):
+        energies = [e for _, e in AllChem.MMFFOptimizeMoleculeConfs(mol, maxIters=500)]
+    else:
+        energies = [e for _, e in AllChem.UFFOptimizeMoleculeConfs(mol, maxIters=500)]
+    kept, signatures = [], []
+    for k in sorted(range(len(ids)), key=lambda k: energies[k]):
+        if energies[k] > min(energies) + RING_WINDOW_KCAL:
+            break
+        conf = mol.GetConformer(ids[k])
+        sig = np.array([rdMolTransforms.GetDihedralDeg(conf, *t) for t in torsions])
+        if all(np.abs((sig - o + 180) % 360 - 180).max() > RING_DIFFERENT_DEG for o in signatures):
+            kept.append(ids[k])
+            signatures.append(sig)
+        if len(kept) == most:
+            break
+    return kept

@@ -1,7 +1,8 @@
 """A molecule as a torsion tree: a rigid conformer whose rotatable bonds turn.
 
 `molecule_model(smiles)` embeds one conformer (molecule.conformer: ETKDG + MMFF, X-ray X-H
-lengths) and finds the rotatable bonds: acyclic single bonds between atoms that each have
+lengths), or, for a molecule with flexible rings, up to `rings` conformers with distinct
+ring conformations (chair, boat, envelope, ...), and finds the rotatable bonds: acyclic single bonds between atoms that each have
 another heavy neighbour, not next to a triple bond, and not the planar C-N/C-O bond of
 an amide or ester; rings stay rigid, and so do methyl and hydroxyl H. Each torsion turns the atoms on the far
 side of its bond from the root (the heavy atom nearest the molecule's middle); torsions
@@ -9,8 +10,8 @@ are applied root outward, each about its bond as the turns before it left it, so
 pass over `TorsionTree.order` builds any conformation. Angles are changes from the
 conformer's own torsions (0 builds the conformer), in radians.
 
-`TorsionTree.build` works on a batch: angles (B,T) -> Cartesian Å (B,n,3) in the
-molecule's frame (its heavy-atom centroid at the origin); `place` turns and moves that
+`TorsionTree.build` works on a batch: angles (B,T) and which conformer (B,) -> Cartesian
+Å (B,n,3) in the molecule's frame (its heavy-atom centroid at the origin); `place` turns and moves that
 into the cell: orientation as a quaternion (B,4, normalised here), centre fractional (B,3).
 """
 from __future__ import annotations
@@ -34,7 +35,8 @@ PLANAR = "[CX3](=[O,S,N])-!@[N,O]"
 class MoleculeModel:
     """One molecule ready for the search, atoms in RDKit order (H after the heavy atoms).
 
-    elements (n,); xyz (n,3) Å, the conformer; bonds (m,2); parent (n,): the heavy atom
+    elements (n,); xyz (n,3) Å, the conformer; conformers (K,n,3) Å, the ring conformations
+    (xyz first); bonds (m,2); parent (n,): the heavy atom
     an H is bonded to, -1 for a non-H atom; torsions (T,2): bond (i, j), turning the j
     side; moving (T,n) bool: the atoms on the j side; root: the atom that never moves.
     """
@@ -46,6 +48,11 @@ class MoleculeModel:
     torsions: np.ndarray
     moving: np.ndarray
     root: int
+    conformers: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.conformers is None:
+            self.conformers = self.xyz[None]
 
     @property
     def n_atoms(self) -> int:
@@ -60,16 +67,23 @@ class MoleculeModel:
         return np.bincount(self.parent[self.parent >= 0], minlength=self.n_atoms)
 
 
-def molecule_model(smiles: str, seed: int = 0) -> MoleculeModel:
-    """The molecule of a SMILES with one conformer and its torsion tree. Raises ValueError
-    when RDKit cannot read or embed it."""
+def molecule_model(smiles: str, seed: int = 0, rings: int = 1) -> MoleculeModel:
+    """The molecule of a SMILES with its conformer (up to `rings` with distinct ring
+    conformations) and its torsion tree. Raises ValueError when RDKit cannot read or
+    embed it."""
     from rdkit import Chem
-    from xdxd.molecule.conformer import embed, xray_hydrogens
+    from xdxd.molecule.conformer import embed, ring_conformers, xray_hydrogens
     mol = Chem.MolFromSmiles(smiles)
     if mol is None:
         raise ValueError(f"cannot read SMILES {smiles!r}")
     mol = embed(mol, seed, smiles)  # H appended after the heavy atoms
     xyz = xray_hydrogens(mol, mol.GetConformer().GetPositions())
+    conformers = [xyz]
+    if rings > 1:
+        many = Chem.Mol(mol)
+        conformers = [xray_hydrogens(many, many.GetConformer(k).GetPositions())
+                      for k in ring_conformers(many, seed, rings)] or conformers
+        xyz = conformers[0]
     elements = [a.GetSymbol() for a in mol.GetAtoms()]
     bonds = np.array([(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in mol.GetBonds()],
                      dtype=np.int64).reshape(-1, 2)
@@ -96,7 +110,7 @@ def molecule_model(smiles: str, seed: int = 0) -> MoleculeModel:
     torsions = np.array(torsions, dtype=np.int64).reshape(-1, 2)[order]
     moving = np.array(moving, dtype=bool).reshape(-1, len(elements))[order]
     return MoleculeModel(Chem.MolToSmiles(Chem.RemoveHs(mol)), elements, xyz, bonds, parent,
-                         torsions, moving, root)
+                         torsions, moving, root, np.array(conformers))
 
 
 def _neighbours(n: int, bonds: np.ndarray) -> list[list[int]]:
@@ -137,22 +151,24 @@ def _side(n: int, bonds: np.ndarray, a: int, b: int) -> np.ndarray:
 
 
 class TorsionTree:
-    """A MoleculeModel as tensors on one device: its conformer centred on the heavy-atom
-    centroid, x0 (n,3) Å, and its torsions, applied in order by `build`."""
+    """A MoleculeModel as tensors on one device: its conformers, each centred on its
+    heavy-atom centroid, x0 (K,n,3) Å, and its torsions, applied in order by `build`."""
 
     def __init__(self, model: MoleculeModel, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32):
         kw = dict(device=device, dtype=dtype)
-        xyz = model.xyz - model.xyz[model.heavy].mean(0)
-        self.x0 = torch.tensor(xyz, **kw)                                   # (n,3) Å
+        xyz = model.conformers - model.conformers[:, model.heavy].mean(1, keepdims=True)
+        self.x0 = torch.tensor(xyz, **kw)                                   # (K,n,3) Å
+        self.n_conformers = len(xyz)
         self.axis = torch.tensor(model.torsions, device=device)             # (T,2)
         self.moving = torch.tensor(model.moving, device=device)             # (T,n) bool
         self.n_torsions = len(model.torsions)
 
-    def build(self, angles: torch.Tensor) -> torch.Tensor:
-        """Cartesian Å (B,n,3) in the molecule's frame for torsion changes angles (B,T) rad."""
+    def build(self, angles: torch.Tensor, conformer: torch.Tensor | None = None) -> torch.Tensor:
+        """Cartesian Å (B,n,3) in the molecule's frame for torsion changes angles (B,T) rad
+        of conformers (B,) (the first by default)."""
         B = angles.shape[0]
-        x = self.x0.expand(B, -1, -1)
+        x = self.x0[0].expand(B, -1, -1) if conformer is None else self.x0[conformer]
         for k in range(self.n_torsions):  # root outward: each turn moves the axes after it
             i, j = self.axis[k]
             p = x[:, j]                                                      # (B,3)

@@ -54,7 +54,7 @@ CLASH_WIDTH_A = 0.1  # Å inside the contact limit that costs one unit
 @dataclass(frozen=True)
 class MoleculeConfig:
     particles: int = 256          # particles in the population (one batch)
-    rounds: int = 12              # rounds of local optimisation and selection
+    rounds: int = 30              # rounds of local optimisation and selection
     steps: int = 60               # Adam steps per round
     low_res_start: float = 0.3    # share of the reflections (lowest resolution first) at step 0;
                                   # all of them from two thirds of the steps on
@@ -71,6 +71,8 @@ class MoleculeConfig:
     agree: int = 8                # stop once this many best particles are one structure ...
     agree_cc: float = 0.995       # ... (their |Fc| correlate above this)
     seed_conformer: int = 0       # RDKit embedding seed
+    ring_conformers: int = 4      # distinct ring conformations tried per molecule (flexible rings)
+    switch_conformer: float = 0.1  # chance that a move near a kept particle changes its ring conformation
 
 
 # ---------------------------------------------------------------------------
@@ -116,19 +118,17 @@ class Objective:
         # lattice translations that can bring an image within the longest contact limit
         cells, zero = lattice_cells(self.orth, float(self.limit.max()) + 0.5)
         self.lattice = cells.to(device) @ self.orth.T                          # (C,3) Å
-        self.lattice2 = (self.lattice ** 2).sum(-1)                            # (C,)
         O, C = len(self.rot), len(cells)
-        self.limit_cols = self.limit.repeat_interleave(O * C, dim=1)          # (H,H*O*C) Å
         # an atom and itself, or atoms of one molecule three bonds apart or fewer, under the
         # identity and no lattice translation, are not contacts; nor is anything between a
         # molecule on a special position and its own images (they are the molecule itself)
         near = torch.tensor(_near_pairs(copies, heavy), device=device)        # (H,H) bool
         same = torch.zeros(O, C, dtype=torch.bool, device=device)
         same[_identity_op(self.rot, self.tran), zero] = True
-        skip = near[:, :, None] & same.reshape(-1)[None, None]                 # (H,H,O*C)
+        skip = near[:, :, None, None] & same[None, None]                        # (H,H,O,C)
         part = torch.tensor(_fractional_pairs(copies, heavy), device=device)  # (H,H) bool
-        skip = skip | (part[:, :, None] & ~same.reshape(-1)[None, None])
-        self.counted = ~skip.reshape(len(heavy), -1)
+        skip = skip | (part[:, :, None, None] & ~same[None, None])
+        self.counted = (~skip).to(torch.float32)                               # (H,H,O,C)
 
     def misfit(self, frac: torch.Tensor, m: int | None = None, hydrogens: bool = True
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,15 +171,56 @@ class Objective:
             return self.sf.calc(frac, self.type_idx, zero, self.weight.expand(B, N)).abs()
 
     def clash(self, frac: torch.Tensor) -> torch.Tensor:
-        """Σ ((d0 - d) / CLASH_WIDTH_A)² (B,) over heavy-atom contacts shorter than d0."""
-        x = frac[:, self.heavy]                                               # (B,H,3)
-        d = apply_ops_torch(x, self.rot, self.tran)[:, None] - x[:, :, None, None]  # (B,H,H,O,3)
-        c = (d - torch.round(d)) @ self.orth.T                                # nearest image, Å
-        # |c + L|² for the lattice translations L that can bring a contact within reach
-        d2 = (c ** 2).sum(-1, keepdim=True) + 2 * c @ self.lattice.T + self.lattice2  # (B,H,H,O,C)
-        dist = d2.clamp_min(1e-12).sqrt().flatten(2)                          # (B,H,H*O*C)
-        over = (self.limit_cols - dist).clamp_min(0.0) * self.counted
-        return 0.5 * ((over / CLASH_WIDTH_A) ** 2).sum((-1, -2))
+        """Σ ((d0 - d) / CLASH_WIDTH_A)² / 2 (B,) over heavy-atom contacts shorter than d0."""
+        return _Clash.apply(frac[:, self.heavy], self.rot, self.tran, self.orth, self.lattice,
+                            self.limit, self.counted)
+
+
+class _Clash(torch.autograd.Function):
+    """The contact penalty of x (B,H,3) fractional against every image R x_j + t + L
+    (operations O, lattice translations L (C,3) Å), with its gradient written out. The
+    (B,H,H,O) nearest-image differences are kept as three coordinate planes (much faster
+    on a CPU than a trailing axis of 3), one pass per lattice translation, and no autograd
+    graph of the (B,H,H,O,C) distances."""
+
+    @staticmethod
+    def forward(ctx, x, rot, tran, orth, lattice, limit, counted):
+        y = torch.einsum("oij,bhj->ibho", rot, x) + tran.T[:, None, None]         # (3,B,H,O)
+        d = [y[k][:, None] - x[..., k][:, :, None, None] for k in range(3)]      # (B,H,H,O) each
+        d = [dk - torch.round(dk) for dk in d]
+        m = orth.tolist()
+        c = [sum(m[i][k] * d[k] for k in range(3) if m[i][k] != 0.0) for i in range(3)]  # Å
+        energy = x.new_zeros(x.shape[0])
+        a_sum = torch.zeros_like(c[0])
+        a_lat = [torch.zeros_like(c[0]) for _ in range(3)]
+        w2 = CLASH_WIDTH_A ** 2
+        lim = limit[:, :, None]
+        for k, shift in enumerate(lattice.tolist()):
+            e = [c[i] + shift[i] if shift[i] != 0.0 else c[i] for i in range(3)]
+            dist = (e[0].square() + e[1].square() + e[2].square()).clamp_min(1e-12).sqrt()
+            over = (lim - dist).clamp_min(0.0) * counted[..., k]
+            energy = energy + 0.5 / w2 * over.square().sum((1, 2, 3))
+            a = over / (w2 * dist)                                                # -dE/de = a e
+            a_sum += a
+            for i in range(3):
+                if shift[i] != 0.0:
+                    a_lat[i] += shift[i] * a
+        ctx.save_for_backward(rot, orth, a_sum, *c, *a_lat)
+        return energy
+
+    @staticmethod
+    def backward(ctx, g):
+        rot, orth, a_sum, *rest = ctx.saved_tensors
+        c, a_lat = rest[:3], rest[3:]
+        g = g[:, None, None, None]
+        g_c = [-(a_sum * c[i] + a_lat[i]) * g for i in range(3)]                  # (B,H,H,O) each
+        m = orth.tolist()
+        g_d = [sum(m[i][k] * g_c[i] for i in range(3) if m[i][k] != 0.0) for k in range(3)]
+        g_d = [gd if torch.is_tensor(gd) else torch.zeros_like(a_sum) for gd in g_d]
+        g_y = torch.stack([gd.sum(1) for gd in g_d])                             # (3,B,H,O)
+        g_x = -torch.stack([gd.sum((2, 3)) for gd in g_d], -1) \
+            + torch.einsum("oij,ibho->bhj", rot, g_y)
+        return g_x, None, None, None, None, None, None
 
 
 def _s2(data: DataSet) -> np.ndarray:
@@ -217,13 +258,15 @@ def _near_pairs(copies: list[Copy], heavy: list[int]) -> np.ndarray:
 class Particles:
     """Parameters of a population over all K molecule copies: centre (B,K,3) Å, a shift
     from the copy's starting site; orientation (B,K,4) quaternion; torsions (B,T) rad;
-    site (B,K): which of the copy's sites (`MoleculeSearch.sites`) it started on."""
+    site (B,K): which of the copy's sites (`MoleculeSearch.sites`) it started on;
+    conformer (B,K): which of the copy's ring conformations it has."""
     centre: torch.Tensor
     orientation: torch.Tensor
     torsions: torch.Tensor
     site: torch.Tensor
+    conformer: torch.Tensor
 
-    FIELDS = ("centre", "orientation", "torsions", "site")
+    FIELDS = ("centre", "orientation", "torsions", "site", "conformer")
 
     def take(self, idx: torch.Tensor) -> "Particles":
         return Particles(*(getattr(self, f)[idx] for f in self.FIELDS))
@@ -267,7 +310,7 @@ class MoleculeSearch:
         o = self.objective
         parts = []
         for k, (c, ts, x0) in enumerate(zip(self.copies, self.t_slices, self.sites)):
-            x = c.tree.build(p.torsions[:, ts])
+            x = c.tree.build(p.torsions[:, ts], p.conformer[:, k])
             centre = x0[p.site[:, k]] + p.centre[:, k] @ o.deorth.T
             parts.append(place(x, p.orientation[:, k], centre, o.orth, o.deorth))
         return torch.cat(parts, dim=1)
@@ -280,20 +323,28 @@ class MoleculeSearch:
         q = torch.randn(n, K, 4, generator=gen)
         t = (torch.rand(n, self.n_torsions, generator=gen) * 2 - 1) * math.pi
         site = torch.stack([torch.randint(len(x0), (n,), generator=gen) for x0 in self.sites], 1)
+        conformer = torch.stack([torch.randint(c.tree.n_conformers, (n,), generator=gen)
+                                 for c in self.copies], 1)
         special = torch.tensor([c.weight < 1 for c in self.copies])
         frac = torch.where(special[None, :, None], 0.0, frac)  # on a special position: its site
         dev = self.device
         return Particles((frac @ self.objective.orth.cpu().T).to(dev),
-                         (q / q.norm(dim=-1, keepdim=True)).to(dev), t.to(dev), site.to(dev))
+                         (q / q.norm(dim=-1, keepdim=True)).to(dev), t.to(dev), site.to(dev),
+                         conformer.to(dev))
 
     def near(self, p: Particles, gen: torch.Generator) -> Particles:
-        """Copies of p moved a little (cfg.move_*)."""
+        """Copies of p moved a little (cfg.move_*), a share cfg.switch_conformer of them into
+        another ring conformation."""
         cfg, dev = self.cfg, self.device
         q = p.orientation + cfg.move_orientation * torch.randn(p.orientation.shape, generator=gen).to(dev)
+        n_conf = torch.tensor([c.tree.n_conformers for c in self.copies])
+        switch = torch.rand(p.conformer.shape, generator=gen) < cfg.switch_conformer
+        other = (torch.rand(p.conformer.shape, generator=gen) * n_conf).long()
+        conformer = torch.where(switch.to(dev), other.to(dev), p.conformer)
         return Particles(p.centre + cfg.move_centre * torch.randn(p.centre.shape, generator=gen).to(dev),
                          q / q.norm(dim=-1, keepdim=True),
                          p.torsions + cfg.move_torsion * torch.randn(p.torsions.shape, generator=gen).to(dev),
-                         p.site)
+                         p.site, conformer)
 
     def score(self, p: Particles) -> torch.Tensor:
         """Objective (B,) on all reflections: misfit + clash_weight × clash."""
@@ -301,8 +352,9 @@ class MoleculeSearch:
             frac = self.frac(p)
             return self.objective.misfit(frac)[0] + self.cfg.clash_weight * self.objective.clash(frac)
 
-    def optimise(self, p: Particles) -> Particles:
-        """cfg.steps Adam steps on every particle at once, low resolution first."""
+    def optimise(self, p: Particles, deadline: float | None = None) -> Particles:
+        """cfg.steps Adam steps on every particle at once, low resolution first; fewer if
+        time.perf_counter() passes deadline."""
         cfg, obj = self.cfg, self.objective
         params = [p.centre.clone().requires_grad_(True), p.orientation.clone().requires_grad_(True),
                   p.torsions.clone().requires_grad_(True)]
@@ -311,9 +363,11 @@ class MoleculeSearch:
                                 {"params": [params[2]], "lr": cfg.lr_torsion}])
         M = len(obj.fo)
         for step in range(cfg.steps):
+            if deadline is not None and time.perf_counter() > deadline:
+                break
             done = step / max(1, cfg.steps)
             share = cfg.low_res_start + (1 - cfg.low_res_start) * min(1.0, 1.5 * done)
-            frac = self.frac(Particles(*params, p.site))
+            frac = self.frac(Particles(*params, p.site, p.conformer))
             misfit = obj.misfit(frac, max(8, int(share * M)), hydrogens=done >= 1 - cfg.h_share)[0]
             loss = misfit + cfg.clash_weight * obj.clash(frac)
             opt.zero_grad()
@@ -321,7 +375,7 @@ class MoleculeSearch:
             opt.step()
         with torch.no_grad():
             q = params[1] / params[1].norm(dim=-1, keepdim=True)
-            return Particles(params[0].detach(), q, params[2].detach(), p.site)
+            return Particles(params[0].detach(), q, params[2].detach(), p.site, p.conformer)
 
 
 def search(data: DataSet, models: list[tuple[MoleculeModel, float]], cfg: MoleculeConfig, seed: int = 0,
@@ -338,13 +392,17 @@ def search(data: DataSet, models: list[tuple[MoleculeModel, float]], cfg: Molecu
         if time_budget_s is not None and last is not None and t_round - t0 + last > time_budget_s:
             stopped = "time budget"
             break
-        pop = s.optimise(pop)
+        deadline = None if time_budget_s is None else t0 + time_budget_s
+        pop = s.optimise(pop, deadline)
         score = s.score(pop)
         rounds += 1
         order = torch.argsort(score)
         pop, score = pop.take(order), score[order]
         if _agree(s, pop, cfg):
             stopped = "agreed"
+            break
+        if deadline is not None and time.perf_counter() > deadline:
+            stopped = "time budget"
             break
         if r + 1 == cfg.rounds:
             break
@@ -416,7 +474,7 @@ def sample(rec: dict, samples: int = 8, seed: int = 0, device: str = "cpu",
     models = []
     for smiles, weight in expand_molecules(rec):
         try:
-            models.append((molecule_model(smiles, cfg.seed_conformer), weight))
+            models.append((molecule_model(smiles, cfg.seed_conformer, cfg.ring_conformers), weight))
         except ValueError as e:
             raise records.RecordError(f"{rid}: {e}") from None
     s, pop, score, info = search(data, models, cfg, seed, device, time_budget_s)
@@ -432,7 +490,8 @@ def sample(rec: dict, samples: int = 8, seed: int = 0, device: str = "cpu",
            for i in keep]
     info.update({"particles": cfg.particles, "steps": cfg.steps,
                  "molecules": [[m.smiles, w] for m, w in models],
-                 "torsions": [m.torsions.shape[0] for m, _ in models], "config": asdict(cfg)})
+                 "torsions": [m.torsions.shape[0] for m, _ in models],
+                 "ring_conformers": [len(m.conformers) for m, _ in models], "config": asdict(cfg)})
     return out, info
 
 
