@@ -120,7 +120,7 @@ def test_the_objective_gradient_matches_finite_differences():
     p = s.random(1, torch.Generator().manual_seed(0))
 
     def loss(centre, q, t):
-        frac = s.frac(Particles(centre, q, t, p.site, p.conformer))
+        frac = s.frac(Particles(centre, q, t, p.site, p.conformer, p.lineage))
         return s.objective.misfit(frac)[0] + 0.01 * s.objective.clash(frac)
 
     params = [p.centre.clone().requires_grad_(True), p.orientation.clone().requires_grad_(True),
@@ -148,7 +148,7 @@ def test_a_molecule_on_an_inversion_centre_comes_out_centrosymmetric():
     data = DataSet(cell, sg, np.zeros((1, 3), int), np.ones(1), np.ones(1))
     x = (m.xyz - m.xyz[m.heavy].mean(0)) @ np.array(cell.frac.mat).T + 0.5  # centred on (½, ½, ½)
     copy = Copy(m, TorsionTree(m), slice(0, m.n_atoms), 0.5)
-    atoms = _atoms([copy], x, 0.04, data)
+    atoms, _ = _atoms([copy], x, 0.04, data)
     heavy = [a for a in atoms if not a.get("riding")]
     assert sorted(a["element"] for a in heavy) == ["C", "C", "C", "Cl"]
     assert all(a["occ"] == 1.0 for a in heavy)
@@ -221,6 +221,13 @@ def test_the_molecule_search_solves_a_small_structure_at_2_angstrom():
     solved = score_record(refine_record(out), candidates=False)
     assert solved["solution"]["swaps"] == [] and solved["solution"]["r1"] < 0.05
     assert solved["metrics"]["matched_strict"]
+    # the molecule's own bonds and 1,3 distances restrained (d_min 2 Å), kept for the .res
+    from xdxd.formats.write_res import res_text
+    restraints = solved["solution"]["restraints"]
+    assert sum(r[4] == "DFIX" for r in restraints) == 14  # 13 heavy atoms, 2 rings: 14 bonds
+    assert all(0.9 < r[2] < 2.8 for r in restraints) and any(r[4] == "DANG" for r in restraints)
+    res = res_text(solved)
+    assert res.count("\nDFIX ") == 14 and "\nDANG " in res
 
 
 def test_prep_molecule_errors_are_records_and_the_stream_goes_on(tmp_path):

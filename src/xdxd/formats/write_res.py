@@ -118,6 +118,10 @@ def res_text(rec: dict, solution: dict | None = None) -> str:
     w(f"FVAR {float(sol.get('scale', 1.0)):.5f}")
     labels = _shelx_labels(atoms)
     by_label = {a.get("label"): n for n, a in enumerate(atoms)}
+    # the molecule's own geometry: DFIX for bonds, DANG for 1,3 distances
+    for a, b, d0, sigma, kind in sol.get("restraints") or []:
+        if a in by_label and b in by_label:
+            w(f"{kind} {float(d0):.4f} {float(sigma):.3f} {labels[by_label[a]]} {labels[by_label[b]]}")
     riders: dict[int, list[int]] = {}
     for n, a in enumerate(atoms):
         if a.get("riding") in by_label:

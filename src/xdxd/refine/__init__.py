@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -107,6 +107,21 @@ def _labels_fixed(rec: dict, source: str, picked: list) -> bool:
     return all(rec["candidates"][i].get("method") == "molecule" for i, _ in picked)
 
 
+def _given_restraints(rec: dict, source: str, index: int) -> list[list]:
+    """The restraints [label, label, d0 Å, sigma Å, DFIX | DANG] a candidate (index) or the
+    solution brings along: the molecule's own geometry (xdxd-sample --method molecule)."""
+    if source == "candidates":
+        return rec["candidates"][index].get("restraints") or []
+    return (rec.get(source) or {}).get("restraints") or []
+
+
+def _distances(atoms: list[dict], restraints: list[list]) -> tuple:
+    """LsqOptions.distances (i, j, d0, sigma) of restraints on atoms (no riding H) by label."""
+    where = {a.get("label"): n for n, a in enumerate(atoms)}
+    return tuple((where[a], where[b], float(d0), float(sigma)) for a, b, d0, sigma, *_ in restraints
+                 if a in where and b in where)
+
+
 def _r1_key(cand: dict) -> float:
     r = cand.get("r1")
     return float(r) if isinstance(r, (int, float)) and math.isfinite(r) else math.inf
@@ -167,6 +182,10 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
     lsq = LsqOptions(refine_uiso=opts.refine_uiso, restraints=opts.restraints, bonds=bool(bonds),
                      refine_hydrogens=opts.refine_hydrogens, weight_a=opts.weight_a,
                      weight_b=opts.weight_b, device=device)
+    # the molecule's own bond lengths and 1,3 distances replace the tabulated bonds where
+    # bond restraints are on (the low-resolution case)
+    given = [_given_restraints(rec, source, i) if bonds else [] for i, _ in picked]
+    distances = [_distances(atoms, g) for (_, atoms), g in zip(picked, given)]
     for e in {a["element"] for _, atoms in picked for a in atoms}:
         if e not in _known_elements():
             raise records.RecordError(f"{rid}: unknown element {e!r} in the model")
@@ -182,15 +201,16 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
         for a in arrays:
             a.uaniso = None
     refined: list[RefinementResult | None] = [None] * len(picked)
-    by_n: dict[int, list[int]] = {}
+    by_n: dict[tuple, list[int]] = {}
     for n, a in enumerate(arrays):
-        by_n.setdefault(len(a), []).append(n)
-    for idx in by_n.values():
+        by_n.setdefault((len(a), distances[n]), []).append(n)
+    for (_, dist), idx in by_n.items():
         out = refine_batch(data, [arrays[n].elements for n in idx],
                            np.stack([arrays[n].frac for n in idx]),
                            np.stack([arrays[n].uiso for n in idx]),
                            np.stack([arrays[n].occ for n in idx]),
-                           _stack_aniso([arrays[n] for n in idx]), cycles=rank_cycles, opts=lsq)
+                           _stack_aniso([arrays[n] for n in idx]), cycles=rank_cycles,
+                           opts=replace(lsq, distances=dist))
         for n, r in zip(idx, out):
             refined[n] = r
 
@@ -210,10 +230,11 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
             r = refined[n]
             res, _ = refine_riding(data, r.elements, r.frac, r.uiso, r.occ, r.uaniso, hyd,
                                    cycles=rank_cycles, rounds=2, count_frac=arrays[n].frac,
-                                   counts=given_counts[n], opts=lsq)
+                                   counts=given_counts[n], opts=replace(lsq, distances=distances[n]))
             lead[int(n)] = res.r1 + CHEM_WEIGHT * chems[n].score
         best = min(lead, key=lead.get)
     cand_index, _ = picked[best]
+    lsq = replace(lsq, distances=distances[best])
     if source == "candidates":
         cands = [dict(c) for c in rec["candidates"]]
         for (i, _), r, c in zip(picked, refined, chems):
@@ -310,6 +331,8 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
         "weight_a": lsq.weight_a, "weight_b": lsq.weight_b,
         "chemistry": chem.as_dict(), "swaps": swaps,
     }
+    if lsq.distances:  # the restraints used, for xdxd-refine --from solution and the .res
+        rec["solution"]["restraints"] = [g for g in given[best] if g[0] in labels and g[1] in labels]
     if riding is not None:
         rec["solution"]["riding_h"] = {"placed": int(sum(riding.counts)), "sites": len(riding.frac),
                                        "wanted": hyd}

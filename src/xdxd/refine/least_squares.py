@@ -81,6 +81,9 @@ class LsqOptions:
     refine_uiso: bool = True        # refine an isotropic U (Å²) per atom
     restraints: bool = True         # anti-bump restraints between non-H atoms
     bonds: bool = False             # restrain every bond to the nearest tabulated length
+    distances: tuple = ()           # (i, j, d0 Å, sigma Å) of the molecule's own geometry, atom
+                                    # indices into the model (SHELXL DFIX/DANG); these pairs
+                                    # take no tabulated bond restraint
     refine_hydrogens: bool = False  # refine H positions and Uiso too (else fixed or riding)
     weight_a: float = WEIGHT_A      # SHELXL WGHT a
     weight_b: float = WEIGHT_B      # SHELXL WGHT b
@@ -193,7 +196,7 @@ class _Bumps:
     seen through the wrong offset pulls an atom across the cell)."""
 
     def __init__(self, data: _Reflections, elements: list[list[str]], frac: np.ndarray, occ: np.ndarray,
-                 enabled: bool, bonds: bool = False):
+                 enabled: bool, bonds: bool = False, distances: tuple = ()):
         B, N, _ = frac.shape
         offset = np.floor(frac)
         frac = frac - offset  # in [0, 1)
@@ -206,9 +209,25 @@ class _Bumps:
                 continue
             els = [elements[b][n] for n in heavy]
             r = np.array([covalent_radius(e) for e in els])
+            where = {n: k for k, n in enumerate(heavy)}
+            given = {}  # (i, j) in heavy -> (d0, sigma): the molecule's own distances
+            for i, j, d0, sigma in distances:
+                if i in where and j in where:
+                    given[min(where[i], where[j]), max(where[i], where[j])] = (d0, sigma)
             reach = longest_bond(r) if bonds else BUMP_FACTOR * 2 * r.max() + 0.3
+            reach = max([reach] + [d0 + 0.5 for d0, _ in given.values()])
             c = find_contacts(data.cell, data.ops, frac[b, heavy], cutoff=reach)
+            nearest = {}  # (i, j) -> its shortest contact: the image a restrained pair is bonded through
+            for k, (i, j, d) in enumerate(zip(c.i, c.j, c.d)):
+                key = (min(i, j), max(i, j))
+                if key in given and (key not in nearest or d < c.d[nearest[key]]):
+                    nearest[key] = k
+            for key, k in nearest.items():
+                d0, sigma = given[key]
+                rows.append((b, heavy[c.i[k]], heavy[c.j[k]], c.op[k], c.shift[k], d0, sigma, True))
             for i, j, o, s, d in zip(c.i, c.j, c.op, c.shift, c.d):
+                if (min(i, j), max(i, j)) in given:
+                    continue
                 d0 = BUMP_FACTOR * (r[i] + r[j])
                 target = bond_target(els[i], els[j], d) if bonds else None
                 if bonds and is_bond(d, r[i] + r[j]) and target is not None and d > d0:
@@ -425,7 +444,8 @@ def refine_batch(data: DataSet, elements: list[str] | list[list[str]], frac: np.
     for cycle in range(cycles):
         n_cycles = cycle + 1
         with torch.no_grad():
-            bumps = _Bumps(refl, els, frac_of(p).cpu().numpy(), occ, opts.restraints, opts.bonds)
+            bumps = _Bumps(refl, els, frac_of(p).cpu().numpy(), occ, opts.restraints, opts.bonds,
+                           opts.distances)
         # per-atom contributions and their derivatives along each basis direction
         with torch.no_grad():
             Fa, dF = atom_f_and_derivatives(p, u)

@@ -19,7 +19,9 @@ population with Adam plus a global step):
   back near them (small random moves) and the rest start afresh at random; the best
   distinct structures (|Fc| patterns, so origin shifts and the enantiomorph count once)
   become the candidates. The search stops after `rounds` rounds, at the time budget, or
-  when the best `agree` particles are one structure.
+  when the best `agree` particles are one structure and that structure was found from
+  at least `agree_lineages` independent random starts (copies of one particle moved
+  a little agree with each other whether they are right or not).
 
 A molecule on a special position (count 1/2, 1/3, 1/4 or 1/6 of a molecule in the asymmetric
 unit) is searched whole, with that weight in |Fc|, starting on a site of that order: where
@@ -69,7 +71,8 @@ class MoleculeConfig:
     move_orientation: float = 0.15  # quaternion units
     move_torsion: float = 0.6     # rad
     agree: int = 8                # stop once this many best particles are one structure ...
-    agree_cc: float = 0.995       # ... (their |Fc| correlate above this)
+    agree_cc: float = 0.995       # ... (their |Fc| correlate above this) ...
+    agree_lineages: int = 2       # ... found from this many random starts (kept particles included)
     seed_conformer: int = 0       # RDKit embedding seed
     ring_conformers: int = 4      # distinct ring conformations tried per molecule (flexible rings)
     switch_conformer: float = 0.1  # chance that a move near a kept particle changes its ring conformation
@@ -259,14 +262,16 @@ class Particles:
     """Parameters of a population over all K molecule copies: centre (B,K,3) Å, a shift
     from the copy's starting site; orientation (B,K,4) quaternion; torsions (B,T) rad;
     site (B,K): which of the copy's sites (`MoleculeSearch.sites`) it started on;
-    conformer (B,K): which of the copy's ring conformations it has."""
+    conformer (B,K): which of the copy's ring conformations it has; lineage (B,): the
+    random start it descends from."""
     centre: torch.Tensor
     orientation: torch.Tensor
     torsions: torch.Tensor
     site: torch.Tensor
     conformer: torch.Tensor
+    lineage: torch.Tensor
 
-    FIELDS = ("centre", "orientation", "torsions", "site", "conformer")
+    FIELDS = ("centre", "orientation", "torsions", "site", "conformer", "lineage")
 
     def take(self, idx: torch.Tensor) -> "Particles":
         return Particles(*(getattr(self, f)[idx] for f in self.FIELDS))
@@ -282,6 +287,7 @@ class MoleculeSearch:
     def __init__(self, data: DataSet, models: list[tuple[MoleculeModel, float]],
                  cfg: MoleculeConfig, device: str = "cpu"):
         self.cfg, self.device = cfg, device
+        self._lineages = 0  # random starts so far
         self.copies, start = [], 0
         for m, weight in models:
             self.copies.append(Copy(m, TorsionTree(m, device), slice(start, start + m.n_atoms), weight))
@@ -315,6 +321,11 @@ class MoleculeSearch:
             parts.append(place(x, p.orientation[:, k], centre, o.orth, o.deorth))
         return torch.cat(parts, dim=1)
 
+    def _new_lineages(self, n: int) -> torch.Tensor:
+        """n lineage numbers not given before (one per random start)."""
+        start, self._lineages = self._lineages, self._lineages + n
+        return torch.arange(start, start + n, device=self.device)
+
     def random(self, n: int, gen: torch.Generator) -> Particles:
         """n particles anywhere: centres uniform in the cell, orientations uniform, torsions
         uniform in [-pi, pi]."""
@@ -330,7 +341,7 @@ class MoleculeSearch:
         dev = self.device
         return Particles((frac @ self.objective.orth.cpu().T).to(dev),
                          (q / q.norm(dim=-1, keepdim=True)).to(dev), t.to(dev), site.to(dev),
-                         conformer.to(dev))
+                         conformer.to(dev), self._new_lineages(n))
 
     def near(self, p: Particles, gen: torch.Generator) -> Particles:
         """Copies of p moved a little (cfg.move_*), a share cfg.switch_conformer of them into
@@ -344,7 +355,7 @@ class MoleculeSearch:
         return Particles(p.centre + cfg.move_centre * torch.randn(p.centre.shape, generator=gen).to(dev),
                          q / q.norm(dim=-1, keepdim=True),
                          p.torsions + cfg.move_torsion * torch.randn(p.torsions.shape, generator=gen).to(dev),
-                         p.site, conformer)
+                         p.site, conformer, p.lineage)
 
     def score(self, p: Particles) -> torch.Tensor:
         """Objective (B,) on all reflections: misfit + clash_weight × clash."""
@@ -367,7 +378,7 @@ class MoleculeSearch:
                 break
             done = step / max(1, cfg.steps)
             share = cfg.low_res_start + (1 - cfg.low_res_start) * min(1.0, 1.5 * done)
-            frac = self.frac(Particles(*params, p.site, p.conformer))
+            frac = self.frac(Particles(*params, p.site, p.conformer, p.lineage))
             misfit = obj.misfit(frac, max(8, int(share * M)), hydrogens=done >= 1 - cfg.h_share)[0]
             loss = misfit + cfg.clash_weight * obj.clash(frac)
             opt.zero_grad()
@@ -375,7 +386,7 @@ class MoleculeSearch:
             opt.step()
         with torch.no_grad():
             q = params[1] / params[1].norm(dim=-1, keepdim=True)
-            return Particles(params[0].detach(), q, params[2].detach(), p.site, p.conformer)
+            return Particles(params[0].detach(), q, params[2].detach(), p.site, p.conformer, p.lineage)
 
 
 def search(data: DataSet, models: list[tuple[MoleculeModel, float]], cfg: MoleculeConfig, seed: int = 0,
@@ -420,16 +431,21 @@ def search(data: DataSet, models: list[tuple[MoleculeModel, float]], cfg: Molecu
 
 
 def _agree(s: MoleculeSearch, pop: Particles, cfg: MoleculeConfig) -> bool:
-    """True when the cfg.agree best particles (pop sorted best first) give one |Fc|."""
+    """True when the cfg.agree best particles (pop sorted best first) give one |Fc| and
+    the particles with that |Fc| among the best quarter descend from at least
+    cfg.agree_lineages random starts."""
     if cfg.agree < 2:
         return False
+    n = min(len(pop.lineage), max(cfg.agree, int(cfg.keep * len(pop.lineage))))
     with torch.no_grad():
-        frac = s.frac(pop.take(torch.arange(cfg.agree, device=pop.centre.device)))
-        B, N, _ = frac.shape
-        fc = s.objective.fc0(frac)
+        top = pop.take(torch.arange(n, device=pop.centre.device))
+        fc = s.objective.fc0(s.frac(top))
         z = fc - fc.mean(-1, keepdim=True)
         z = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return bool(((z @ z.T) > cfg.agree_cc).all())
+        same = (z @ z[0]) > cfg.agree_cc                                     # (n,) like the best
+        if not bool(same[:cfg.agree].all()):
+            return False
+        return len(torch.unique(top.lineage[same])) >= cfg.agree_lineages
 
 
 # ---------------------------------------------------------------------------
@@ -485,9 +501,11 @@ def sample(rec: dict, samples: int = 8, seed: int = 0, device: str = "cpu",
         fc = s.objective.fc0(frac)
     keep = distinct_patterns(fc.cpu().numpy(), np.arange(len(fc)), samples)
     frac = np.mod(frac.cpu().numpy(), 1.0)
-    out = [{"atoms": _atoms(s.copies, frac[i], float(u[i]), data), "r1": round(float(r1[i]), 5),
-            "score": round(float(score[i]), 5), "method": "molecule", "particle": int(i)}
-           for i in keep]
+    out = []
+    for i in keep:
+        atoms, restraints = _atoms(s.copies, frac[i], float(u[i]), data, pop.conformer[i].tolist())
+        out.append({"atoms": atoms, "restraints": restraints, "r1": round(float(r1[i]), 5),
+                    "score": round(float(score[i]), 5), "method": "molecule", "particle": int(i)})
     info.update({"particles": cfg.particles, "steps": cfg.steps,
                  "molecules": [[m.smiles, w] for m, w in models],
                  "torsions": [m.torsions.shape[0] for m, _ in models],
@@ -495,14 +513,24 @@ def sample(rec: dict, samples: int = 8, seed: int = 0, device: str = "cpu",
     return out, info
 
 
-def _atoms(copies: list[Copy], frac: np.ndarray, uiso: float, data: DataSet) -> list[dict]:
-    """Record atoms of one asymmetric unit: heavy atoms labelled by element (C1, C2, N1,
-    ...), each H after them labelled by its parent and flagged `riding`. A molecule on a
-    special position gives one atom of each set of atoms its site symmetry maps onto each
-    other (an atom left without its partners keeps the molecule's weight as occupancy)."""
+BOND_SIGMA_A = 0.02   # Å, sigma of a bond-length restraint from the molecule (SHELXL DFIX)
+ANGLE_SIGMA_A = 0.04  # Å, sigma of a 1,3-distance restraint from the molecule (SHELXL DANG)
+
+
+def _atoms(copies: list[Copy], frac: np.ndarray, uiso: float, data: DataSet,
+           conformers: list[int] | None = None) -> tuple[list[dict], list[list]]:
+    """Record atoms of one asymmetric unit and the molecules' own geometry as restraints.
+
+    Atoms: heavy atoms labelled by element (C1, C2, N1, ...), each H after them labelled
+    by its parent and flagged `riding`. A molecule on a special position gives one atom of
+    each set of atoms its site symmetry maps onto each other (an atom left without its
+    partners keeps the molecule's weight as occupancy). Restraints: [label, label, d0 Å,
+    sigma Å, "DFIX" | "DANG"] for every bond between heavy atoms (DFIX, BOND_SIGMA_A) and
+    every pair two bonds apart (DANG, ANGLE_SIGMA_A), d0 from the copy's conformer
+    (conformers[k], the first by default), between atoms the asymmetric unit lists."""
     count: dict[str, int] = {}
-    heavy, hydrogens = [], []
-    for c in copies:
+    heavy, hydrogens, restraints = [], [], []
+    for k, c in enumerate(copies):
         x = frac[c.rows]
         occ = np.ones(c.model.n_atoms)
         keep = np.ones(c.model.n_atoms, bool)
@@ -525,7 +553,32 @@ def _atoms(copies: list[Copy], frac: np.ndarray, uiso: float, data: DataSet) -> 
             hydrogens.append({"element": "H", "label": f"H{labels[p]}{per_parent[p]}",
                               "xyz": _xyz(x[a]), "uiso": round(1.2 * uiso, 5),
                               "occ": round(float(occ[p]), 4), "riding": labels[p]})
-    return heavy + hydrogens
+        xyz = c.model.conformers[conformers[k] if conformers else 0]
+        for i, j, sigma, kind in _restrained_pairs(c.model):
+            if i in labels and j in labels:
+                d0 = round(float(np.linalg.norm(xyz[i] - xyz[j])), 4)
+                restraints.append([labels[i], labels[j], d0, sigma, kind])
+    return heavy + hydrogens, restraints
+
+
+def _restrained_pairs(m: MoleculeModel) -> list[tuple[int, int, float, str]]:
+    """(i, j, sigma Å, SHELX name) of the heavy-atom pairs one bond (BOND_SIGMA_A, DFIX) or
+    two bonds (ANGLE_SIGMA_A, DANG) apart."""
+    from xdxd.molecule.tree import _neighbours
+    nb = _neighbours(m.n_atoms, m.bonds)
+    heavy = [a for a in range(m.n_atoms) if m.parent[a] < 0]
+    pairs = {}
+    for a in heavy:
+        for b in nb[a]:
+            if m.parent[b] < 0 and a < b:
+                pairs[a, b] = (BOND_SIGMA_A, "DFIX")
+    for b in heavy:  # a - b - c
+        around = [a for a in nb[b] if m.parent[a] < 0]
+        for x in range(len(around)):
+            for y in range(x + 1, len(around)):
+                a, c = sorted((around[x], around[y]))
+                pairs.setdefault((a, c), (ANGLE_SIGMA_A, "DANG"))
+    return [(a, b, *kind) for (a, b), kind in sorted(pairs.items())]
 
 
 def _unique_part(x: np.ndarray, c: Copy, data: DataSet, tol_A: float = 1.1
