@@ -207,6 +207,19 @@ def test_perception_of_nitro_groups_ions_and_disordered_methyl_hydrogens():
         return np.vstack([xyz[hs], turned, xyz[rest]]), np.r_[np.full(6, 0.5), np.ones(len(rest))]
     assert _perceived("CC(=O)Nc1ccccc1", six_half_h) == [{"smiles": "CC(=O)Nc1ccccc1", "count": 1.0}]
 
+    def three_full_oh(xyz, mol):
+        """The hydroxyl H written at three sites 120° apart, each at occupancy 1 (2001826)."""
+        o = next(a.GetIdx() for a in mol.GetAtoms() if a.GetSymbol() == "O")
+        c = next(a.GetIdx() for a in mol.GetAtomWithIdx(o).GetNeighbors() if a.GetSymbol() == "C")
+        h = next(a.GetIdx() for a in mol.GetAtomWithIdx(o).GetNeighbors() if a.GetSymbol() == "H")
+        k = (xyz[o] - xyz[c]) / np.linalg.norm(xyz[o] - xyz[c])
+        v = xyz[h] - xyz[o]
+        turn = lambda t: xyz[o] + v * np.cos(t) + np.cross(k, v) * np.sin(t) + k * (v @ k) * (1 - np.cos(t))  # noqa: E731
+        others = [a.GetIdx() for a in mol.GetAtoms() if a.GetSymbol() == "H" and a.GetIdx() != h]
+        return np.vstack([xyz[others], turn(0.0), turn(2.1), turn(-2.1)]), np.ones(len(others) + 3)
+    assert _perceived("OC(C)c1ccccc1", three_full_oh)[0]["smiles"] in ("CC(O)c1ccccc1", "C[C@H](O)c1ccccc1",
+                                                                     "C[C@@H](O)c1ccccc1")
+
 
 def test_the_molecule_search_solves_a_small_structure_at_2_angstrom():
     """1100656 (P1, 13 non-H atoms) from 2.0 Å data, the molecule named: sample (auto picks

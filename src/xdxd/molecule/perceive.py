@@ -155,11 +155,34 @@ def _smiles(elements: list[str], cart: np.ndarray, bonds: list[tuple[int, int]],
             return _written(mol)
         except Exception:  # RDKit raises ValueError or its own errors for a wrong charge
             continue
+    extra = _surplus_hydrogens(rw)
+    if extra:  # an H set disordered over more sites than the atom has H, occupancies not given
+        keep = [a for a in range(len(elements)) if a not in extra]
+        where = {a: k for k, a in enumerate(keep)}
+        return _smiles([elements[a] for a in keep], np.asarray(cart)[keep],
+                       [(where[i], where[j]) for i, j in bonds if i in where and j in where],
+                       None if extra_h is None else np.asarray(extra_h)[keep])
     mol = _single_bonds(rw)
     if mol is not None:
         return _written(mol)
     formula = "".join(sorted(elements))
     raise ValueError(f"RDKit cannot assign bonds to a fragment {formula} at charges {CHARGES}")
+
+
+def _surplus_hydrogens(mol) -> set[int]:
+    """H atoms beyond what their parent's lowest neutral valence leaves room for (an OH
+    with three H sites), the last ones of each parent; empty if none."""
+    from rdkit import Chem
+    table = Chem.GetPeriodicTable()
+    out = set()
+    for atom in mol.GetAtoms():
+        if atom.GetAtomicNum() == 1:
+            continue
+        hs = [n.GetIdx() for n in atom.GetNeighbors() if n.GetAtomicNum() == 1]
+        room = table.GetDefaultValence(atom.GetAtomicNum()) - (atom.GetDegree() - len(hs))
+        if room >= 0 and len(hs) > max(room, 1):
+            out.update(hs[max(room, 1):])
+    return out
 
 
 def _nitro_groups(mol) -> list[tuple[int, int, int]]:
