@@ -133,3 +133,12 @@ def test_measured_data_sets_with_an_oracle_sampler():
     assert row["error"] is None and row["matched_strict"] and row["data"] == "measured"
     assert rec["metrics"]["data"] == "measured_intensities" and row["n_atoms"] == 6
     assert len(rec["reflections"]["h"]) == 39 and rec["d_min_A"] >= 2.0
+
+
+def test_breakdown_by_size_band_and_kind():
+    from xdxd.bench import breakdown_table
+    rows = [{"dmin": 2.0, "method": "molecule", "n_atoms": n, "matched_strict": ok, "molecule_counts": c}
+            for n, ok, c in [(8, True, [1.0]), (15, False, [0.5]), (25, True, [1.0, 0.5]), (40, True, [2.0]),
+                             (12, False, None)]]
+    table = breakdown_table(rows)
+    assert table.splitlines()[2] == "| 2.00 | molecule | 1/1 | 0/2 | 1/1 | 1/1 | 1/1 | 1/2 | 2/2 |"

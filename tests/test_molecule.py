@@ -85,6 +85,13 @@ def test_a_flexible_ring_gives_several_conformations_each_built_exactly():
     assert len(molecule_model("c1ccccc1C(=O)O", rings=4).conformers) == 1
 
 
+def test_a_cyclophosphazene_embeds():
+    """MMFF's atom typing resets RDKit's aromatic flags of a P=N ring so that it no longer
+    kekulises (2200981, 2204100); the conformer comes back on an untouched copy."""
+    m = molecule_model("ClP1(Cl)=NP(Cl)(Cl)=NP2(=N1)N1CCN2Cc2ccccc2OCCOCCOc2ccccc2C1", rings=4)  # 2204100
+    assert m.n_atoms == 59 and len(m.conformers) >= 1
+
+
 def _heavy_neighbours(m, i):
     return [int(b) if a == i else int(a) for a, b in m.bonds if i in (a, b) and m.parent[a if b == i else b] < 0]
 

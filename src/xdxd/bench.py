@@ -270,6 +270,7 @@ def run_one(task: Task, pipeline: Pipeline | None = None, isolated: bool = False
         "rms_loose": m.get("rms_loose"), "rmsd_A": m.get("rmsd_A"), "r1": m.get("r1"),
         "best_candidate": m.get("best_candidate"),
         "n_candidates_matched_loose": m.get("n_candidates_matched_loose"),
+        "molecule_counts": [mol.get("count") for mol in rec.get("molecules") or []] or None,
         "error": rec.get("error"),
     }
     if cuda:
@@ -451,6 +452,48 @@ def _row_metrics(r: dict) -> dict:
     if r.get("n_candidates_matched_loose") is not None:
         m["n_candidates_matched_loose"] = r["n_candidates_matched_loose"]
     return m
+
+
+SIZE_BANDS = ((0, 10), (11, 20), (21, 30), (31, 10**6))  # non-H atoms in the asymmetric unit
+
+
+def _kinds(counts: list[float] | None) -> list[str]:
+    """What a structure's named molecules make it: 'general' (one molecule at a general
+    position), 'special' (a molecule on a special position), 'several' (more than one
+    molecule in the asymmetric unit); none without named molecules."""
+    if not counts:
+        return []
+    out = []
+    if len(counts) == 1 and abs(counts[0] - 1) < 1e-6:
+        out.append("general")
+    if any(abs(c - round(c)) > 1e-6 for c in counts):
+        out.append("special")
+    if len(counts) > 1 or sum(counts) > 1 + 1e-6:
+        out.append("several")
+    return out
+
+
+def breakdown_table(rows: list[dict]) -> str:
+    """Solved strict / n per (dmin, method) by size band and, where the rows name their
+    molecules, by kind (`_kinds`; a structure can be of two kinds), as Markdown; the ids
+    of the failures are in the rows."""
+    bands = [f"{lo}–{hi}" if hi < 10**6 else f"> {lo - 1}" for lo, hi in SIZE_BANDS]
+    bands[0] = "≤ 10"
+    kinds = ("general", "special", "several")
+    head = "| d_min (Å) | method | " + " | ".join(bands) + " | " + " | ".join(kinds) + " |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["dmin"], r["method"]), []).append(r)
+
+    def cell(rs: list[dict]) -> str:
+        return f"{sum(bool(r.get('matched_strict')) for r in rs)}/{len(rs)}" if rs else "–"
+    for (dmin, method), rs in groups.items():
+        by_band = [cell([r for r in rs if r.get("n_atoms") is not None and lo <= r["n_atoms"] <= hi])
+                   for lo, hi in SIZE_BANDS]
+        by_kind = [cell([r for r in rs if k in _kinds(r.get("molecule_counts"))]) for k in kinds]
+        lines.append(f"| {dmin:.2f} | {method} | " + " | ".join(by_band + by_kind) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table(summaries: list[dict]) -> str:

@@ -61,7 +61,8 @@ def bench(
     time_budget_s: Optional[float] = OldTimeBudgetOpt,
 ) -> None:
     """Run the whole pipeline on each structure and report solved fractions, RMS, time and memory."""
-    from xdxd.bench import BenchConfig, markdown_table, run_bench, select_structures, summarize_bench
+    from xdxd.bench import (BenchConfig, breakdown_table, markdown_table, run_bench, select_structures,
+                            summarize_bench)
 
     output = renamed(ctx, "output", output, "--out", out)
     time_budget = renamed(ctx, "time_budget", time_budget, "--time-budget-s", time_budget_s)
@@ -119,6 +120,8 @@ def bench(
         wide_stderr().print(summary_table(summaries))
     if markdown:
         typer.echo(markdown_table(summaries), nl=False)
+        typer.echo("\nSolved strict by size (non-H atoms) and kind:\n")
+        typer.echo(breakdown_table(rows), nl=False)
     raise typer.Exit(1 if any(r.get("error") for r in rows) else 0)
 
 

@@ -36,16 +36,18 @@ def embed(mol, seed: int, name: str = ""):
     from rdkit.Chem import AllChem
 
     mol = Chem.AddHs(mol)
+    work = Chem.Mol(mol)  # MMFF's typing resets aromatic flags (then a P=N ring no longer kekulises)
     params = AllChem.ETKDGv3()
     params.randomSeed = int(seed) % (2**31 - 1)
-    if AllChem.EmbedMolecule(mol, params) != 0:
+    if AllChem.EmbedMolecule(work, params) != 0:
         params.useRandomCoords = True
-        if AllChem.EmbedMolecule(mol, params) != 0:
+        if AllChem.EmbedMolecule(work, params) != 0:
             raise ValueError(f"{name}: RDKit could not embed a conformer")
-    if AllChem.MMFFHasAllMoleculeParams(mol):
-        AllChem.MMFFOptimizeMolecule(mol, maxIters=500)
+    if AllChem.MMFFHasAllMoleculeParams(work):
+        AllChem.MMFFOptimizeMolecule(work, maxIters=500)
     else:
-        AllChem.UFFOptimizeMolecule(mol, maxIters=500)
+        AllChem.UFFOptimizeMolecule(work, maxIters=500)
+    mol.AddConformer(work.GetConformer(), assignId=True)
     return mol
 
 
@@ -81,7 +83,10 @@ def ring_conformers(mol, seed: int, most: int) -> list[int]:
         return []
     params = AllChem.ETKDGv3()
     params.randomSeed = int(seed) % (2**31 - 2) + 1  # seed 0 gives RING_TRIES copies of one conformer
-    ids = list(AllChem.EmbedMultipleConfs(mol, RING_TRIES, params))
+    try:
+        ids = list(AllChem.EmbedMultipleConfs(mol, RING_TRIES, params))
+    except Exception:  # RDKit cannot kekulise some P=N rings here though one conformer embeds
+        return []
     if not ids:
         return []
     if AllChem.MMFFHasAllMoleculeParams(mol):
