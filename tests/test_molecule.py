@@ -235,8 +235,10 @@ def test_the_molecule_search_solves_a_small_structure_at_2_angstrom():
     from xdxd.score import score_record
     from xdxd.solve import sample_record
     rec = _problem(str(ROOT / "examples" / "1100656.cif"))
-    out = sample_record(rec, method="auto", samples=4, seed=0, rounds=4)
+    lines = []
+    out = sample_record(rec, method="auto", samples=4, seed=0, rounds=4, progress=lines.append)
     assert out["history"][-1]["method"] == "molecule" and out["candidates"][0]["method"] == "molecule"
+    assert len(lines) == out["history"][-1]["rounds"] and lines[0].startswith(f"{rec['id']}: round 1: best score")
     assert any(a.get("riding") for a in out["candidates"][0]["atoms"])
     solved = score_record(refine_record(out), candidates=False)
     assert solved["solution"]["swaps"] == [] and solved["solution"]["r1"] < 0.05

@@ -70,6 +70,8 @@ def sample(
     def work(rec: dict) -> dict:
         name = resolve_method(rec, method.value)
         opts = {k: v for k, v in given.items() if k in METHOD_OPTIONS[name]}
+        if name == "molecule" and not quiet:  # a line per round of the search
+            opts["progress"] = log.info
         out = sample_record(rec, method=name, samples=samples or DEFAULT_SAMPLES[name], seed=seed,
                             device=dev, time_budget_s=time_budget, **opts)
         best = out["candidates"][0] if out["candidates"] else None

@@ -390,8 +390,10 @@ class MoleculeSearch:
 
 
 def search(data: DataSet, models: list[tuple[MoleculeModel, float]], cfg: MoleculeConfig, seed: int = 0,
-           device: str = "cpu", time_budget_s: float | None = None) -> tuple[MoleculeSearch, Particles, torch.Tensor, dict]:
-    """The search (module docstring): (the search, final population, its scores, info)."""
+           device: str = "cpu", time_budget_s: float | None = None, progress=None
+           ) -> tuple[MoleculeSearch, Particles, torch.Tensor, dict]:
+    """The search (module docstring): (the search, final population, its scores, info).
+    progress: called with a line of text after each round (the CLI's stderr log)."""
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     s = MoleculeSearch(data, models, cfg, device)
@@ -409,6 +411,8 @@ def search(data: DataSet, models: list[tuple[MoleculeModel, float]], cfg: Molecu
         rounds += 1
         order = torch.argsort(score)
         pop, score = pop.take(order), score[order]
+        if progress is not None:
+            progress(f"round {rounds}: best score {float(score[0]):.4f}, {time.perf_counter() - t0:.0f} s")
         if _agree(s, pop, cfg):
             stopped = "agreed"
             break
@@ -478,7 +482,7 @@ def expand_molecules(rec: dict) -> list[tuple[str, float]]:
 
 
 def sample(rec: dict, samples: int = 8, seed: int = 0, device: str = "cpu",
-           time_budget_s: float | None = None, **options) -> tuple[list[dict], dict]:
+           time_budget_s: float | None = None, progress=None, **options) -> tuple[list[dict], dict]:
     """Record -> (up to `samples` distinct candidates, best first, info). options: fields of
     MoleculeConfig. Each candidate holds every atom of the asymmetric unit: the heavy
     atoms with labels, and the H atoms flagged as riding on their parents."""
@@ -493,7 +497,8 @@ def sample(rec: dict, samples: int = 8, seed: int = 0, device: str = "cpu",
             models.append((molecule_model(smiles, cfg.seed_conformer, cfg.ring_conformers), weight))
         except ValueError as e:
             raise records.RecordError(f"{rid}: {e}") from None
-    s, pop, score, info = search(data, models, cfg, seed, device, time_budget_s)
+    s, pop, score, info = search(data, models, cfg, seed, device, time_budget_s,
+                                 None if progress is None else (lambda line: progress(f"{rid}: {line}")))
     with torch.no_grad():
         frac = s.frac(pop)
         r1 = s.objective.r1(frac)
