@@ -316,6 +316,7 @@ def test_refine_record_picks_and_refines_the_right_candidate():
     for key in ("r1", "r1_obs", "wr2", "goof", "n_params", "n_reflections", "scale", "cycles",
                 "chemistry", "swaps", "atoms"):
         assert key in s
+    assert s["reflections_per_parameter"] == round(s["n_reflections"] / s["n_params"], 2)
     assert all("r1_refined" in c for c in out["candidates"])
     assert out["candidates"][0]["r1_refined"] > out["candidates"][1]["r1_refined"]
     assert [x["element"] for x in s["atoms"]] == heavy_atoms(rec).elements

@@ -75,7 +75,8 @@ def refine(
         if s.get("riding_h"):
             swaps += f", {s['riding_h']['placed']} riding H"
         log.info(f"{out.get('id', '?')}: R1 {s['r1']:.4f}, wR2 {s['wr2']:.4f}, GooF {s['goof']:.3f}, "
-                 f"{s['n_params']} parameters, {s['n_reflections']} reflections, "
+                 f"{s['n_params']} parameters, {s['n_reflections']} reflections "
+                 f"({s['n_reflections'] / max(1, s['n_params']):.1f} per parameter), "
                  f"chemistry {s['chemistry']['score']:.2f}{swaps}")
         return out
 

@@ -119,6 +119,7 @@ class RefinementResult:
         return {"r1": round(a.r1, 5), "r1_obs": None if math.isnan(a.r1_obs) else round(a.r1_obs, 5),
                 "wr2": round(a.wr2, 5), "goof": round(a.goof, 4), "scale": round(self.scale, 6),
                 "n_params": self.n_params, "n_reflections": self.n_reflections,
+                "reflections_per_parameter": round(self.n_reflections / max(1, self.n_params), 2),
                 "n_obs": a.n_obs, "cycles": self.cycles, "converged": self.converged,
                 "bumps": self.bumps}
 
