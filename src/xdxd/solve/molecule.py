@@ -1,9 +1,10 @@
 """The `molecule` method: direct-space search over the position, orientation and torsions of
 the molecules a record names (`molecules`, from `xdxd-prep --molecule`).
 
-Each molecule is a rigid conformer with torsions (molecule.tree); a particle is one
-guess of every molecule's centre (Cartesian Å), orientation (quaternion) and torsion
-changes (rad). A population of particles is one torch batch, searched as powder
+Each molecule is a rigid conformer with torsions (molecule.tree), with up to
+`ring_conformers` ring conformations where a ring is flexible; a particle is one guess of
+every molecule's centre (Cartesian Å), orientation (quaternion), ring conformation and
+torsion changes (rad). A population of particles is one torch batch, searched as powder
 crystallography's direct-space methods do (DASH, FOX; GALLOP: local optimisation of a
 population with Adam plus a global step):
 
@@ -27,7 +28,8 @@ A molecule on a special position (count 1/2, 1/3, 1/4 or 1/6 of a molecule in th
 unit) is searched whole, with that weight in |Fc|, starting on a site of that order: where
 the site's symmetry maps it onto itself its images add up to the full molecule, so the
 data hold it there. Its candidates list one atom of each set the symmetry relates
-(`_unique_part`), as the asymmetric unit has them.
+(`_unique_part`), as the asymmetric unit has them. Every candidate also lists the
+molecule's own bond lengths and 1,3 distances as DFIX/DANG restraints for xdxd-refine.
 Every setting is in MoleculeConfig; random numbers come from torch.Generator(seed) on the
 CPU, so a seed and a number of rounds give the same candidates on any machine.
 """
