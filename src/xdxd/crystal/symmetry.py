@@ -257,10 +257,9 @@ def _grid_stabilizers(hall: str) -> tuple[np.ndarray, np.ndarray]:
     return pts, np.all(np.abs(d - np.round(d)) < 1e-6, axis=-1)
 
 
-def special_sites(ops: SymOps, order: int) -> tuple[np.ndarray, np.ndarray]:
+def special_sites(ops: SymOps, order: int) -> np.ndarray:
     """The special positions of one stabilizer order: points (S,3) fractional, one per set
-    of symmetry-equivalent points of a 1/24 grid, and the projector (S,3,3) of each (the
-    mean of its stabilizer's rotations: x0 + P d stays on the site for any d)."""
+    of symmetry-equivalent points of a 1/24 grid."""
     pts, fixed = _grid_stabilizers(ops.hall)
     rows = np.nonzero(fixed.sum(-1) == order)[0]
     seen: set[tuple] = set()
@@ -272,8 +271,7 @@ def special_sites(ops: SymOps, order: int) -> tuple[np.ndarray, np.ndarray]:
         keep.append(i)
         for img in apply_ops(pts[i][None], ops)[0]:  # its symmetry equivalents are the same site
             seen.add(tuple(np.round(img * 24).astype(int) % 24))
-    projector = np.array([ops.rot[fixed[i]].mean(0) for i in keep]).reshape(-1, 3, 3)
-    return pts[keep], projector
+    return pts[keep].reshape(-1, 3)
 
 
 def stabilizer_orders(ops: SymOps) -> tuple[int, ...]:

@@ -37,10 +37,9 @@ def molecules_of(elements: list[str], frac: np.ndarray, cell: gemmi.UnitCell, op
     # every image of a disordered H counts (only exact duplicates on a special position merge)
     h_pos, h_owner = unique_images(frac[partial], ops, cell, tol=0.05)
     extra_h = _partial_hydrogens(pos, els, h_pos, occ[partial][h_owner], cell)
-    kept = np.arange(len(pos))
     counts: dict[str, int] = {}
-    for atoms, cart, bonds in _molecules_unwrapped(pos[kept], [els[k] for k in kept], cell):
-        smiles = _smiles([els[kept[a]] for a in atoms], cart, bonds, extra_h[kept[atoms]])
+    for atoms, cart, bonds in _molecules_unwrapped(pos, els, cell):
+        smiles = _smiles([els[a] for a in atoms], cart, bonds, extra_h[atoms])
         if not ops.sohncke:  # a racemate's two hands are one molecule: the symmetry makes the other
             smiles = next((s for s in counts if s == _mirror(smiles)), smiles)
         counts[smiles] = counts.get(smiles, 0) + 1

@@ -45,10 +45,10 @@ import torch
 from xdxd import records
 from xdxd.crystal.chemistry import MIN_CONTACT_FACTOR, is_hydrogen, vdw_radius
 from xdxd.crystal.dataset import DataSet
-from xdxd.crystal.statistics import distinct_patterns
+from xdxd.crystal import statistics
 from xdxd.crystal.structure_factors import StructureFactors
 from xdxd.molecule.tree import MoleculeModel, TorsionTree, molecule_model, place
-from xdxd.crystal.symmetry import apply_ops_torch, special_sites
+from xdxd.crystal.symmetry import special_sites
 from xdxd.solve.diffusion.bonding import _identity_op, lattice_cells
 from xdxd.solve.options import config_from
 
@@ -147,26 +147,31 @@ class Objective:
         B, N, _ = frac.shape
         zero = torch.zeros(B, N, device=frac.device)
         fc0 = self.sf.calc(frac, types, zero, weight.expand(B, N), first=m).abs()      # (B,m)
-        fo, s2 = self.fo[:m], self.s2[:m]
-        with torch.no_grad():
-            dw = torch.exp(-2 * math.pi ** 2 * self.u_grid[:, None] * s2)              # (G,m)
-            fc = fc0[:, None] * dw                                                      # (B,G,m)
-            k = (fo * fc).sum(-1) / (fc * fc).sum(-1).clamp_min(1e-12)
-            r = (fo - k[..., None] * fc).abs().sum(-1)
-            u = self.u_grid[r.argmin(-1)]                                               # (B,)
-        fc = fc0 * torch.exp(-2 * math.pi ** 2 * u[:, None] * s2)
-        k = (fo * fc).sum(-1, keepdim=True) / (fc * fc).sum(-1, keepdim=True).clamp_min(1e-12)
+        fo = self.fo[:m]
+        u = self._fit_u(fc0)
+        fc = self._scaled(fc0, u)
+        k = statistics.scale_factor(fo, fc)[:, None]
         return ((fo - k * fc) ** 2).sum(-1) / (fo * fo).sum(), u
 
-    def r1(self, frac: torch.Tensor) -> torch.Tensor:
-        """R1 (B,) on all reflections at each particle's fitted overall Uiso."""
+    def _scaled(self, fc0: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """|Fc| (B,m) at U = 0 on the m lowest-resolution reflections, at Uiso u (B,) Å²."""
+        return fc0 * torch.exp(-2 * math.pi ** 2 * u[:, None] * self.s2[:fc0.shape[-1]])
+
+    def _fit_u(self, fc0: torch.Tensor) -> torch.Tensor:
+        """The overall Uiso (B,) Å² of U_GRID_A2 with the lowest R1 for |Fc| (B,m) at U = 0
+        (the m lowest-resolution reflections), scale fitted; no gradient."""
         with torch.no_grad():
-            B, N, _ = frac.shape
-            fc0 = self.fc0(frac)
-            _, u = self.misfit(frac)
-            fc = fc0 * torch.exp(-2 * math.pi ** 2 * u[:, None] * self.s2)
-            k = (self.fo * fc).sum(-1, keepdim=True) / (fc * fc).sum(-1, keepdim=True).clamp_min(1e-12)
-            return (self.fo - k * fc).abs().sum(-1) / self.fo.sum()
+            fo, s2 = self.fo[:fc0.shape[-1]], self.s2[:fc0.shape[-1]]
+            dw = torch.exp(-2 * math.pi ** 2 * self.u_grid[:, None] * s2)              # (G,m)
+            fc = fc0[:, None] * dw                                                      # (B,G,m)
+            return self.u_grid[statistics.r1(fo, fc).argmin(-1)]                                   # (B,)
+
+    def r1(self, fc0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R1 (B,) on all reflections, overall Uiso (B,) Å²) of |Fc| (B,M) at U = 0 (`fc0`),
+        at each particle's fitted Uiso."""
+        with torch.no_grad():
+            u = self._fit_u(fc0)
+            return statistics.r1(self.fo, self._scaled(fc0, u)), u
 
     def fc0(self, frac: torch.Tensor) -> torch.Tensor:
         """|Fc| (B,M) of frac (B,N,3) at U = 0, all atoms, all reflections (no gradient)."""
@@ -302,7 +307,7 @@ class MoleculeSearch:
         for c in self.copies:
             x0 = np.zeros((1, 3))
             if c.weight < 1:
-                x0, _ = special_sites(data.ops, round(1 / c.weight))
+                x0 = special_sites(data.ops, round(1 / c.weight))
                 if not len(x0):
                     raise records.RecordError(f"{data.spacegroup.xhm()} has no special position of "
                                               f"order {round(1 / c.weight)} for {c.model.smiles}")
@@ -503,10 +508,9 @@ def sample(rec: dict, samples: int = 8, seed: int = 0, device: str = "cpu",
                                  None if progress is None else (lambda line: progress(f"{rid}: {line}")))
     with torch.no_grad():
         frac = s.frac(pop)
-        r1 = s.objective.r1(frac)
-        _, u = s.objective.misfit(frac)
         fc = s.objective.fc0(frac)
-    keep = distinct_patterns(fc.cpu().numpy(), np.arange(len(fc)), samples)
+        r1, u = s.objective.r1(fc)
+    keep = statistics.distinct_patterns(fc.cpu().numpy(), np.arange(len(fc)), samples)
     frac = np.mod(frac.cpu().numpy(), 1.0)
     out = []
     for i in keep:
@@ -571,21 +575,14 @@ def _atoms(copies: list[Copy], frac: np.ndarray, uiso: float, data: DataSet,
 def _restrained_pairs(m: MoleculeModel) -> list[tuple[int, int, float, str]]:
     """(i, j, sigma Å, SHELX name) of the heavy-atom pairs one bond (BOND_SIGMA_A, DFIX) or
     two bonds (ANGLE_SIGMA_A, DANG) apart."""
-    from xdxd.molecule.tree import _neighbours
-    nb = _neighbours(m.n_atoms, m.bonds)
-    heavy = [a for a in range(m.n_atoms) if m.parent[a] < 0]
-    pairs = {}
+    from xdxd.molecule.tree import _depths
+    kind = {1: (BOND_SIGMA_A, "DFIX"), 2: (ANGLE_SIGMA_A, "DANG")}
+    heavy = np.nonzero(m.heavy)[0]
+    out = []
     for a in heavy:
-        for b in nb[a]:
-            if m.parent[b] < 0 and a < b:
-                pairs[a, b] = (BOND_SIGMA_A, "DFIX")
-    for b in heavy:  # a - b - c
-        around = [a for a in nb[b] if m.parent[a] < 0]
-        for x in range(len(around)):
-            for y in range(x + 1, len(around)):
-                a, c = sorted((around[x], around[y]))
-                pairs.setdefault((a, c), (ANGLE_SIGMA_A, "DANG"))
-    return [(a, b, *kind) for (a, b), kind in sorted(pairs.items())]
+        d = _depths(m.n_atoms, m.bonds, a)
+        out += [(int(a), int(b), *kind[d[b]]) for b in heavy[heavy > a] if d[b] in kind]
+    return out
 
 
 def _unique_part(x: np.ndarray, c: Copy, data: DataSet, tol_A: float = 1.1
