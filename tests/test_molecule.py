@@ -167,6 +167,83 @@ def test_a_molecule_on_an_inversion_centre_comes_out_centrosymmetric():
     assert np.linalg.norm(d @ np.array(cell.orth.mat).T, axis=-1).min(1).max() < 0.15
 
 
+def test_the_pairings_of_a_symmetric_molecule_fit_its_site():
+    """p-Dichlorobenzene: its graph has three involutions; an inversion centre takes the
+    two that fix no atom, the antipodal one (which the conformer has) first; a mirror
+    also takes the planar molecule onto itself; a single ion takes every kind of site
+    with itself as its partner."""
+    from xdxd.molecule.symmetry import _pairings
+    m = molecule_model("Clc1ccc(Cl)cc1")
+    heavy = m.xyz[m.heavy]
+    assert len(m.involutions) == 3
+    inversion = _pairings(m.involutions, heavy, "inversion")
+    assert len(inversion) == 2 and not any((p == np.arange(8)).any() for p in inversion)
+    assert np.abs(heavy[inversion[0]] + heavy - 2 * heavy.mean(0)).max() < 0.05  # antipodal
+    assert np.abs(heavy[inversion[1]] + heavy - 2 * heavy.mean(0)).max() > 1.0
+    mirror = _pairings(m.involutions, heavy, "mirror")
+    assert len(mirror) == 4 and any((p == np.arange(8)).all() for p in mirror)
+    ion = molecule_model("[Br-]")
+    for kind in ("inversion", "rotation", "mirror"):
+        assert [p.tolist() for p in _pairings(ion.involutions, ion.xyz[ion.heavy], kind)] == [[0]]
+
+
+def test_a_molecule_held_on_a_site_has_its_symmetry_exactly():
+    """Any torsions and orientation of 1,2-diphenylethane held on the inversion centre
+    (½, 0, ½) of P2₁/c: the centre maps the molecule onto itself (heavy atoms onto their
+    partners within 1e-5), and the gradient reaches every parameter."""
+    from xdxd.crystal.symmetry import site_symmetry
+    from xdxd.molecule.symmetry import Symmetrised
+    cell = make_cell([11.0, 7.5, 13.0, 90, 104, 90])
+    ops = symops(find_spacegroup("P 1 21/c 1"))
+    site = site_symmetry(np.array([0.5, 0.0, 0.5]), ops)
+    assert len(site) == 2 and np.allclose(site.rot[1], -np.eye(3)) and np.allclose(site.tran[1], [1, 0, 1])
+    m = molecule_model("c1ccc(CCc2ccccc2)cc1")
+    held = Symmetrised.of(m, np.array([[0.5, 0.0, 0.5]]), ops)
+    assert held is not None and len(held.points) >= 1
+    tree = TorsionTree(m)
+    orth = torch.tensor(np.array(cell.orth.mat), dtype=torch.float32)
+    deorth = torch.tensor(np.array(cell.frac.mat), dtype=torch.float32)
+    gen = torch.Generator().manual_seed(1)
+    t = torch.randn(3, tree.n_torsions, generator=gen).requires_grad_(True)
+    q = torch.randn(3, 4, generator=gen).requires_grad_(True)
+    x = place(tree.build(t), q, torch.tensor([[0.5, 0.0, 0.5]]).expand(3, 3), orth, deorth)
+    start = torch.zeros(3, dtype=torch.long)
+    y, moved = held.apply(x, start, orth)
+    n = int(m.heavy.sum())
+    image = 2 * torch.tensor([0.5, 0.0, 0.5]) - y[:, :n]                 # the inversion at (½, 0, ½)
+    assert (image - y[:, held.pairing[0, :n]]).abs().max() < 1e-5
+    (y.sum() + moved.sum()).backward()
+    assert t.grad.abs().sum() > 0 and q.grad.abs().sum() > 0
+
+
+def test_a_held_molecule_does_not_clash_with_its_own_image():
+    """p-Dichlorobenzene held on the inversion centre of P-1 in a 13 Å cube: no contact
+    penalty (its image by the centre is itself), where counting that image would cost
+    a lot; the search's loss is finite."""
+    from xdxd.solve.molecule import MoleculeConfig, MoleculeSearch
+    cell = make_cell([13.0, 13.0, 13.0, 90, 90, 90])
+    hkl = np.array([[h, k, l] for h in range(3) for k in range(-2, 3) for l in range(-2, 3)][1:])
+    data = DataSet(cell, find_spacegroup("P -1"), hkl, np.ones(len(hkl)), np.ones(len(hkl)))
+    s = MoleculeSearch(data, [(molecule_model("Clc1ccc(Cl)cc1"), 0.5)], MoleculeConfig())
+    p = s.random(4, torch.Generator().manual_seed(0))
+    frac, _ = s.build(p)
+    ops = {0: s.held[0].op[p.site[:, 0]]}
+    assert s.objective.clash(frac, ops).abs().max() == 0.0
+    s.objective.counted[..., s.objective.zero] = 1.0  # every image counted: the molecule on itself
+    assert s.objective.clash(frac, {}).min() > 100
+    assert torch.isfinite(s.loss(p)).all()
+
+
+def test_two_half_molecules_on_two_centres_are_two_entries():
+    """Two Cl2 molecules, each across an inversion centre of P-1 ((0,0,0) and (0,½,½)):
+    two entries of count 0.5, not one of count 1 (a general position)."""
+    from xdxd.molecule.perceive import molecules_of
+    cell = make_cell([12.0, 10.0, 9.0, 90, 90, 90])
+    frac = np.array([[0.083, 0.0, 0.0], [0.083, 0.5, 0.5]])
+    out = molecules_of(["Cl", "Cl"], frac, cell, symops(find_spacegroup("P -1")))
+    assert out == [{"smiles": "ClCl", "count": 0.5}, {"smiles": "ClCl", "count": 0.5}]
+
+
 def test_molecules_are_read_off_a_known_structure():
     assert _problem(str(ROOT / "examples" / "1100656.cif"))["molecules"] == \
         [{"smiles": SMILES_1100656, "count": 1.0}]

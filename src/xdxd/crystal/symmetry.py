@@ -134,6 +134,15 @@ def stabilizer(frac_xyz: np.ndarray, ops: SymOps, cell: gemmi.UnitCell, tol: flo
     return np.nonzero(frac_distance(images, frac_xyz[None], cell) < tol)[0]
 
 
+def site_symmetry(point: np.ndarray, ops: SymOps) -> SymOps:
+    """The operations that map a fractional point (3,) exactly onto itself (1e-6), each
+    translation shifted by the lattice vector that makes R p + t = p (not wrapped)."""
+    images = apply_ops(point[None], ops, wrap=False)[0]                    # (O,3)
+    shift = np.round(point - images)
+    fixed = np.nonzero(np.all(np.abs(images + shift - point) < 1e-6, axis=-1))[0]
+    return ops.take(fixed, shift[fixed])
+
+
 def stabilizer_order(frac: np.ndarray, ops: SymOps, cell: gemmi.UnitCell,
                      tol: float = 0.1) -> np.ndarray:
     """Order of each site's stabilizer (N,) float: 1 for a general position, 2 on a 2-fold

@@ -6,8 +6,9 @@ molecule's bond orders and charges on that connectivity (rdDetermineBonds.Determ
 total charge 0, then ±1, ±2 for ions; all bonds single with formal charges where no
 bond orders fit, as for PF6-). H atoms of partial occupancy (a methyl disordered over
 a mirror) are replaced by their total on each parent atom. A molecule's count per
-asymmetric unit is its copies in the cell over the number of symmetry operations (0.5
-for one on an inversion centre); in a space group with improper operations a molecule
+asymmetric unit is the number of its symmetry-independent copies; one on a special
+position is an entry of its own with count 1/k (0.5 on an inversion centre, so two
+half-molecules on two centres are two entries of 0.5); in a space group with improper operations a molecule
 and its mirror image are one molecule. Only the SMILES leave this module: a search
 given them never sees the coordinates.
 """
@@ -26,8 +27,8 @@ FULL_OCCUPANCY = 0.99        # an H atom below this is one of a disordered set
 def molecules_of(elements: list[str], frac: np.ndarray, cell: gemmi.UnitCell, ops: SymOps,
                  occ: np.ndarray | None = None) -> list[dict]:
     """[{"smiles", "count"}] of a model (asymmetric-unit atoms, H included, fractional;
-    occupancies occ (n,), 1 by default), one entry per distinct molecule, most copies
-    first. Raises ValueError when RDKit cannot make a molecule of a fragment."""
+    occupancies occ (n,), 1 by default), one entry per distinct molecule in general
+    positions and one per molecule on a special position, most copies first. Raises ValueError when RDKit cannot make a molecule of a fragment."""
     frac = np.mod(np.asarray(frac, float), 1.0)
     occ = np.ones(len(elements)) if occ is None else np.asarray(occ, float)
     partial = np.array([is_hydrogen(e) for e in elements]) & (occ < FULL_OCCUPANCY)
@@ -37,14 +38,23 @@ def molecules_of(elements: list[str], frac: np.ndarray, cell: gemmi.UnitCell, op
     # every image of a disordered H counts (only exact duplicates on a special position merge)
     h_pos, h_owner = unique_images(frac[partial], ops, cell, tol=0.05)
     extra_h = _partial_hydrogens(pos, els, h_pos, occ[partial][h_owner], cell)
-    counts: dict[str, int] = {}
+    orbits: dict[frozenset, list] = {}  # molecules made of the same asymmetric-unit atoms: one orbit
+    names: list[str] = []
     for atoms, cart, bonds in _molecules_unwrapped(pos, els, cell):
         smiles = _smiles([els[a] for a in atoms], cart, bonds, extra_h[atoms])
         if not ops.sohncke:  # a racemate's two hands are one molecule: the symmetry makes the other
-            smiles = next((s for s in counts if s == _mirror(smiles)), smiles)
-        counts[smiles] = counts.get(smiles, 0) + 1
-    return [{"smiles": s, "count": round(n / len(ops), 4)}
-            for s, n in sorted(counts.items(), key=lambda t: (-t[1], t[0]))]
+            smiles = next((s for s in names if s == _mirror(smiles)), smiles)
+        names.append(smiles)
+        orbits.setdefault(frozenset(owner[atoms].tolist()), [smiles, 0])[1] += 1
+    whole: dict[str, int] = {}
+    out = []
+    for smiles, n in orbits.values():
+        if n == len(ops):
+            whole[smiles] = whole.get(smiles, 0) + 1
+        else:  # a molecule on a special position: its own entry, count 1/k
+            out.append({"smiles": smiles, "count": round(n / len(ops), 4)})
+    out += [{"smiles": s, "count": float(n)} for s, n in whole.items()]
+    return sorted(out, key=lambda m: (-m["count"], m["smiles"]))
 
 
 def _partial_hydrogens(pos: np.ndarray, els: list[str], h_pos: np.ndarray, h_occ: np.ndarray,

@@ -38,7 +38,9 @@ class MoleculeModel:
     elements (n,); xyz (n,3) Å, the conformer; conformers (K,n,3) Å, the ring conformations
     (xyz first); bonds (m,2); parent (n,): the heavy atom
     an H is bonded to, -1 for a non-H atom; torsions (T,2): bond (i, j), turning the j
-    side; moving (T,n) bool: the atoms on the j side; root: the atom that never moves.
+    side; moving (T,n) bool: the atoms on the j side; root: the atom that never moves;
+    involutions (P,n_heavy): pairings of the heavy atoms by the molecule's own symmetry
+    (molecule.symmetry), for a molecule on a special position.
     """
     smiles: str
     elements: list[str]
@@ -49,10 +51,13 @@ class MoleculeModel:
     moving: np.ndarray
     root: int
     conformers: np.ndarray | None = None
+    involutions: np.ndarray | None = None
 
     def __post_init__(self):
         if self.conformers is None:
             self.conformers = self.xyz[None]
+        if self.involutions is None:
+            self.involutions = np.zeros((0, int(self.heavy.sum())), dtype=np.int64)
 
     @property
     def n_atoms(self) -> int:
@@ -73,6 +78,7 @@ def molecule_model(smiles: str, seed: int = 0, rings: int = 1) -> MoleculeModel:
     embed it."""
     from rdkit import Chem
     from xdxd.molecule.conformer import embed, ring_conformers, xray_hydrogens
+    from xdxd.molecule.symmetry import involutions
     mol = Chem.MolFromSmiles(smiles)
     if mol is None:
         raise ValueError(f"cannot read SMILES {smiles!r}")
@@ -109,8 +115,9 @@ def molecule_model(smiles: str, seed: int = 0, rings: int = 1) -> MoleculeModel:
     order = np.argsort([depth[i] for i, _ in torsions], kind="stable")
     torsions = np.array(torsions, dtype=np.int64).reshape(-1, 2)[order]
     moving = np.array(moving, dtype=bool).reshape(-1, len(elements))[order]
+    heavy = parent < 0
     return MoleculeModel(Chem.MolToSmiles(Chem.RemoveHs(mol)), elements, xyz, bonds, parent,
-                         torsions, moving, root, np.array(conformers))
+                         torsions, moving, root, np.array(conformers), involutions(bare, xyz[heavy]))
 
 
 def _neighbours(n: int, bonds: np.ndarray) -> list[list[int]]:

@@ -47,6 +47,7 @@ from xdxd.crystal.chemistry import MIN_CONTACT_FACTOR, is_hydrogen, vdw_radius
 from xdxd.crystal.dataset import DataSet
 from xdxd.crystal import statistics
 from xdxd.crystal.structure_factors import StructureFactors
+from xdxd.molecule.symmetry import Symmetrised
 from xdxd.molecule.tree import MoleculeModel, TorsionTree, molecule_model, place
 from xdxd.crystal.symmetry import special_sites
 from xdxd.solve.diffusion.bonding import _identity_op, lattice_cells
@@ -74,10 +75,14 @@ class MoleculeConfig:
     move_torsion: float = 0.6     # rad
     agree: int = 8                # stop once this many best particles are one structure ...
     agree_cc: float = 0.995       # ... (their |Fc| correlate above this) ...
-    agree_lineages: int = 2       # ... found from this many random starts (kept particles included)
+    agree_lineages: int = 2       # ... found from this many random starts (kept particles included) ...
+    agree_score: float = 0.1      # ... and its score is below this
     seed_conformer: int = 0       # RDKit embedding seed
     ring_conformers: int = 4      # distinct ring conformations tried per molecule (flexible rings)
     switch_conformer: float = 0.1  # chance that a move near a kept particle changes its ring conformation
+    pairings: int = 4             # pairings of its atoms tried per kind of symmetry element for a molecule
+                                  # on a site of order 2 (0: search it whole, not held in the site's symmetry)
+    symmetry_weight: float = 0.05  # misfit units per Å² that such a molecule is moved to have its site's symmetry
 
 
 # ---------------------------------------------------------------------------
@@ -92,6 +97,7 @@ class Copy:
     tree: TorsionTree
     rows: slice
     weight: float = 1.0
+    held: bool = False  # on its site held in the site's symmetry (molecule.symmetry.Symmetrised)
 
 
 class Objective:
@@ -123,10 +129,13 @@ class Objective:
         # lattice translations that can bring an image within the longest contact limit
         cells, zero = lattice_cells(self.orth, float(self.limit.max()) + 0.5)
         self.lattice = cells.to(device) @ self.orth.T                          # (C,3) Å
+        self.zero = zero
         O, C = len(self.rot), len(cells)
         # an atom and itself, or atoms of one molecule three bonds apart or fewer, under the
         # identity and no lattice translation, are not contacts; nor is anything between a
-        # molecule on a special position and its own images (they are the molecule itself)
+        # molecule on a special position and its own images (they are the molecule itself;
+        # for a molecule held in its site's symmetry only its image by the site's operation,
+        # which `clash` drops per particle)
         near = torch.tensor(_near_pairs(copies, heavy), device=device)        # (H,H) bool
         same = torch.zeros(O, C, dtype=torch.bool, device=device)
         same[_identity_op(self.rot, self.tran), zero] = True
@@ -134,6 +143,10 @@ class Objective:
         part = torch.tensor(_fractional_pairs(copies, heavy), device=device)  # (H,H) bool
         skip = skip | (part[:, :, None, None] & ~same[None, None])
         self.counted = (~skip).to(torch.float32)                               # (H,H,O,C)
+        rows = np.zeros((len(copies), len(self.elements)), bool)
+        for k, c in enumerate(copies):
+            rows[k, c.rows] = True
+        self.rows = torch.tensor(rows[:, heavy], dtype=torch.float32, device=device)  # (K,H)
 
     def misfit(self, frac: torch.Tensor, m: int | None = None, hydrogens: bool = True
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,10 +193,21 @@ class Objective:
             zero = torch.zeros(B, N, device=frac.device)
             return self.sf.calc(frac, self.type_idx, zero, self.weight.expand(B, N)).abs()
 
-    def clash(self, frac: torch.Tensor) -> torch.Tensor:
-        """Σ ((d0 - d) / CLASH_WIDTH_A)² / 2 (B,) over heavy-atom contacts shorter than d0."""
+    def clash(self, frac: torch.Tensor, site_ops: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """Σ ((d0 - d) / CLASH_WIDTH_A)² / 2 (B,) over heavy-atom contacts shorter than d0.
+        site_ops: {copy: the operation (B,) of its site} for the copies held in a site's
+        symmetry, whose images by that operation (within the cell) are themselves."""
+        own = None
+        if site_ops:
+            B, O = frac.shape[0], len(self.rot)
+            drop = torch.zeros(B, self.heavy.numel(), self.heavy.numel(), O, device=frac.device)
+            for k, op in site_ops.items():
+                r = self.rows[k]
+                drop += (r[:, None] * r[None, :])[None, :, :, None] * \
+                    torch.nn.functional.one_hot(op, O).to(frac.dtype)[:, None, None, :]
+            own = 1.0 - drop.clamp(max=1.0)
         return _Clash.apply(frac[:, self.heavy], self.rot, self.tran, self.orth, self.lattice,
-                            self.limit, self.counted)
+                            self.limit, self.counted, own, self.zero)
 
 
 class _Clash(torch.autograd.Function):
@@ -191,10 +215,11 @@ class _Clash(torch.autograd.Function):
     (operations O, lattice translations L (C,3) Å), with its gradient written out. The
     (B,H,H,O) nearest-image differences are kept as three coordinate planes (much faster
     on a CPU than a trailing axis of 3), one pass per lattice translation, and no autograd
-    graph of the (B,H,H,O,C) distances."""
+    graph of the (B,H,H,O,C) distances. own (B,H,H,O) or None: a further per-particle
+    mask of the nearest images (lattice translation `zero`)."""
 
     @staticmethod
-    def forward(ctx, x, rot, tran, orth, lattice, limit, counted):
+    def forward(ctx, x, rot, tran, orth, lattice, limit, counted, own, zero):
         y = torch.einsum("oij,bhj->ibho", rot, x) + tran.T[:, None, None]         # (3,B,H,O)
         d = [y[k][:, None] - x[..., k][:, :, None, None] for k in range(3)]      # (B,H,H,O) each
         d = [dk - torch.round(dk) for dk in d]
@@ -209,6 +234,8 @@ class _Clash(torch.autograd.Function):
             e = [c[i] + shift[i] if shift[i] != 0.0 else c[i] for i in range(3)]
             dist = (e[0].square() + e[1].square() + e[2].square()).clamp_min(1e-12).sqrt()
             over = (lim - dist).clamp_min(0.0) * counted[..., k]
+            if own is not None and k == zero:
+                over = over * own
             energy = energy + 0.5 / w2 * over.square().sum((1, 2, 3))
             a = over / (w2 * dist)                                                # -dE/de = a e
             a_sum += a
@@ -230,7 +257,7 @@ class _Clash(torch.autograd.Function):
         g_y = torch.stack([gd.sum(1) for gd in g_d])                             # (3,B,H,O)
         g_x = -torch.stack([gd.sum((2, 3)) for gd in g_d], -1) \
             + torch.einsum("oij,ibho->bhj", rot, g_y)
-        return g_x, None, None, None, None, None, None
+        return g_x, None, None, None, None, None, None, None, None
 
 
 def _s2(data: DataSet) -> np.ndarray:
@@ -239,11 +266,12 @@ def _s2(data: DataSet) -> np.ndarray:
 
 
 def _fractional_pairs(copies: list[Copy], heavy: list[int]) -> np.ndarray:
-    """(H,H) bool over the heavy atoms: both in one molecule on a special position."""
+    """(H,H) bool over the heavy atoms: both in one molecule on a special position that is
+    not held in its site's symmetry."""
     n = sum(c.model.n_atoms for c in copies)
     part = np.zeros((n, n), bool)
     for c in copies:
-        if c.weight < 1:
+        if c.weight < 1 and not c.held:
             part[c.rows, c.rows] = True
     return part[np.ix_(heavy, heavy)]
 
@@ -299,19 +327,25 @@ class MoleculeSearch:
         for m, weight in models:
             self.copies.append(Copy(m, TorsionTree(m, device), slice(start, start + m.n_atoms), weight))
             start += m.n_atoms
-        self.objective = Objective(data, self.copies, device)
         # where each copy starts: anywhere, or for a molecule on a special position on a site
         # of its order (its centre then moves freely: the conformer's centroid need not be
-        # the molecule's centre of symmetry, and the data hold it on the site)
-        self.sites = []
-        for c in self.copies:
+        # the molecule's centre of symmetry, and the data hold it on the site). A molecule
+        # on a site of order 2 that its own symmetry can match is held in the site's
+        # symmetry: `Symmetrised`, one start per (symmetry element, pairing of its atoms).
+        self.sites, self.held = [], {}
+        for k, c in enumerate(self.copies):
             x0 = np.zeros((1, 3))
             if c.weight < 1:
                 x0 = special_sites(data.ops, round(1 / c.weight))
                 if not len(x0):
                     raise records.RecordError(f"{data.spacegroup.xhm()} has no special position of "
                                               f"order {round(1 / c.weight)} for {c.model.smiles}")
+                held = Symmetrised.of(c.model, x0, data.ops, cfg.pairings, device) \
+                    if round(1 / c.weight) == 2 and cfg.pairings > 0 else None
+                if held is not None:
+                    self.held[k], x0, c.held = held, held.points, True
             self.sites.append(torch.tensor(x0, dtype=torch.float32, device=device))
+        self.objective = Objective(data, self.copies, device)
         self.t_slices, t0 = [], 0
         for c in self.copies:
             self.t_slices.append(slice(t0, t0 + c.tree.n_torsions))
@@ -320,13 +354,23 @@ class MoleculeSearch:
 
     def frac(self, p: Particles) -> torch.Tensor:
         """Fractional coordinates (B,N,3) of every atom of the asymmetric unit."""
+        return self.build(p)[0]
+
+    def build(self, p: Particles) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fractional coordinates (B,N,3) of every atom of the asymmetric unit, asymmetry
+        (B,) Å²: how far the molecules held in a site's symmetry were moved to have it)."""
         o = self.objective
         parts = []
+        asymmetry = torch.zeros(p.centre.shape[0], device=p.centre.device)
         for k, (c, ts, x0) in enumerate(zip(self.copies, self.t_slices, self.sites)):
             x = c.tree.build(p.torsions[:, ts], p.conformer[:, k])
             centre = x0[p.site[:, k]] + p.centre[:, k] @ o.deorth.T
-            parts.append(place(x, p.orientation[:, k], centre, o.orth, o.deorth))
-        return torch.cat(parts, dim=1)
+            x = place(x, p.orientation[:, k], centre, o.orth, o.deorth)
+            if k in self.held:
+                x, moved = self.held[k].apply(x, p.site[:, k], o.orth)
+                asymmetry = asymmetry + moved
+            parts.append(x)
+        return torch.cat(parts, dim=1), asymmetry
 
     def _new_lineages(self, n: int) -> torch.Tensor:
         """n lineage numbers not given before (one per random start)."""
@@ -364,11 +408,19 @@ class MoleculeSearch:
                          p.torsions + cfg.move_torsion * torch.randn(p.torsions.shape, generator=gen).to(dev),
                          p.site, conformer, p.lineage)
 
+    def loss(self, p: Particles, m: int | None = None, hydrogens: bool = True) -> torch.Tensor:
+        """Objective (B,): misfit on the m lowest-resolution reflections (all by default),
+        with or without H, + clash_weight × clash + symmetry_weight × asymmetry."""
+        frac, asymmetry = self.build(p)
+        site_ops = {k: h.op[p.site[:, k]] for k, h in self.held.items()}
+        obj, cfg = self.objective, self.cfg
+        return obj.misfit(frac, m, hydrogens)[0] + cfg.clash_weight * obj.clash(frac, site_ops) \
+            + cfg.symmetry_weight * asymmetry
+
     def score(self, p: Particles) -> torch.Tensor:
-        """Objective (B,) on all reflections: misfit + clash_weight × clash."""
+        """Objective (B,) on all reflections, H included."""
         with torch.no_grad():
-            frac = self.frac(p)
-            return self.objective.misfit(frac)[0] + self.cfg.clash_weight * self.objective.clash(frac)
+            return self.loss(p)
 
     def optimise(self, p: Particles, deadline: float | None = None) -> Particles:
         """cfg.steps Adam steps on every particle at once, low resolution first; fewer if
@@ -385,9 +437,8 @@ class MoleculeSearch:
                 break
             done = step / max(1, cfg.steps)
             share = cfg.low_res_start + (1 - cfg.low_res_start) * min(1.0, 1.5 * done)
-            frac = self.frac(Particles(*params, p.site, p.conformer, p.lineage))
-            misfit = obj.misfit(frac, max(8, int(share * M)), hydrogens=done >= 1 - cfg.h_share)[0]
-            loss = misfit + cfg.clash_weight * obj.clash(frac)
+            loss = self.loss(Particles(*params, p.site, p.conformer, p.lineage), max(8, int(share * M)),
+                             hydrogens=done >= 1 - cfg.h_share)
             opt.zero_grad()
             loss.sum().backward()
             opt.step()
@@ -420,7 +471,7 @@ def search(data: DataSet, models: list[tuple[MoleculeModel, float]], cfg: Molecu
         pop, score = pop.take(order), score[order]
         if progress is not None:
             progress(f"round {rounds}: best score {float(score[0]):.4f}, {time.perf_counter() - t0:.0f} s")
-        if _agree(s, pop, cfg):
+        if _agree(s, pop, score, cfg):
             stopped = "agreed"
             break
         if deadline is not None and time.perf_counter() > deadline:
@@ -441,11 +492,11 @@ def search(data: DataSet, models: list[tuple[MoleculeModel, float]], cfg: Molecu
     return s, pop.take(order), score[order], info
 
 
-def _agree(s: MoleculeSearch, pop: Particles, cfg: MoleculeConfig) -> bool:
-    """True when the cfg.agree best particles (pop sorted best first) give one |Fc| and
-    the particles with that |Fc| among the best quarter descend from at least
-    cfg.agree_lineages random starts."""
-    if cfg.agree < 2:
+def _agree(s: MoleculeSearch, pop: Particles, score: torch.Tensor, cfg: MoleculeConfig) -> bool:
+    """True when the cfg.agree best particles (pop sorted best first, their scores `score`)
+    give one |Fc|, the best scores below cfg.agree_score, and the particles with that |Fc| among the best
+    quarter descend from at least cfg.agree_lineages random starts."""
+    if cfg.agree < 2 or float(score[0]) > cfg.agree_score:
         return False
     n = min(len(pop.lineage), max(cfg.agree, int(cfg.keep * len(pop.lineage))))
     with torch.no_grad():
