@@ -16,18 +16,24 @@ population with Adam plus a global step):
   other molecules, and atoms of one molecule more than three bonds apart);
 - local optimisation (`optimise`): Adam on all particles at once for `steps` steps, the
   reflections in use growing from the low-resolution share `low_res_start` to all of them;
+- population: `particles`, half as many above `large` heavy atoms (a step costs in
+  proportion to atoms × particles, and large structures need rounds more than particles);
 - selection (`search`): after each round the best `keep` particles stay, a share is put
   back near them (small random moves) and the rest start afresh at random; the best
   distinct structures (|Fc| patterns, so origin shifts and the enantiomorph count once)
   become the candidates. The search stops after `rounds` rounds, at the time budget, or
-  when the best `agree` particles are one structure and that structure was found from
-  at least `agree_lineages` independent random starts (copies of one particle moved
-  a little agree with each other whether they are right or not).
+  when the best `agree` particles are one structure, its score below `agree_score`, and
+  that structure was found from at least `agree_lineages` independent random starts
+  (copies of one particle moved a little agree with each other whether they are right
+  or not; and a strongly constrained search can agree on a wrong minimum).
 
 A molecule on a special position (count 1/2, 1/3, 1/4 or 1/6 of a molecule in the asymmetric
-unit) is searched whole, with that weight in |Fc|, starting on a site of that order: where
-the site's symmetry maps it onto itself its images add up to the full molecule, so the
-data hold it there. Its candidates list one atom of each set the symmetry relates
+unit) is searched whole, with that weight in |Fc|, starting on a site of that order. On a
+site of order 2 it is held in the site's symmetry (molecule.symmetry.Symmetrised: each heavy
+atom moved halfway to the site operation's image of its partner in the molecule's own graph
+symmetry; `symmetry_weight` per Å² of that move in the objective); elsewhere its images add
+up to the full molecule only where the site's symmetry maps it onto itself, so the data
+hold it there. Its candidates list one atom of each set the symmetry relates
 (`_unique_part`), as the asymmetric unit has them. Every candidate also lists the
 molecule's own bond lengths and 1,3 distances as DFIX/DANG restraints for xdxd-refine.
 Every setting is in MoleculeConfig; random numbers come from torch.Generator(seed) on the
@@ -58,7 +64,9 @@ CLASH_WIDTH_A = 0.1  # Å inside the contact limit that costs one unit
 
 @dataclass(frozen=True)
 class MoleculeConfig:
-    particles: int = 256          # particles in the population (one batch)
+    particles: int = 256          # particles in the population (one batch) ...
+    large: int = 24               # ... half as many above this many heavy atoms in the asymmetric unit
+                                  # (more rounds in the time: 2 of 6 such structures solved against 0 of 6)
     rounds: int = 30              # rounds of local optimisation and selection
     steps: int = 60               # Adam steps per round
     low_res_start: float = 0.3    # share of the reflections (lowest resolution first) at step 0;
@@ -455,7 +463,7 @@ def search(data: DataSet, models: list[tuple[MoleculeModel, float]], cfg: Molecu
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     s = MoleculeSearch(data, models, cfg, device)
-    B = cfg.particles
+    B = population(cfg, s.objective.heavy.numel())
     pop = s.random(B, gen)
     rounds, stopped, last = 0, "rounds", None
     for r in range(cfg.rounds):
@@ -490,6 +498,12 @@ def search(data: DataSet, models: list[tuple[MoleculeModel, float]], cfg: Molecu
     info = {"rounds": rounds, "stopped": stopped, "best_score": round(float(score[order[0]]), 5),
             "seconds": round(time.perf_counter() - t0, 3)}
     return s, pop.take(order), score[order], info
+
+
+def population(cfg: MoleculeConfig, n_heavy: int) -> int:
+    """Particles searched for n_heavy heavy atoms in the asymmetric unit: cfg.particles,
+    half of them above cfg.large atoms."""
+    return cfg.particles if n_heavy <= cfg.large else max(1, cfg.particles // 2)
 
 
 def _agree(s: MoleculeSearch, pop: Particles, score: torch.Tensor, cfg: MoleculeConfig) -> bool:
@@ -568,7 +582,7 @@ def sample(rec: dict, samples: int = 8, seed: int = 0, device: str = "cpu",
         atoms, restraints = _atoms(s.copies, frac[i], float(u[i]), data, pop.conformer[i].tolist())
         out.append({"atoms": atoms, "restraints": restraints, "r1": round(float(r1[i]), 5),
                     "score": round(float(score[i]), 5), "method": "molecule", "particle": int(i)})
-    info.update({"particles": cfg.particles, "steps": cfg.steps,
+    info.update({"particles": len(pop.lineage), "steps": cfg.steps,
                  "molecules": [[m.smiles, w] for m, w in models],
                  "torsions": [m.torsions.shape[0] for m, _ in models],
                  "ring_conformers": [len(m.conformers) for m, _ in models], "config": asdict(cfg)})
