@@ -172,7 +172,7 @@ def test_the_pairings_of_a_symmetric_molecule_fit_its_site():
     two that fix no atom, the antipodal one (which the conformer has) first; a mirror
     also takes the planar molecule onto itself; a single ion takes every kind of site
     with itself as its partner."""
-    from xdxd.molecule.symmetry import _pairings
+    from xdxd.molecule.symmetry import Symmetrised, _pairings
     m = molecule_model("Clc1ccc(Cl)cc1")
     heavy = m.xyz[m.heavy]
     assert len(m.involutions) == 3
@@ -182,6 +182,11 @@ def test_the_pairings_of_a_symmetric_molecule_fit_its_site():
     assert np.abs(heavy[inversion[1]] + heavy - 2 * heavy.mean(0)).max() > 1.0
     mirror = _pairings(m.involutions, heavy, "mirror")
     assert len(mirror) == 4 and any((p == np.arange(8)).all() for p in mirror)
+    diimine = molecule_model("[H]/N=C/C=N/[H]")  # RDKit keeps these H, before the heavy atoms
+    assert diimine.involutions.shape == (1, 4)
+    held = Symmetrised.of(diimine, np.array([[0.0, 0.0, 0.0]]), symops(find_spacegroup("P -1")))
+    els = np.array(diimine.elements)
+    assert (els[held.pairing[0].numpy()] == els).all() and (held.pairing[0].numpy() != np.arange(len(els)))[diimine.heavy].all()
     ion = molecule_model("[Br-]")
     for kind in ("inversion", "rotation", "mirror"):
         assert [p.tolist() for p in _pairings(ion.involutions, ion.xyz[ion.heavy], kind)] == [[0]]

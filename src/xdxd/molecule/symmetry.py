@@ -77,8 +77,8 @@ class Symmetrised:
         when there is none."""
         import torch
         from xdxd.crystal.symmetry import site_symmetry
-        n_heavy = int(model.heavy.sum())
-        xyz = model.xyz[:n_heavy]
+        heavy = np.nonzero(model.heavy)[0]  # model.involutions number the heavy atoms among themselves
+        xyz = model.xyz[heavy]
         rows, seen = [], set()
         for x0 in points:
             site = site_symmetry(np.asarray(x0, float), ops)
@@ -98,7 +98,7 @@ class Symmetrised:
         if not rows:
             return None
         full = np.tile(np.arange(model.n_atoms), (len(rows), 1))
-        full[:, :n_heavy] = np.array([r[4] for r in rows])
+        full[:, heavy] = heavy[np.array([r[4] for r in rows])]
         kw = dict(dtype=torch.float32, device=device)
         ride = np.where(model.parent >= 0, model.parent, np.arange(model.n_atoms))
         return Symmetrised(np.array([r[0] for r in rows]), torch.tensor(np.array([r[1] for r in rows]), **kw),

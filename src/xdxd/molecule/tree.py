@@ -40,7 +40,7 @@ class MoleculeModel:
     an H is bonded to, -1 for a non-H atom; torsions (T,2): bond (i, j), turning the j
     side; moving (T,n) bool: the atoms on the j side; root: the atom that never moves;
     involutions (P,n_heavy): pairings of the heavy atoms by the molecule's own symmetry
-    (molecule.symmetry), for a molecule on a special position.
+    (molecule.symmetry), numbered among the heavy atoms, for a molecule on a special position.
     """
     smiles: str
     elements: list[str]
@@ -117,7 +117,8 @@ def molecule_model(smiles: str, seed: int = 0, rings: int = 1) -> MoleculeModel:
     moving = np.array(moving, dtype=bool).reshape(-1, len(elements))[order]
     heavy = parent < 0
     return MoleculeModel(Chem.MolToSmiles(Chem.RemoveHs(mol)), elements, xyz, bonds, parent,
-                         torsions, moving, root, np.array(conformers), involutions(bare, xyz[heavy]))
+                         torsions, moving, root, np.array(conformers),
+                         involutions(Chem.RemoveAllHs(mol), xyz[heavy]))  # RemoveHs keeps a stereo H
 
 
 def _neighbours(n: int, bonds: np.ndarray) -> list[list[int]]:

@@ -16,8 +16,6 @@ population with Adam plus a global step):
   other molecules, and atoms of one molecule more than three bonds apart);
 - local optimisation (`optimise`): Adam on all particles at once for `steps` steps, the
   reflections in use growing from the low-resolution share `low_res_start` to all of them;
-- population: `particles`, half as many above `large` heavy atoms (a step costs in
-  proportion to atoms × particles, and large structures need rounds more than particles);
 - selection (`search`): after each round the best `keep` particles stay, a share is put
   back near them (small random moves) and the rest start afresh at random; the best
   distinct structures (|Fc| patterns, so origin shifts and the enantiomorph count once)
@@ -64,9 +62,7 @@ CLASH_WIDTH_A = 0.1  # Å inside the contact limit that costs one unit
 
 @dataclass(frozen=True)
 class MoleculeConfig:
-    particles: int = 256          # particles in the population (one batch) ...
-    large: int = 24               # ... half as many above this many heavy atoms in the asymmetric unit
-                                  # (more rounds in the time: 2 of 6 such structures solved against 0 of 6)
+    particles: int = 256          # particles in the population (one batch)
     rounds: int = 30              # rounds of local optimisation and selection
     steps: int = 60               # Adam steps per round
     low_res_start: float = 0.3    # share of the reflections (lowest resolution first) at step 0;
@@ -463,7 +459,7 @@ def search(data: DataSet, models: list[tuple[MoleculeModel, float]], cfg: Molecu
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     s = MoleculeSearch(data, models, cfg, device)
-    B = population(cfg, s.objective.heavy.numel())
+    B = cfg.particles
     pop = s.random(B, gen)
     rounds, stopped, last = 0, "rounds", None
     for r in range(cfg.rounds):
@@ -498,12 +494,6 @@ def search(data: DataSet, models: list[tuple[MoleculeModel, float]], cfg: Molecu
     info = {"rounds": rounds, "stopped": stopped, "best_score": round(float(score[order[0]]), 5),
             "seconds": round(time.perf_counter() - t0, 3)}
     return s, pop.take(order), score[order], info
-
-
-def population(cfg: MoleculeConfig, n_heavy: int) -> int:
-    """Particles searched for n_heavy heavy atoms in the asymmetric unit: cfg.particles,
-    half of them above cfg.large atoms."""
-    return cfg.particles if n_heavy <= cfg.large else max(1, cfg.particles // 2)
 
 
 def _agree(s: MoleculeSearch, pop: Particles, score: torch.Tensor, cfg: MoleculeConfig) -> bool:
