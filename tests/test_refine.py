@@ -359,6 +359,9 @@ def test_cli_jsonl_and_cif(tmp_path):
     res = runner.invoke(app, [str(src), "--format", "res", "-o", str(tmp_path / "res") + "/",
                               "--cycles", "3", "-q", "--device", "cpu", "--no-swap"])
     assert (tmp_path / "res" / "2205750.res").read_text().rstrip().endswith("END")
+    from xdxd.formats.shelx import read_hkl
+    beside = read_hkl(str(tmp_path / "res" / "2205750.hkl"))  # the pair SHELXL continues from
+    assert len(beside) == len(rec["reflections"]["h"]) and not beside.notes
 
 
 # ---------------------------------------------------------------------------

@@ -164,8 +164,8 @@ def test_latt_and_symm():
 
 
 def test_res_and_cif_mark_riding_hydrogens():
-    """Riding H (atoms with `riding`) follow their parent in an AFIX 3 block with Uiso
-    -1.2/-1.5 in .res, and are flagged calc / R in the CIF."""
+    """Riding H (atoms with `riding`) follow their parent in an AFIX block (aromatic
+    C-H here: AFIX 43) with Uiso -1.2/-1.5 in .res, and are flagged calc / R in the CIF."""
     rec = record_of("2205750")
     atoms = rec["solution"]["atoms"]
     cell = gemmi.UnitCell(*rec["cell"])
@@ -176,10 +176,10 @@ def test_res_and_cif_mark_riding_hydrogens():
     riding = [a for a in atoms if a.get("riding")]
     assert riding
     lines = res_text(rec).splitlines()
-    assert lines.count("AFIX 3") == len({a["riding"] for a in riding}) == lines.count("AFIX 0")
+    assert lines.count("AFIX 43") == len({a["riding"] for a in riding}) == lines.count("AFIX 0")
     for a in riding:  # the H line sits in the AFIX block opened right after its parent
         k = next(n for n, x in enumerate(lines) if x.split()[:1] == [a["label"]])
-        opened = max(n for n in range(k) if lines[n] == "AFIX 3")
+        opened = max(n for n in range(k) if lines[n] == "AFIX 43")
         head = opened - 2 if lines[opened - 2].endswith("=") else opened - 1  # U_ij continue
         assert lines[head].split()[0] == a["riding"]
         assert float(lines[k].split()[-1]) in (-1.2, -1.5)
@@ -192,3 +192,38 @@ def test_res_and_cif_mark_riding_hydrogens():
     flags = {row[0]: (row[1], row[2]) for row in table}
     assert all(flags[a["label"]] == ("calc", "R") for a in riding)
     assert all(flags[a["label"]] == ("d", ".") for a in heavy)
+
+
+def test_riding_hydrogens_get_shelxl_codes_for_their_geometry_and_the_hkl_is_written(tmp_path):
+    """1-phenyl-2-propanol from an RDKit conformer in a 20 Å P1 cell: CH3 AFIX 137, CH
+    13, OH 147, CH2 23, aromatic CH 43; xdxd-refine's .hkl writer gives HKLF 4 lines
+    that read back as |F|² and end with 0 0 0."""
+    from rdkit import Chem
+    from xdxd.formats.shelx import read_hkl_text
+    from xdxd.formats.write_res import hkl_text
+    from xdxd.molecule.conformer import embed
+    mol = embed(Chem.MolFromSmiles("CC(O)Cc1ccccc1"), 1)
+    xyz = mol.GetConformer().GetPositions() / 20.0 + 0.5
+    els = [a.GetSymbol() for a in mol.GetAtoms()]
+    labels = [f"{e}{k + 1}" for k, e in enumerate(els)]
+    atoms = []
+    for k, a in enumerate(mol.GetAtoms()):
+        atom = {"element": els[k], "label": labels[k], "xyz": xyz[k].tolist(), "uiso": 0.05, "occ": 1.0}
+        if els[k] == "H":
+            atom["riding"] = labels[a.GetNeighbors()[0].GetIdx()]
+        atoms.append(atom)
+    hkl = [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]]
+    rec = {"id": "t", "cell": [20.0, 20.0, 20.0, 90, 90, 90],
+           "spacegroup": {"hall": "P 1", "hm": "P 1", "number": 1},
+           "reflections": {"h": [h[0] for h in hkl], "k": [h[1] for h in hkl], "l": [h[2] for h in hkl],
+                           "F": [10.0, 20.0, 30.0, 400.0], "sigma": [1.0, 1.0, 1.0, 2.0]},
+           "solution": {"atoms": atoms}}
+    lines = res_text(rec).splitlines()
+    code = {lines[n - 1].split()[0]: int(x.split()[1]) for n, x in enumerate(lines)
+            if x.startswith("AFIX") and x != "AFIX 0"}
+    assert code == {"C1": 137, "C2": 13, "O3": 147, "C4": 23, "C6": 43, "C7": 43, "C8": 43, "C9": 43, "C10": 43}
+    obs = read_hkl_text(hkl_text(rec), "t.hkl")
+    assert obs.hkl.tolist() == hkl and not obs.notes
+    scale = 99999.0 / 160000.0  # the largest F² would not fit F8.2: all scaled down alike
+    assert np.allclose(obs.value, np.array([100.0, 400.0, 900.0, 160000.0]) * scale, atol=0.01)
+    assert np.allclose(obs.sigma, np.array([20.0, 40.0, 60.0, 1600.0]) * scale, atol=0.01)

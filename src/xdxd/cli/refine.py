@@ -90,11 +90,12 @@ def write_text_format(recs, work, fmt: Format, output: str, log: common.Log) -> 
     """Refine and write CIF or .res text; failed records are reported on stderr only.
 
     cif: all blocks in one stream (stdout or -o FILE, written atomically at the end).
-    res: -o DIR/ (an existing folder, or a path ending in /) gets DIR/<id>.res per record;
+    res: -o DIR/ (an existing folder, or a path ending in /) gets DIR/<id>.res and the
+    reflections as DIR/<id>.hkl (HKLF 4) per record;
     otherwise the .res texts follow each other (each ends with END) on stdout or in FILE.
     """
     from xdxd.formats.write_cif import cif_text
-    from xdxd.formats.write_res import res_text
+    from xdxd.formats.write_res import hkl_text, res_text
 
     to_text = cif_text if fmt == Format.cif else res_text
     folder = fmt == Format.res and output != "-" and (output.endswith("/") or os.path.isdir(output))
@@ -119,6 +120,8 @@ def write_text_format(recs, work, fmt: Format, output: str, log: common.Log) -> 
         if folder:
             name = "".join(c if c.isalnum() or c in "-_." else "_" for c in rid) or "xdxd"
             records.atomic_write_text(os.path.join(output, f"{name}.res"), text)
+            if fmt == Format.res:  # the data beside it: `shelxl name` goes on from the pair
+                records.atomic_write_text(os.path.join(output, f"{name}.hkl"), hkl_text(rec))
         elif output == "-":
             sys.stdout.write(text + ("\n" if fmt == Format.cif else ""))
             sys.stdout.flush()

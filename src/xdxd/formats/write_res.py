@@ -15,10 +15,13 @@ Layout (SHELXL manual, "Instructions"):
     L.S. 10 / PLAN 20 / FMAP 2 / WGHT 0.1 / FVAR k
     C1 1 x y z 11.00000 Uiso     SFAC number, occupancy 10 + occ / site order (fixed);
                                  atoms with U_ij: U11 U22 U33 = / U23 U13 U12
+    C1 ... / AFIX 137 / H1A ... / AFIX 0   riding H after their parent under SHELXL's code for
+                                 their geometry (refine.hydrogens.afix_code), Uiso -1.2/-1.5
     HKLF 4
     END
 
-The reflections are not in the .res: pair it with the .hkl of the data (HKLF 4).
+The reflections are not in the .res: `hkl_text` writes them as the matching .hkl (HKLF 4;
+xdxd-refine --format res -o DIR/ writes both).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from fractions import Fraction
 import gemmi
 import numpy as np
 
-from xdxd import __version__
+from xdxd import __version__, records
 from xdxd.crystal.symmetry import make_cell, spacegroup_from_record, stabilizer_order, symops
 from xdxd.formats.write_cif import solution_to_write
 
@@ -143,13 +146,15 @@ def res_text(rec: dict, solution: dict | None = None) -> str:
             u = float(a.get("uiso") if a.get("uiso") is not None else 0.05)
             w(f"{head} {u:9.5f}")
 
-    # riding H follow their parent in AFIX 3 (ride, positions as given), Uiso -1.2 / -1.5
+    # riding H follow their parent under SHELXL's code for their geometry
+    # (refine.hydrogens.afix_code: 43, 137, 147, 23, 13, 93, ...), Uiso -1.2 / -1.5
+    codes = _afix_codes(atoms, riders, cell, ops)
     for n in range(len(atoms)):
         if n in ridden:
             continue
         atom_line(n)
         if n in riders:
-            w("AFIX 3")
+            w(f"AFIX {codes[n]}")
             u_parent = float(atoms[n].get("uiso") or 0.05)
             for m in riders[n]:
                 ratio = float(atoms[m].get("uiso") or 0.0) / max(u_parent, 1e-6)
@@ -159,6 +164,40 @@ def res_text(rec: dict, solution: dict | None = None) -> str:
     w("END")
     w("")
     return "\n".join(out)
+
+
+def _afix_codes(atoms: list[dict], riders: dict[int, list[int]], cell, ops) -> dict[int, int]:
+    """AFIX code of each atom that carries riding H (refine.hydrogens.afix_code)."""
+    from xdxd.refine.hydrogens import afix_code, neighbours
+    if not riders:
+        return {}
+    elements = [a["element"] for a in atoms]
+    frac = np.array([a["xyz"] for a in atoms], float)
+    nbs = neighbours(cell, ops, elements, frac)
+    orth = np.array(cell.orth.mat)
+    out = {}
+    for n, hs in riders.items():
+        d = frac[hs] - frac[n]
+        out[n] = afix_code(elements[n], nbs[n], (d - np.round(d)) @ orth.T)
+    return out
+
+
+def hkl_text(rec: dict) -> str:
+    """The record's reflections as SHELX HKLF 4 (3I4,2F8.2: h k l F² σ(F²)), ending with
+    the 0 0 0 line: the merged intensities where the record kept them, else |F|² with
+    σ(F²) = 2|F|σ(|F|); scaled down where the largest would not fit F8.2 (the .res
+    FVAR is then off by that factor; SHELXL refines it)."""
+    refl = rec["reflections"]
+    hkl, F, sigma = records.reflections_to_arrays(refl)
+    if refl.get("I") is not None and refl.get("sigma_I") is not None:
+        i, s = np.asarray(refl["I"], float), np.asarray(refl["sigma_I"], float)
+    else:
+        i, s = F * F, 2.0 * F * sigma
+    top = float(max(np.abs(i).max(initial=0.0), s.max(initial=0.0)))
+    scale = 99999.0 / top if top > 99999.0 else 1.0
+    lines = [f"{h:4d}{k:4d}{l:4d}{a * scale:8.2f}{b * scale:8.2f}" for (h, k, l), a, b in zip(hkl.tolist(), i, s)]
+    lines.append(f"{0:4d}{0:4d}{0:4d}{0.0:8.2f}{0.0:8.2f}")
+    return "\n".join(lines) + "\n"
 
 
 def _shelx_labels(atoms: list[dict]) -> list[str]:

@@ -185,6 +185,33 @@ def geometry(element: str, nb: Neighbours, n_h: int) -> str:
     return "tetrahedral"
 
 
+def afix_code(element: str, nb: Neighbours, h_vectors: np.ndarray) -> int:
+    """SHELXL's riding code (AFIX mn) for the H atoms on one atom: its bonded heavy
+    neighbours nb and the H atoms as Cartesian vectors (n_h,3) Å from it. 137 for a
+    rotating CH3/NH3, 23 for CH2 (NH2+) between two neighbours, 93 for a planar terminal
+    =CH2/NH2, 13 for a tertiary X-H, 43 for an H in the plane of an atom with two
+    neighbours (aromatic C-H, amide N-H), 147 for a rotating O-H/S-H, 163 for ≡C-H;
+    3 (ride, positions as given) for anything else (water, a pyramidal NH, ...)."""
+    n_h, k = len(h_vectors), len(nb.elements)
+    if n_h == 3 and k == 1:
+        return 137
+    if n_h == 2 and k == 2:
+        return 23
+    if n_h == 2 and k == 1 and geometry(element, nb, 2) == "trigonal":
+        return 93
+    if n_h == 1 and k == 3:
+        return 13
+    if n_h == 1 and k == 2:
+        normal = np.cross(nb.vectors[0], nb.vectors[1])
+        normal /= max(float(np.linalg.norm(normal)), 1e-9)
+        return 43 if abs(float(h_vectors[0] @ normal)) < 0.25 else 3
+    if n_h == 1 and k == 1 and element in ("O", "S"):
+        return 147
+    if n_h == 1 and k == 1 and geometry(element, nb, 1) == "linear":
+        return 163
+    return 3
+
+
 def directions(nb: Neighbours, n_h: int, shape: str = "tetrahedral",
                second: np.ndarray | None = None, target: np.ndarray | None = None) -> np.ndarray:
     """Unit vectors (n_h,3) from the parent to its H atoms.
