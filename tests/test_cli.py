@@ -147,3 +147,18 @@ def test_pyproject_lists_every_package():
     found = {".".join(p.parent.relative_to(root / "src").parts)
              for p in (root / "src").rglob("__init__.py")}
     assert found | {"xdxd.weights"} == listed
+
+
+def test_a_missing_optional_package_is_one_line_and_exit_2(tmp_path, monkeypatch):
+    """xdxd-synth --smiles without pyxtal: one line naming the package and the extra that
+    installs it, exit 2, before any work (it used to try 48 times and fail each)."""
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyxtal" else real(name, *a))
+    smi = tmp_path / "a.smi"
+    smi.write_text("c1ccccc1\n")
+    res = CliRunner().invoke(app_of("synth"), ["--smiles", str(smi), "--count", "2", "-o", str(tmp_path / "out")])
+    assert res.exit_code == 2
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "pyxtal" in lines[0] and "pip install 'xdxd[synth]'" in lines[0]
+    assert not (tmp_path / "out").exists()

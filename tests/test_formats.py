@@ -240,6 +240,26 @@ def test_embedded_shelx_hkl_and_res(data_dir):
     assert sorted(set(res.atoms.elements)) == ["B", "Ga", "Li", "O"]
 
 
+def test_embedded_hkl_without_its_end_line_is_read_up_to_the_first_other_line(tmp_path, data_dir):
+    """A _shelx_hkl_file field without the 0 0 0 line, the .ins and a stray CIF item after
+    the reflections inside the field (such files are in COD): every reflection is read,
+    a warning note names the line where the list ended, and xdxd-prep logs it and exits 0."""
+    from typer.testing import CliRunner
+    from xdxd.cli.prep import app
+    text = (data_dir / "cod/2242045.cif").read_text()
+    path = tmp_path / "no-end.cif"
+    path.write_text(text.replace("   0   0   0    0.00    0.00\nTITL", "TITL", 1))
+    block = read_cif_document(str(path)).sole_block()
+    obs = hkl_cif.observations_from_block(block, str(path))
+    assert len(obs) == 2936
+    assert any(n.startswith("warning: 2936 reflections read, up to") and "TITL" in n for n in obs.notes)
+    with pytest.raises(RecordError, match="not an HKLF 4 reflection line"):
+        read_hkl_text(text.split("_shelx_hkl_file\n;\n")[1].replace("   0   0   0    0.00    0.00\n", ""), "a.hkl")
+    res = CliRunner().invoke(app, [str(path), "--data", "measured", "-o", str(tmp_path / "out.jsonl")])
+    assert res.exit_code == 0, res.output
+    assert "warning: 2936 reflections read" in res.output
+
+
 def test_model_cif_has_no_reflections(data_dir):
     block = read_cif_document(str(data_dir / "cod/1000007.cif")).sole_block()
     assert not hkl_cif.has_reflections(block)

@@ -92,6 +92,19 @@ class Log:
         stderr.print(f"[red]error:[/red] {escape(msg)}", highlight=False, soft_wrap=True)
 
 
+def require(command: str, packages: dict[str, str]) -> None:
+    """Exit 2 with one line on stderr when an optional package a command needs is missing.
+    packages: {import name: the extra that installs it}, e.g. {"pyxtal": "synth"}."""
+    import importlib.util
+    missing = [(name, extra) for name, extra in packages.items() if importlib.util.find_spec(name) is None]
+    if missing:
+        names = ", ".join(name for name, _ in missing)
+        extras = ",".join(sorted({extra for _, extra in missing}))
+        Log().error(f"{command} needs the Python package {names}, which is not installed: "
+                    f"pip install 'xdxd[{extras}]'")
+        raise typer.Exit(2)
+
+
 def resolve_device(device: str) -> str:
     import torch
     if device == "auto":
@@ -190,6 +203,7 @@ def process_stream(recs: Iterable[dict], work: Callable[[dict], dict], output: s
     """Apply `work` to each record, writing results as they come; return the exit code.
 
     A record that arrives with `error` set passes through untouched (it stays failed).
+    A note in the record's metrics that starts with "warning: " is also logged on stderr.
     An exception in `work` becomes an error record: "<id>: <message>"; the log line on
     stderr also names where the record was read ("file:line: <id>: <message>").
     """
@@ -214,6 +228,9 @@ def process_stream(recs: Iterable[dict], work: Callable[[dict], dict], output: s
                         msg = str(e) if str(e).startswith(rid) else f"{rid}: {e}"
                         out = records.error_record(rid, msg, rec)
                     out.setdefault("timing_s", {})[stage] = round(time.perf_counter() - t0, 3)
+                for note in (out.get("metrics") or {}).get("notes") or []:
+                    if str(note).startswith("warning: "):
+                        log.info(f"{rid}: {note}")
                 if out.get("error"):
                     where = getattr(rec, "where", "")
                     log.error(f"{where}: {out['error']}" if where and not out["error"].startswith(where)

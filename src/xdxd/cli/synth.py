@@ -18,7 +18,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from rich.table import Table
 
-from xdxd.cli.common import Log, OldOutOpt, QuietOpt, SeedOpt, VersionOpt, renamed, stderr
+from xdxd.cli.common import Log, OldOutOpt, QuietOpt, SeedOpt, VersionOpt, renamed, require, stderr
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -193,6 +193,8 @@ def synth(
     if modes > 1:
         raise typer.BadParameter("give at most one of --from-cif and --compare")
     if compare is not None:
+        if plot:
+            require("xdxd-synth --plot", {"matplotlib": "synth"})
         from xdxd.synth import compare as cmp
         rows = cmp.compare(compare, reference, max_structures=max_compare, plot=plot)
         text = cmp.format_table(rows)
@@ -213,6 +215,7 @@ def synth(
         raise typer.BadParameter(f"{smiles} not found. {MOSES}", param_hint="--smiles")
     if count < 1 or shard_size < 1:
         raise typer.BadParameter("--count and --shard-size must be positive")
+    require("xdxd-synth --smiles", {"pyxtal": "synth"})
     raise typer.Exit(run_generate(smiles or "", count, output, seed, jobs, shard_size,
                                   peptide_fraction, cif, cif_count, log))
 

@@ -50,7 +50,7 @@ def observations_from_block(block: gemmi.cif.Block, source: str) -> Observations
     where = f"{source} (data_{block.name})"
     hkl_text = block.find_value("_shelx_hkl_file")
     if hkl_text:
-        obs = read_hkl_text(gemmi.cif.as_string(hkl_text), f"{where} _shelx_hkl_file")
+        obs = read_hkl_text(gemmi.cif.as_string(hkl_text), f"{where} _shelx_hkl_file", embedded=True)
         obs.source = where
         return obs
     prefix = _refln_prefix(block)

@@ -47,10 +47,14 @@ SYMM TEMP TIME TITL TWIN TWST UNIT WGHT WIGL WPDB XNPD ZERR
 # ---------------------------------------------------------------------------
 # HKLF 4
 
-def read_hkl_text(text: str, source: str) -> Observations:
+def read_hkl_text(text: str, source: str, embedded: bool = False) -> Observations:
     """Parse HKLF 4 text (F² and sigma(F²)); stops at the 0 0 0 line.
 
     Raises RecordError naming `source` and the line for a line that is not a reflection.
+    embedded: the text is a CIF text field (`_shelx_hkl_file`), where files without the
+    0 0 0 line and with other text after the reflections exist; there, as SHELX would,
+    the list ends at the first line that is not a reflection, with a warning note that
+    names the line (an error still if no reflection comes before it).
     """
     rows = []
     ended = False
@@ -59,7 +63,12 @@ def read_hkl_text(text: str, source: str) -> Observations:
             continue
         row = _parse_hkl_line(line)
         if row is None:
-            raise RecordError(f"{source}:{lineno}: not an HKLF 4 reflection line: {line.strip()[:60]!r}")
+            what = f"{source}:{lineno}: not an HKLF 4 reflection line: {line.strip()[:60]!r}"
+            if embedded and rows:
+                obs = Observations.from_rows(rows, INTENSITY, source)
+                obs.notes.append(f"warning: {len(rows)} reflections read, up to {what}")
+                return obs
+            raise RecordError(what)
         if row[:3] == (0, 0, 0):
             ended = True
             break
