@@ -221,6 +221,18 @@ def test_a_molecule_held_on_a_site_has_its_symmetry_exactly():
     assert t.grad.abs().sum() > 0 and q.grad.abs().sum() > 0
 
 
+def test_a_rigid_molecule_is_held_only_by_a_symmetry_its_shape_has():
+    """Without torsions nothing can change a molecule's shape: trans-1,2-dichloroethene is
+    held on an inversion centre, cis (whose graph pairs its atoms the same way, but whose
+    shape has no centre) is left free for the data to place."""
+    from xdxd.molecule.symmetry import Symmetrised
+    ops = symops(find_spacegroup("P -1"))
+    origin = np.zeros((1, 3))
+    assert Symmetrised.of(molecule_model("Cl/C=C/Cl"), origin, ops) is not None
+    cis = molecule_model("Cl/C=C\\Cl")
+    assert len(cis.involutions) and Symmetrised.of(cis, origin, ops) is None
+
+
 def test_a_held_molecule_does_not_clash_with_its_own_image():
     """p-Dichlorobenzene held on the inversion centre of P-1 in a 13 Å cube: no contact
     penalty (its image by the centre is itself), where counting that image would cost

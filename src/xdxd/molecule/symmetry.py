@@ -52,6 +52,7 @@ def superposition_misfit(xyz: np.ndarray, p: np.ndarray, kind: str | None = None
 
 
 SPREAD_A = 0.25  # Å, RMS distance from a line (plane) within which atoms count as on an axis (in a mirror)
+RIGID_MISFIT_A = 1.0  # Å, a molecule without torsions is held only by pairings its conformations come this close to
 
 
 class Symmetrised:
@@ -93,7 +94,12 @@ class Symmetrised:
             d = np.mod(ops.tran - t, 1.0)
             op = int(np.nonzero(np.all(np.abs(ops.rot - rot) < 1e-6, axis=(1, 2))
                                 & np.all(np.minimum(d, 1 - d) < 1e-6, axis=1))[0][0])
-            for p in _pairings(model.involutions, xyz, _kind(rot))[:limit]:
+            pairings = _pairings(model.involutions, xyz, _kind(rot))
+            if not len(model.torsions):  # nothing can turn it into that symmetry (Mg(H2O)6 from RDKit
+                pairings = [p for p in pairings  # is no octahedron): no hold, the data place it
+                            if min(superposition_misfit(c[heavy], p, _kind(rot)) for c in model.conformers)
+                            <= RIGID_MISFIT_A]
+            for p in pairings[:limit]:
                 rows.append((x0, np.linalg.inv(rot), t, op, p))
         if not rows:
             return None
