@@ -200,8 +200,8 @@ def test_a_molecule_held_on_a_site_has_its_symmetry_exactly():
     from xdxd.molecule.symmetry import Symmetrised
     cell = make_cell([11.0, 7.5, 13.0, 90, 104, 90])
     ops = symops(find_spacegroup("P 1 21/c 1"))
-    site = site_symmetry(np.array([0.5, 0.0, 0.5]), ops)
-    assert len(site) == 2 and np.allclose(site.rot[1], -np.eye(3)) and np.allclose(site.tran[1], [1, 0, 1])
+    index, site = site_symmetry(np.array([0.5, 0.0, 0.5]), ops)
+    assert index.tolist() == [0, 2] and len(site) == 2 and np.allclose(site.rot[1], -np.eye(3)) and np.allclose(site.tran[1], [1, 0, 1])
     m = molecule_model("c1ccc(CCc2ccccc2)cc1")
     held = Symmetrised.of(m, np.array([[0.5, 0.0, 0.5]]), ops)
     assert held is not None and len(held.points) >= 1

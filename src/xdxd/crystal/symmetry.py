@@ -134,13 +134,14 @@ def stabilizer(frac_xyz: np.ndarray, ops: SymOps, cell: gemmi.UnitCell, tol: flo
     return np.nonzero(frac_distance(images, frac_xyz[None], cell) < tol)[0]
 
 
-def site_symmetry(point: np.ndarray, ops: SymOps) -> SymOps:
-    """The operations that map a fractional point (3,) exactly onto itself (1e-6), each
-    translation shifted by the lattice vector that makes R p + t = p (not wrapped)."""
+def site_symmetry(point: np.ndarray, ops: SymOps) -> tuple[np.ndarray, SymOps]:
+    """(their indices in ops (k,), the operations) that map a fractional point (3,) exactly
+    onto itself (1e-6), each translation shifted by the lattice vector that makes
+    R p + t = p (not wrapped)."""
     images = apply_ops(point[None], ops, wrap=False)[0]                    # (O,3)
     shift = np.round(point - images)
     fixed = np.nonzero(np.all(np.abs(images + shift - point) < 1e-6, axis=-1))[0]
-    return ops.take(fixed, shift[fixed])
+    return fixed, ops.take(fixed, shift[fixed])
 
 
 def stabilizer_order(frac: np.ndarray, ops: SymOps, cell: gemmi.UnitCell,

@@ -82,22 +82,19 @@ class Symmetrised:
         xyz = model.xyz[heavy]
         rows, seen = [], set()
         for x0 in points:
-            site = site_symmetry(np.asarray(x0, float), ops)
+            index, site = site_symmetry(np.asarray(x0, float), ops)
             if len(site) != 2:
                 continue
             k = 1 if np.allclose(site.rot[0], np.eye(3)) else 0
-            rot, t = site.rot[k], site.tran[k]
+            rot, t, op, kind = site.rot[k], site.tran[k], int(index[k]), _kind(site.rot[k])
             key = (tuple(np.round(rot.ravel()).astype(int)), tuple(np.round(t * 24).astype(int)))
             if key in seen:
                 continue
             seen.add(key)
-            d = np.mod(ops.tran - t, 1.0)
-            op = int(np.nonzero(np.all(np.abs(ops.rot - rot) < 1e-6, axis=(1, 2))
-                                & np.all(np.minimum(d, 1 - d) < 1e-6, axis=1))[0][0])
-            pairings = _pairings(model.involutions, xyz, _kind(rot))
+            pairings = _pairings(model.involutions, xyz, kind)
             if not len(model.torsions):  # nothing can turn it into that symmetry (Mg(H2O)6 from RDKit
                 pairings = [p for p in pairings  # is no octahedron): no hold, the data place it
-                            if min(superposition_misfit(c[heavy], p, _kind(rot)) for c in model.conformers)
+                            if min(superposition_misfit(c[heavy], p, kind) for c in model.conformers)
                             <= RIGID_MISFIT_A]
             for p in pairings[:limit]:
                 rows.append((x0, np.linalg.inv(rot), t, op, p))
@@ -109,8 +106,8 @@ class Symmetrised:
         ride = np.where(model.parent >= 0, model.parent, np.arange(model.n_atoms))
         return Symmetrised(np.array([r[0] for r in rows]), torch.tensor(np.array([r[1] for r in rows]), **kw),
                            torch.tensor(np.array([r[2] for r in rows]), **kw),
-                           torch.tensor([r[3] for r in rows], device=device), torch.tensor(full, device=device), torch.tensor(ride, device=device),
-                           torch.tensor(np.nonzero(model.heavy)[0], device=device))
+                           torch.tensor([r[3] for r in rows], device=device), torch.tensor(full, device=device),
+                           torch.tensor(ride, device=device), torch.tensor(heavy, device=device))
 
     def apply(self, x, start, orth):
         """(x held in the symmetry (B,n,3) fractional, how far its heavy atoms moved Σ|Δ|²

@@ -101,7 +101,6 @@ class Copy:
     tree: TorsionTree
     rows: slice
     weight: float = 1.0
-    held: bool = False  # on its site held in the site's symmetry (molecule.symmetry.Symmetrised)
 
 
 class Objective:
@@ -109,7 +108,8 @@ class Objective:
 
     U_GRID_A2 = tuple(0.01 * i for i in range(1, 13))  # overall Uiso tried per particle, Å²
 
-    def __init__(self, data: DataSet, copies: list[Copy], device: str):
+    def __init__(self, data: DataSet, copies: list[Copy], device: str, held: frozenset[int] = frozenset()):
+        """held: the copies held in their site's symmetry (molecule.symmetry.Symmetrised)."""
         self.copies = copies
         self.elements = [e for c in copies for e in c.model.elements]
         kw = dict(device=device, dtype=torch.float32)
@@ -144,7 +144,7 @@ class Objective:
         same = torch.zeros(O, C, dtype=torch.bool, device=device)
         same[_identity_op(self.rot, self.tran), zero] = True
         skip = near[:, :, None, None] & same[None, None]                        # (H,H,O,C)
-        part = torch.tensor(_fractional_pairs(copies, heavy), device=device)  # (H,H) bool
+        part = torch.tensor(_fractional_pairs(copies, heavy, held), device=device)  # (H,H) bool
         skip = skip | (part[:, :, None, None] & ~same[None, None])
         self.counted = (~skip).to(torch.float32)                               # (H,H,O,C)
         rows = np.zeros((len(copies), len(self.elements)), bool)
@@ -269,13 +269,13 @@ def _s2(data: DataSet) -> np.ndarray:
     return inverse_d2(data.cell, data.hkl)
 
 
-def _fractional_pairs(copies: list[Copy], heavy: list[int]) -> np.ndarray:
+def _fractional_pairs(copies: list[Copy], heavy: list[int], held: frozenset[int]) -> np.ndarray:
     """(H,H) bool over the heavy atoms: both in one molecule on a special position that is
-    not held in its site's symmetry."""
+    not held in its site's symmetry (copies `held`)."""
     n = sum(c.model.n_atoms for c in copies)
     part = np.zeros((n, n), bool)
-    for c in copies:
-        if c.weight < 1 and not c.held:
+    for k, c in enumerate(copies):
+        if c.weight < 1 and k not in held:
             part[c.rows, c.rows] = True
     return part[np.ix_(heavy, heavy)]
 
@@ -347,9 +347,9 @@ class MoleculeSearch:
                 held = Symmetrised.of(c.model, x0, data.ops, cfg.pairings, device) \
                     if round(1 / c.weight) == 2 and cfg.pairings > 0 else None
                 if held is not None:
-                    self.held[k], x0, c.held = held, held.points, True
+                    self.held[k], x0 = held, held.points
             self.sites.append(torch.tensor(x0, dtype=torch.float32, device=device))
-        self.objective = Objective(data, self.copies, device)
+        self.objective = Objective(data, self.copies, device, frozenset(self.held))
         self.t_slices, t0 = [], 0
         for c in self.copies:
             self.t_slices.append(slice(t0, t0 + c.tree.n_torsions))
@@ -498,8 +498,8 @@ def search(data: DataSet, models: list[tuple[MoleculeModel, float]], cfg: Molecu
 
 def _agree(s: MoleculeSearch, pop: Particles, score: torch.Tensor, cfg: MoleculeConfig) -> bool:
     """True when the cfg.agree best particles (pop sorted best first, their scores `score`)
-    give one |Fc|, the best scores below cfg.agree_score, and the particles with that |Fc| among the best
-    quarter descend from at least cfg.agree_lineages random starts."""
+    give one |Fc|, the best scores below cfg.agree_score, and the particles with that |Fc|
+    among the best quarter descend from at least cfg.agree_lineages random starts."""
     if cfg.agree < 2 or float(score[0]) > cfg.agree_score:
         return False
     n = min(len(pop.lineage), max(cfg.agree, int(cfg.keep * len(pop.lineage))))
