@@ -233,6 +233,32 @@ def test_a_rigid_molecule_is_held_only_by_a_symmetry_its_shape_has():
     assert len(cis.involutions) and Symmetrised.of(cis, origin, ops) is None
 
 
+def test_the_contact_penalty_is_the_same_block_by_block(monkeypatch):
+    """The contact penalty and its gradient, computed a block of particles at a time, do
+    not depend on the block size, and the gradient matches finite differences."""
+    from xdxd.solve.molecule import MoleculeConfig, MoleculeSearch, _Clash
+    rec = _problem(str(ROOT / "examples" / "1100656.cif"))
+    s = MoleculeSearch(DataSet.from_record(rec).nonzero(), [(molecule_model(SMILES_1100656), 1.0)],
+                       MoleculeConfig())
+    frac = s.frac(s.random(24, torch.Generator().manual_seed(1))).double()
+    frac.requires_grad_(True)
+    results = []
+    for block in (1, 2000, 1 << 22):  # one particle, a few, all in one block
+        monkeypatch.setattr(_Clash, "BLOCK", block)
+        obj = s.objective
+        e = _Clash.apply(frac[:, obj.heavy], obj.rot.double(), obj.tran.double(), obj.orth.double(),
+                         obj.lattice.double(), obj.limit.double(), obj.counted.double(), None, obj.zero)
+        g, = torch.autograd.grad(e.sum(), frac)
+        results.append((e.detach(), g))
+    assert (results[0][0] > 0).sum() >= 3  # several particles do clash
+    for e, g in results[1:]:
+        assert torch.allclose(e, results[0][0]) and torch.allclose(g, results[0][1])
+    assert torch.autograd.gradcheck(
+        lambda x: _Clash.apply(x, obj.rot.double(), obj.tran.double(), obj.orth.double(), obj.lattice.double(),
+                               obj.limit.double(), obj.counted.double(), None, obj.zero),
+        (frac[results[0][0] > 0][:2][:, obj.heavy].detach().clone().requires_grad_(True),), atol=1e-4)
+
+
 def test_a_held_molecule_does_not_clash_with_its_own_image():
     """p-Dichlorobenzene held on the inversion centre of P-1 in a 13 Å cube: no contact
     penalty (its image by the centre is itself), where counting that image would cost

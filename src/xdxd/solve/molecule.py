@@ -161,9 +161,7 @@ class Objective:
         types, weight = self.type_idx, self.weight
         if not hydrogens:
             frac, types, weight = frac[:, self.heavy], types[self.heavy], weight[self.heavy]
-        B, N, _ = frac.shape
-        zero = torch.zeros(B, N, device=frac.device)
-        fc0 = self.sf.calc(frac, types, zero, weight.expand(B, N), first=m).abs()      # (B,m)
+        fc0 = self.sf.calc(frac, types, None, weight[None], first=m).abs()            # (B,m)
         fo = self.fo[:m]
         u = self._fit_u(fc0)
         fc = self._scaled(fc0, u)
@@ -193,9 +191,7 @@ class Objective:
     def fc0(self, frac: torch.Tensor) -> torch.Tensor:
         """|Fc| (B,M) of frac (B,N,3) at U = 0, all atoms, all reflections (no gradient)."""
         with torch.no_grad():
-            B, N, _ = frac.shape
-            zero = torch.zeros(B, N, device=frac.device)
-            return self.sf.calc(frac, self.type_idx, zero, self.weight.expand(B, N)).abs()
+            return self.sf.calc(frac, self.type_idx, None, self.weight[None]).abs()
 
     def clash(self, frac: torch.Tensor, site_ops: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         """Σ ((d0 - d) / CLASH_WIDTH_A)² / 2 (B,) over heavy-atom contacts shorter than d0.
@@ -216,52 +212,69 @@ class Objective:
 
 class _Clash(torch.autograd.Function):
     """The contact penalty of x (B,H,3) fractional against every image R x_j + t + L
-    (operations O, lattice translations L (C,3) Å), with its gradient written out. The
-    (B,H,H,O) nearest-image differences are kept as three coordinate planes (much faster
-    on a CPU than a trailing axis of 3), one pass per lattice translation, and no autograd
-    graph of the (B,H,H,O,C) distances. own (B,H,H,O) or None: a further per-particle
-    mask of the nearest images (lattice translation `zero`)."""
+    (operations O, lattice translations L (C,3) Å), with its gradient. Both are computed
+    together, a block of particles at a time (`BLOCK` pair-images per block, so a block's
+    arrays stay in cache), and only the gradient (B,H,3) is kept for the backward pass.
+    The nearest-image differences are three coordinate planes (B,H,H,O) (much faster on a
+    CPU than a trailing axis of 3). own (B,H,H,O) or None: a further per-particle mask of
+    the nearest images (lattice translation `zero`)."""
+
+    BLOCK = 1 << 16
 
     @staticmethod
     def forward(ctx, x, rot, tran, orth, lattice, limit, counted, own, zero):
-        y = torch.einsum("oij,bhj->ibho", rot, x) + tran.T[:, None, None]         # (3,B,H,O)
-        d = [y[k][:, None] - x[..., k][:, :, None, None] for k in range(3)]      # (B,H,H,O) each
-        d = [dk - torch.round(dk) for dk in d]
-        m = orth.tolist()
-        c = [sum(m[i][k] * d[k] for k in range(3) if m[i][k] != 0.0) for i in range(3)]  # Å
-        energy = x.new_zeros(x.shape[0])
-        a_sum = torch.zeros_like(c[0])
-        a_lat = [torch.zeros_like(c[0]) for _ in range(3)]
-        w2 = CLASH_WIDTH_A ** 2
-        lim = limit[:, :, None]
-        for k, shift in enumerate(lattice.tolist()):
-            e = [c[i] + shift[i] if shift[i] != 0.0 else c[i] for i in range(3)]
-            dist = (e[0].square() + e[1].square() + e[2].square()).clamp_min(1e-12).sqrt()
-            over = (lim - dist).clamp_min(0.0) * counted[..., k]
-            if own is not None and k == zero:
-                over = over * own
-            energy = energy + 0.5 / w2 * over.square().sum((1, 2, 3))
+        B, H, _ = x.shape
+        n = max(1, _Clash.BLOCK // max(1, H * H * rot.shape[0]))
+        want = ctx.needs_input_grad[0]
+        energy, grad = [], []
+        for b in range(0, B, n):
+            e, g = _clash_block(x[b:b + n], rot, tran, orth.tolist(), lattice.tolist(), limit, counted,
+                                None if own is None else own[b:b + n], zero, want)
+            energy.append(e)
+            grad.append(g)
+        if want:
+            ctx.save_for_backward(torch.cat(grad))
+        return torch.cat(energy)
+
+    @staticmethod
+    def backward(ctx, g):
+        (grad,) = ctx.saved_tensors
+        return g[:, None, None] * grad, None, None, None, None, None, None, None, None
+
+
+def _clash_block(x, rot, tran, m, lattice, limit, counted, own, zero, want_grad):
+    """(energy (b,), dE/dx (b,H,3) or None) of a block of particles x (b,H,3) (_Clash);
+    m: the orthogonalisation matrix, lattice: the translations (C,3) Å, as lists."""
+    y = torch.einsum("oij,bhj->ibho", rot, x) + tran.T[:, None, None]         # (3,b,H,O)
+    d = [y[k][:, None] - x[..., k][:, :, None, None] for k in range(3)]      # (b,H,H,O) each
+    d = [dk - torch.round(dk) for dk in d]
+    c = [sum(m[i][k] * d[k] for k in range(3) if m[i][k] != 0.0) for i in range(3)]  # Å
+    energy = x.new_zeros(x.shape[0])
+    a_sum = torch.zeros_like(c[0]) if want_grad else None
+    a_lat = [torch.zeros_like(c[0]) for _ in range(3)] if want_grad else None
+    w2 = CLASH_WIDTH_A ** 2
+    lim = limit[:, :, None]
+    for k, shift in enumerate(lattice):
+        e = [c[i] + shift[i] if shift[i] != 0.0 else c[i] for i in range(3)]
+        dist = (e[0].square() + e[1].square() + e[2].square()).clamp_min(1e-12).sqrt()
+        over = (lim - dist).clamp_min(0.0) * counted[..., k]
+        if own is not None and k == zero:
+            over = over * own
+        energy = energy + 0.5 / w2 * over.square().sum((1, 2, 3))
+        if want_grad:
             a = over / (w2 * dist)                                                # -dE/de = a e
             a_sum += a
             for i in range(3):
                 if shift[i] != 0.0:
                     a_lat[i] += shift[i] * a
-        ctx.save_for_backward(rot, orth, a_sum, *c, *a_lat)
-        return energy
-
-    @staticmethod
-    def backward(ctx, g):
-        rot, orth, a_sum, *rest = ctx.saved_tensors
-        c, a_lat = rest[:3], rest[3:]
-        g = g[:, None, None, None]
-        g_c = [-(a_sum * c[i] + a_lat[i]) * g for i in range(3)]                  # (B,H,H,O) each
-        m = orth.tolist()
-        g_d = [sum(m[i][k] * g_c[i] for i in range(3) if m[i][k] != 0.0) for k in range(3)]
-        g_d = [gd if torch.is_tensor(gd) else torch.zeros_like(a_sum) for gd in g_d]
-        g_y = torch.stack([gd.sum(1) for gd in g_d])                             # (3,B,H,O)
-        g_x = -torch.stack([gd.sum((2, 3)) for gd in g_d], -1) \
-            + torch.einsum("oij,ibho->bhj", rot, g_y)
-        return g_x, None, None, None, None, None, None, None, None
+    if not want_grad:
+        return energy, None
+    g_c = [-(a_sum * c[i] + a_lat[i]) for i in range(3)]                        # (b,H,H,O) each
+    g_d = [sum(m[i][k] * g_c[i] for i in range(3) if m[i][k] != 0.0) for k in range(3)]
+    g_d = [gd if torch.is_tensor(gd) else torch.zeros_like(a_sum) for gd in g_d]
+    g_y = torch.stack([gd.sum(1) for gd in g_d])                                 # (3,b,H,O)
+    g_x = -torch.stack([gd.sum((2, 3)) for gd in g_d], -1) + torch.einsum("oij,ibho->bhj", rot, g_y)
+    return energy, g_x
 
 
 def _s2(data: DataSet) -> np.ndarray:
