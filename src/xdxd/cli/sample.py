@@ -38,7 +38,8 @@ def sample(
     steps: Optional[int] = typer.Option(None, "--steps", min=1,
                                         help="Denoising steps from noise (diffusion; default 60); optimisation steps per round (molecule)."),
     rounds: Optional[int] = typer.Option(None, "--rounds", min=0,
-                                         help="Search rounds around the best after sampling (diffusion; default 8); rounds of the population (molecule)."),
+                                         help="Search rounds around the best after sampling (diffusion; default 8); rounds of the population (molecule). "
+                                              "Given, the clock is never read: --time-budget is ignored, and a seed and N give the same candidates on every run."),
     guidance: Optional[float] = typer.Option(None, "--guidance", min=0.0,
                                              help="Weight of the |F| misfit gradient (diffusion; default 1)."),
     prior: bool = typer.Option(True, "--prior/--no-prior",
@@ -61,6 +62,9 @@ def sample(
     given = {k: v for k, v in (("trials", trials), ("cycles", cycles), ("steps", steps),
                                ("rounds", rounds), ("guidance", guidance), ("weights", weights),
                                ("prior", None if prior else False)) if v is not None}
+    if rounds is not None and time_budget is not None:
+        log.info(f"warning: --rounds {rounds} fixes the work done: --time-budget {time_budget:g} is ignored")
+        time_budget = None
     if method.value != "auto":
         wrong = sorted(set(given) - set(METHOD_OPTIONS[method.value]))
         if wrong:

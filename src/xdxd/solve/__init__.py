@@ -66,5 +66,8 @@ def sample_record(rec: dict, method: str = "dualspace", samples: int = 8, seed: 
                                   time_budget_s=time_budget_s, **opts)
     out = dict(rec)
     out["candidates"] = cands
-    records.add_history(out, "sample", seed=seed, method=method, **info)
+    # what ended the search: a fixed amount of work (a seed gives the same candidates on
+    # every run) or the clock (a faster machine does more)
+    limit = "rounds" if time_budget_s is None else f"time budget {time_budget_s:g} s"
+    records.add_history(out, "sample", seed=seed, method=method, limit=limit, **info)
     return out
