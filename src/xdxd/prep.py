@@ -135,7 +135,7 @@ def run_task_or_error(task: dict, opts: PrepOptions) -> dict:
     """`run_task`, with bad input turned into an error record naming the file."""
     try:
         return run_task(task, opts)
-    except (RecordError, SpaceGroupError, ValueError, RuntimeError, OSError) as e:
+    except Exception as e:  # whatever a bad file makes a reader raise, the record names the file
         return records.error_record(task["id"], _message(task, e),
                                     {"schema": records.SCHEMA, "id": task["id"], "source": task["source"]})
 
@@ -586,5 +586,11 @@ def _stem(path: str) -> str:
 def _message(task: dict, e: Exception) -> str:
     """One line naming the file: keep the reader's own 'file:line: why', else prefix the file."""
     msg = " ".join(str(e).split())
+    if not isinstance(e, (RecordError, SpaceGroupError, ValueError, RuntimeError, OSError)):
+        msg = f"{type(e).__name__}: {msg}"  # not a reader's own message: say what went wrong
     src = task.get("source", "")
-    return msg if src and src in msg else f"{src}: {msg}"
+    out = msg if src and src in msg else f"{src}: {msg}"
+    companion = task.get("companion")
+    if companion and os.path.basename(companion) not in out:
+        out += f" (model: {companion})"
+    return out

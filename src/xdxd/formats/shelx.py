@@ -136,7 +136,7 @@ def read_ins_text(text: str, source: str, name: str | None = None) -> CrystalMod
             if key == "TITL":
                 model.notes.append("TITL " + " ".join(parts[1:]))
             elif key == "CELL":
-                nums = [float(v) for v in parts[1:8]]
+                nums = [_float(v) for v in parts[1:8]]
                 if len(nums) != 7:
                     raise ValueError("CELL needs lambda a b c alpha beta gamma")
                 model.wavelength_A = nums[0] if nums[0] > 0 else None
@@ -151,9 +151,9 @@ def read_ins_text(text: str, source: str, name: str | None = None) -> CrystalMod
                 else:
                     sfac.extend(parts[1:])
             elif key == "UNIT":
-                unit = [float(v) for v in parts[1:]]
+                unit = [_float(v) for v in parts[1:]]
             elif key == "FVAR":
-                fvar = [float(v) for v in parts[1:]]
+                fvar = [_float(v) for v in parts[1:]]
             elif key[:4] in ("HKLF", "END"):
                 break
             elif key[:4] in _INSTRUCTIONS or key.startswith("REM"):
@@ -226,6 +226,14 @@ def _join_continuations(text: str) -> list[tuple[int, str]]:
     return out
 
 
+def _float(s: str) -> float:
+    """float(s), but ValueError for nan and inf: no SHELX parameter is either."""
+    v = float(s)
+    if not math.isfinite(v):
+        raise ValueError(f"{s!r} is not a finite number")
+    return v
+
+
 def _is_number(s: str) -> bool:
     try:
         float(s)
@@ -259,7 +267,7 @@ def _atoms(atom_lines, elements, fvar, cell: gemmi.UnitCell, source: str) -> Ato
     for lineno, parts in atom_lines:
         try:
             idx = int(parts[1])
-            nums = [float(v) for v in parts[2:]]
+            nums = [_float(v) for v in parts[2:]]
         except ValueError:
             raise RecordError(f"{source}:{lineno}: cannot read atom line {' '.join(parts)[:60]!r}")
         if not 1 <= idx <= len(elements):
