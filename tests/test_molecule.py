@@ -402,3 +402,34 @@ def test_molecules_alone_give_the_composition(tmp_path):
                                                 molecules=("C[C@H]([NH3+])C(=O)[O-]",))))
     assert not recs[0].get("error"), recs[0].get("error")
     assert recs[0]["composition"] == {"C": 3, "N": 1, "O": 2} and recs[0]["hydrogens"] == 7
+
+
+def test_a_molecule_the_wrong_way_round_is_turned_by_a_relabelling():
+    """Morpholinium's O and N swapped by a graph relabelling: the particle turned by it
+    puts each atom where its partner was (the chair maps onto itself within 0.1 Å);
+    benzene has no relabelling; quaternions and rotation matrices convert both ways."""
+    from xdxd.molecule.tree import matrix_quaternion, quaternion_matrix
+    from xdxd.solve.molecule import MoleculeConfig, MoleculeSearch
+    q = torch.nn.functional.normalize(torch.randn(50, 4, generator=torch.Generator().manual_seed(0)), dim=-1)
+    assert torch.allclose(quaternion_matrix(matrix_quaternion(quaternion_matrix(q))), quaternion_matrix(q),
+                          atol=1e-5)
+    assert molecule_model("c1ccccc1").relabellings.shape == (0, 6)
+    m = molecule_model("C1COCC[NH2+]1")
+    assert len(m.relabellings) >= 2
+    o, n = m.elements.index("O"), m.elements.index("N")
+    which = [k for k, r in enumerate(m.relabellings) if r[o] == n and r[n] == o]
+    assert which and which[0] < 2  # one of the two closest puts O where N was and N where O was
+    swap = m.relabellings[which[0]]
+    cell = make_cell([13.0, 14.0, 15.0, 90, 100, 90])
+    hkl = np.array([[h, k, l] for h in range(3) for k in range(-2, 3) for l in range(-2, 3)][1:])
+    data = DataSet(cell, find_spacegroup("P 1 21/c 1"), hkl, np.ones(len(hkl)), np.ones(len(hkl)))
+    s = MoleculeSearch(data, [(m, 1.0)], MoleculeConfig())
+    p = s.random(5, torch.Generator().manual_seed(0))
+    turned = s.relabelled(p)
+    assert len(turned.lineage) == 5 * len(m.relabellings)
+    heavy = np.nonzero(m.heavy)[0]
+    before = (s.frac(p) @ s.objective.orth.T)[:, heavy]
+    mine = torch.arange(5 * which[0], 5 * which[0] + 5)
+    after = (s.frac(turned.take(mine)) @ s.objective.orth.T)[:, heavy]
+    assert (after - before[:, swap]).norm(dim=-1).max() < 0.1
+    assert (turned.lineage[mine] == p.lineage).all()

@@ -34,6 +34,42 @@ def involutions(bare, xyz: np.ndarray, limit: int = 16) -> np.ndarray:
     return np.array(out[:limit], dtype=np.int64).reshape(-1, n)
 
 
+def relabellings(bare, xyz: np.ndarray, limit: int = 8) -> np.ndarray:
+    """Permutations (P,n) of the heavy atoms of an RDKit molecule without explicit H
+    (`bare`, n atoms) that keep its bonded graph but not the kinds of its atoms (element,
+    H count, charge): placed by one, atom a goes where atom p[a] was, so a molecule whose
+    shape is nearly symmetric (a morpholinium's O and N, a diol's OH and CH3 ends) can be
+    tried the other way round. One per distinct arrangement of kinds, the molecule's own
+    excluded; at most `limit`, those the conformer's heavy atoms xyz (n,3) Å come closest
+    to by a rotation first."""
+    from rdkit import Chem
+    label = [(a.GetAtomicNum(), a.GetTotalNumHs(), a.GetFormalCharge()) for a in bare.GetAtoms()]
+    n = len(label)
+    blind = Chem.RWMol(bare)  # the bare graph: every atom a carbon, every bond single
+    for a in blind.GetAtoms():
+        a.SetAtomicNum(6)
+        a.SetFormalCharge(0)
+        a.SetIsAromatic(False)
+        a.SetNoImplicit(True)
+        a.SetChiralTag(Chem.ChiralType.CHI_UNSPECIFIED)
+    for b in blind.GetBonds():
+        b.SetBondType(Chem.BondType.SINGLE)
+        b.SetIsAromatic(False)
+    blind = blind.GetMol()
+    out, seen = [], {tuple(label)}
+    for match in blind.GetSubstructMatches(blind, uniquify=False, useChirality=False, maxMatches=MAX_MATCHES):
+        p = np.asarray(match)
+        kinds = [None] * n
+        for a in range(n):
+            kinds[p[a]] = label[a]
+        if tuple(kinds) in seen:
+            continue
+        seen.add(tuple(kinds))
+        out.append(p)
+    out.sort(key=lambda p: superposition_misfit(xyz, p, "rotation"))
+    return np.array(out[:limit], dtype=np.int64).reshape(-1, n)
+
+
 def superposition_misfit(xyz: np.ndarray, p: np.ndarray, kind: str | None = None) -> float:
     """RMS distance Å between points xyz (n,3) turned about their centroid and their
     partners xyz[p]: by the best rotation or rotation-inversion (kind None), by the

@@ -40,7 +40,10 @@ class MoleculeModel:
     an H is bonded to, -1 for a non-H atom; torsions (T,2): bond (i, j), turning the j
     side; moving (T,n) bool: the atoms on the j side; root: the atom that never moves;
     involutions (P,n_heavy): pairings of the heavy atoms by the molecule's own symmetry
-    (molecule.symmetry), numbered among the heavy atoms, for a molecule on a special position.
+    (molecule.symmetry), numbered among the heavy atoms, for a molecule on a special position;
+    relabellings (R,n_heavy): permutations of the heavy atoms that keep the bonds but not
+    the atoms' kinds (molecule.symmetry.relabellings), the moves that turn a molecule
+    placed the wrong way round.
     """
     smiles: str
     elements: list[str]
@@ -52,12 +55,15 @@ class MoleculeModel:
     root: int
     conformers: np.ndarray | None = None
     involutions: np.ndarray | None = None
+    relabellings: np.ndarray | None = None
 
     def __post_init__(self):
         if self.conformers is None:
             self.conformers = self.xyz[None]
         if self.involutions is None:
             self.involutions = np.zeros((0, int(self.heavy.sum())), dtype=np.int64)
+        if self.relabellings is None:
+            self.relabellings = np.zeros((0, int(self.heavy.sum())), dtype=np.int64)
 
     @property
     def n_atoms(self) -> int:
@@ -78,7 +84,7 @@ def molecule_model(smiles: str, seed: int = 0, rings: int = 1) -> MoleculeModel:
     embed it."""
     from rdkit import Chem
     from xdxd.molecule.conformer import embed, ring_conformers, xray_hydrogens
-    from xdxd.molecule.symmetry import involutions
+    from xdxd.molecule.symmetry import involutions, relabellings
     mol = Chem.MolFromSmiles(smiles)
     if mol is None:
         raise ValueError(f"cannot read SMILES {smiles!r}")
@@ -116,9 +122,10 @@ def molecule_model(smiles: str, seed: int = 0, rings: int = 1) -> MoleculeModel:
     torsions = np.array(torsions, dtype=np.int64).reshape(-1, 2)[order]
     moving = np.array(moving, dtype=bool).reshape(-1, len(elements))[order]
     heavy = parent < 0
+    bare = Chem.RemoveAllHs(mol)  # RemoveHs keeps a stereo H
     return MoleculeModel(Chem.MolToSmiles(Chem.RemoveHs(mol)), elements, xyz, bonds, parent,
                          torsions, moving, root, np.array(conformers),
-                         involutions(Chem.RemoveAllHs(mol), xyz[heavy]))  # RemoveHs keeps a stereo H
+                         involutions(bare, xyz[heavy]), relabellings(bare, xyz[heavy]))
 
 
 def _neighbours(n: int, bonds: np.ndarray) -> list[list[int]]:
@@ -189,6 +196,22 @@ class TorsionTree:
             turned = v * c + torch.cross(a.expand_as(v), v, dim=-1) * s + a * (v * a).sum(-1, keepdim=True) * (1 - c)
             x = torch.where(self.moving[k][None, :, None], p[:, None] + turned, x)
         return x
+
+
+def matrix_quaternion(m: torch.Tensor) -> torch.Tensor:
+    """Unit quaternions (B,4) (w, x, y, z) of rotation matrices m (B,3,3): the inverse of
+    quaternion_matrix, from the largest of |w|, |x|, |y|, |z| (Shepperd's method)."""
+    m00, m01, m02 = m[:, 0].unbind(-1)
+    m10, m11, m12 = m[:, 1].unbind(-1)
+    m20, m21, m22 = m[:, 2].unbind(-1)
+    rows = torch.stack([   # 4 w q, 4 x q, 4 y q, 4 z q
+        torch.stack([1 + m00 + m11 + m22, m21 - m12, m02 - m20, m10 - m01], -1),
+        torch.stack([m21 - m12, 1 + m00 - m11 - m22, m01 + m10, m02 + m20], -1),
+        torch.stack([m02 - m20, m01 + m10, 1 - m00 + m11 - m22, m12 + m21], -1),
+        torch.stack([m10 - m01, m02 + m20, m12 + m21, 1 - m00 - m11 + m22], -1)], 1)  # (B,4,4)
+    pick = torch.diagonal(rows, dim1=1, dim2=2).argmax(-1)
+    q = rows[torch.arange(len(m)), pick]
+    return q / q.norm(dim=-1, keepdim=True)
 
 
 def quaternion_matrix(q: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,8 @@ population with Adam plus a global step):
   distinct structures (|Fc| patterns, so origin shifts and the enantiomorph count once)
   become the candidates. The search stops after `rounds` rounds, at the time budget, or
   when the best `agree` particles are one structure, its score below `agree_score`, and
-  that structure was found from at least `agree_lineages` independent random starts
+  that structure was found from at least `agree_lineages` independent random starts (or
+  its score is below `sure_score`)
   (copies of one particle moved a little agree with each other whether they are right
   or not; and a strongly constrained search can agree on a wrong minimum).
 
@@ -81,9 +82,12 @@ class MoleculeConfig:
     agree_cc: float = 0.995       # ... (their |Fc| correlate above this) ...
     agree_lineages: int = 2       # ... found from this many random starts (kept particles included) ...
     agree_score: float = 0.1      # ... and its score is below this
+    sure_score: float = 0.03      # a best score below this needs no second random start to agree
     seed_conformer: int = 0       # RDKit embedding seed
     ring_conformers: int = 4      # distinct ring conformations tried per molecule (flexible rings)
     switch_conformer: float = 0.1  # chance that a move near a kept particle changes its ring conformation
+    relabel_best: int = 4         # the best particles put back the other way round each round (a
+                                  # molecule's graph relabellings: molecule.symmetry.relabellings)
     pairings: int = 4             # pairings of its atoms tried per kind of symmetry element for a molecule
                                   # on a site of order 2 (0: search it whole, not held in the site's symmetry)
     symmetry_weight: float = 0.05  # misfit units per Å² that such a molecule is moved to have its site's symmetry
@@ -425,6 +429,38 @@ class MoleculeSearch:
                          p.torsions + cfg.move_torsion * torch.randn(p.torsions.shape, generator=gen).to(dev),
                          p.site, conformer, p.lineage)
 
+    def relabelled(self, p: Particles) -> Particles:
+        """Every particle of p with each relabelling of each copy's molecule (not for a copy
+        held in its site's symmetry): the molecule turned (Kabsch, heavy atoms) so that each
+        atom a lands where atom perm[a] was, torsions kept; a molecule placed the wrong way
+        round (its O where an N belongs) is put the right way. Empty when no molecule has
+        one."""
+        from xdxd.molecule.tree import matrix_quaternion, quaternion_matrix
+        out = []
+        for k, c in enumerate(self.copies):
+            perms = c.model.relabellings
+            if k in self.held or not len(perms) or not len(p.lineage):
+                continue
+            heavy = torch.tensor(np.nonzero(c.model.heavy)[0], device=self.device)
+            local = c.tree.build(p.torsions[:, self.t_slices[k]], p.conformer[:, k])[:, heavy]  # (B,h,3) Å
+            turned = local @ quaternion_matrix(p.orientation[:, k]).transpose(1, 2)          # about the centre
+            y = local - local.mean(1, keepdim=True)
+            for perm in torch.tensor(perms, device=self.device):
+                target = turned[:, perm]
+                t_mean = target.mean(1, keepdim=True)
+                u, _, vt = torch.linalg.svd(y.transpose(1, 2) @ (target - t_mean))            # (B,3,3)
+                d = torch.sign(torch.linalg.det(vt.transpose(1, 2) @ u.transpose(1, 2)))
+                fix = torch.ones(len(d), 3, device=self.device)
+                fix[:, 2] = d
+                rot = vt.transpose(1, 2) @ (fix[:, :, None] * u.transpose(1, 2))                # y R^T ~ target
+                shift = t_mean[:, 0] - torch.einsum("bij,bj->bi", rot, local.mean(1))
+                q = p.orientation.clone()
+                q[:, k] = matrix_quaternion(rot)
+                centre = p.centre.clone()
+                centre[:, k] = centre[:, k] + shift
+                out.append(Particles(centre, q, p.torsions, p.site, p.conformer, p.lineage))
+        return Particles.cat(out) if out else p.take(torch.arange(0, device=self.device))
+
     def loss(self, p: Particles, m: int | None = None, hydrogens: bool = True) -> torch.Tensor:
         """Objective (B,): misfit on the m lowest-resolution reflections (all by default),
         with or without H, + clash_weight × clash + symmetry_weight × asymmetry."""
@@ -499,8 +535,10 @@ def search(data: DataSet, models: list[tuple[MoleculeModel, float]], cfg: Molecu
         n_keep = max(1, int(cfg.keep * B))
         n_near = int(cfg.near * B)
         kept = pop.take(torch.arange(n_keep, device=score.device))
-        pick = torch.randint(n_keep, (n_near,), generator=gen).to(score.device)
-        pop = Particles.cat([kept, s.near(kept.take(pick), gen), s.random(B - n_keep - n_near, gen)])
+        turned = s.relabelled(kept.take(torch.arange(min(cfg.relabel_best, n_keep), device=score.device)))
+        turned = turned.take(torch.arange(min(len(turned.lineage), n_near // 2), device=score.device))
+        pick = torch.randint(n_keep, (n_near - len(turned.lineage),), generator=gen).to(score.device)
+        pop = Particles.cat([kept, turned, s.near(kept.take(pick), gen), s.random(B - n_keep - n_near, gen)])
         last = time.perf_counter() - t_round
     score = s.score(pop)
     order = torch.argsort(score)
@@ -512,7 +550,10 @@ def search(data: DataSet, models: list[tuple[MoleculeModel, float]], cfg: Molecu
 def _agree(s: MoleculeSearch, pop: Particles, score: torch.Tensor, cfg: MoleculeConfig) -> bool:
     """True when the cfg.agree best particles (pop sorted best first, their scores `score`)
     give one |Fc|, the best scores below cfg.agree_score, and the particles with that |Fc|
-    among the best quarter descend from at least cfg.agree_lineages random starts."""
+    among the best quarter descend from at least cfg.agree_lineages random starts (not
+    needed when the best score is below cfg.sure_score: a fit that close is found again
+    by its own copies, and waiting for a second random start to find it cost up to the
+    whole budget)."""
     if cfg.agree < 2 or float(score[0]) > cfg.agree_score:
         return False
     n = min(len(pop.lineage), max(cfg.agree, int(cfg.keep * len(pop.lineage))))
@@ -524,6 +565,8 @@ def _agree(s: MoleculeSearch, pop: Particles, score: torch.Tensor, cfg: Molecule
         same = (z @ z[0]) > cfg.agree_cc                                     # (n,) like the best
         if not bool(same[:cfg.agree].all()):
             return False
+        if float(score[0]) < cfg.sure_score:
+            return True
         return len(torch.unique(top.lineage[same])) >= cfg.agree_lineages
 
 
