@@ -97,6 +97,28 @@ def test_true_structure_refines_below_r1_002():
     assert r.frac_esd is not None and r.frac_esd.shape == (len(a), 3)
 
 
+def test_fewer_parameters_one_u_per_element_and_positions_fixed():
+    """u_per_element: one Uiso per element (the atoms of an element end with one value,
+    parameters 3 N + elements + 1); refine_positions=False: the positions stay put."""
+    from dataclasses import replace
+    rec = simulate_record("2205750", 1.0)
+    d = data(rec)
+    a = heavy_atoms(rec)
+    start = perturb(rec, a.frac, 0.1, seed=2)
+    r = refine_structure(d, a.elements, start, opts=LsqOptions(u_per_element=True))
+    kinds = sorted(set(a.elements))
+    assert r.n_params == 3 * len(a) + len(kinds) + 1
+    for e in kinds:
+        u = r.uiso[[k for k, x in enumerate(a.elements) if x == e]]
+        assert np.ptp(u) < 1e-9
+    assert r.r1 < 0.06, r.stats()
+    fixed = refine_structure(d, a.elements, start, opts=replace(LsqOptions(u_per_element=True),
+                                                                   refine_positions=False))
+    assert fixed.n_params == len(kinds) + 1
+    moved = fixed.frac - np.mod(start, 1.0)
+    assert np.abs(moved - np.round(moved)).max() < 1e-9
+
+
 def test_perturbed_candidate_refines_back():
     """Atoms moved by 0.3 Å, Uiso unknown: back to R1 < 0.05 at 1.0 Å."""
     rec = simulate_record("2205750", 1.0)
@@ -407,3 +429,21 @@ def test_swap_groups_link_elements_a_low_resolution_map_confuses():
     assert swappable("Se", "Br") and swappable("P", "S")
     assert not swappable("C", "C") and not swappable("C", "Cl") and not swappable("I", "Br")
     assert not swappable("C", "F")
+
+
+def test_few_reflections_refine_fewer_parameters_and_say_so():
+    """Never more parameters than reflections (+ restraints): 2205750 (10 atoms) from its
+    reference at 1.0 Å refines a U per atom; at 2.0 Å (51 reflections) one per element,
+    with a warning; at 3.5 Å (11 reflections) no positions; xdxd-score carries the
+    reflections per parameter."""
+    from xdxd.score import score_record
+    seen = {}
+    for d_min in (1.0, 2.0, 3.5):
+        out = refine_record(simulate_record("2205750", d_min), source="reference", cycles=4)
+        s = out["solution"]
+        assert s["n_params"] <= s["n_reflections"]
+        seen[d_min] = (s["parameters"], s.get("warning"))
+        assert score_record(out)["metrics"]["reflections_per_parameter"] == s["reflections_per_parameter"]
+    assert seen[1.0] == ("positions and one Uiso per atom", None)
+    assert seen[2.0][0] == "positions and one Uiso per element" and seen[2.0][1].startswith("warning: 51 reflections")
+    assert seen[3.5][0] == "one Uiso per element, positions fixed" and "positions not refined" in seen[3.5][1]

@@ -268,6 +268,7 @@ def run_one(task: Task, pipeline: Pipeline | None = None, isolated: bool = False
         "matched_loose": bool(m.get("matched_loose")), "matched_strict": bool(m.get("matched_strict")),
         "matched_sites": bool(m.get("matched_sites")),
         "rms_loose": m.get("rms_loose"), "rmsd_A": m.get("rmsd_A"), "r1": m.get("r1"),
+        "reflections_per_parameter": m.get("reflections_per_parameter"), "parameters": m.get("parameters"),
         "best_candidate": m.get("best_candidate"),
         "n_candidates_matched_loose": m.get("n_candidates_matched_loose"),
         "molecule_counts": [mol.get("count") for mol in rec.get("molecules") or []] or None,

@@ -248,6 +248,10 @@ def score_record(rec: dict, candidates: bool = True) -> dict:
     except Exception as e:  # pymatgen's own failures: name them, keep the stream going
         raise ScoreError(f"{rid}: structure matching failed ({type(e).__name__}: {e})") from e
     metrics["r1"] = _r1_of(rec)
+    sol = rec.get("solution") or {}
+    # how well the data determine that R1 (xdxd-refine refines fewer parameters below 3)
+    metrics["reflections_per_parameter"] = sol.get("reflections_per_parameter")
+    metrics["parameters"] = sol.get("parameters")
     out = dict(rec)
     out["metrics"] = {**(rec.get("metrics") or {}), **metrics}
     return out

@@ -19,7 +19,7 @@ from xdxd.cli.common import (DeviceOpt, Log, OldOutOpt, OldTimeBudgetOpt, QuietO
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
-ROW = "{id:>9} {n_atoms:>5} {sg:<14} {dmin:>5} {method:<10} {loose:>5} {strict:>6} {rms:>6} {r1:>6} {seconds:>8} {mem:>7}  {error}"
+ROW = "{id:>9} {n_atoms:>5} {sg:<14} {dmin:>5} {method:<10} {loose:>5} {strict:>6} {rms:>6} {r1:>6} {rpp:>5} {seconds:>8} {mem:>7}  {error}"
 
 
 @app.command()
@@ -92,7 +92,7 @@ def bench(
              f"{len(cfg.methods)} methods = {n_tasks} runs, {cfg.jobs} at a time")
     if not quiet:
         stderr.print(ROW.format(id="id", n_atoms="atoms", sg="sg", dmin="dmin", method="method",
-                                loose="loose", strict="strict", rms="rms", r1="R1",
+                                loose="loose", strict="strict", rms="rms", r1="R1", rpp="n/p",
                                 seconds="seconds", mem="RSS MB", error=""),
                      highlight=False, soft_wrap=True)
     writer = RecordWriter(output) if output else None
@@ -135,7 +135,8 @@ def _row_line(r: dict) -> str:
                       sg=(r.get("sg") or "?").replace(" ", "")[:14], dmin=f"{r['dmin']:.2f}",
                       method=r["method"][:10], loose=yes(r["matched_loose"]),
                       strict=yes(r["matched_strict"]), rms=num(r.get("rms_loose"), 3),
-                      r1=num(r.get("r1"), 3), seconds=num(r.get("seconds"), 1),
+                      r1=num(r.get("r1"), 3), rpp=num(r.get("reflections_per_parameter"), 1),
+                      seconds=num(r.get("seconds"), 1),
                       mem=num(r.get("peak_rss_MB"), 0), error=err[:120])
 
 

@@ -78,6 +78,8 @@ def refine(
                  f"{s['n_params']} parameters, {s['n_reflections']} reflections "
                  f"({s['n_reflections'] / max(1, s['n_params']):.1f} per parameter), "
                  f"chemistry {s['chemistry']['score']:.2f}{swaps}")
+        if s.get("warning"):
+            log.info(f"{out.get('id', '?')}: {s['warning']}")
         return out
 
     recs = common.read_input_records(inputs or [], log)

@@ -39,6 +39,7 @@ RIDING_TOP = 3       # of these, the best (R1 + chemistry) are ranked again with
 RANK_CYCLES = 8      # cycles for the batch that ranks candidates
 SWAP_PASSES = 2      # swap searches, each from the full refinement of the last one's labels
 BONDS_FROM_DMIN_A = 1.5  # bond-length restraints by default for data that stop here (± 0.02 Å) or lower
+MIN_PER_PARAMETER = 3.0  # observations (reflections + restraints) per parameter below which fewer are refined
 
 
 def element_labels(elements: list[str], old: list[str] | None = None) -> list[str]:
@@ -122,6 +123,34 @@ def _distances(atoms: list[dict], restraints: list[list]) -> tuple:
                  if a in where and b in where)
 
 
+def _parameter_set(lsq: LsqOptions, n_reflections: int, picked: list, distances: list
+                   ) -> tuple[LsqOptions, str, str | None]:
+    """(options, what is refined, warning or None) for the data at hand: never more
+    parameters than observations (reflections + the molecule's restraints), and below
+    MIN_PER_PARAMETER per parameter fewer of them: one Uiso per element, then, if the
+    positions alone outnumber the observations, no positions either (the model as the
+    search placed it, its U and scale refined). Counted for the largest picked model
+    (heavy atoms; H ride)."""
+    if not lsq.refine_uiso:
+        return lsq, "positions", None
+    n, kinds = 0, 0
+    for _, atoms in picked:
+        heavy = [a["element"] for a in atoms if not is_hydrogen(a["element"])]
+        n, kinds = max(n, len(heavy)), max(kinds, len(set(heavy)))
+    obs = n_reflections + min((len(d) for d in distances), default=0)
+    full, shared = 4 * n + 1, 3 * n + kinds + 1
+    if obs >= MIN_PER_PARAMETER * full:
+        return lsq, "positions and one Uiso per atom", None
+    what = f"{n_reflections} reflections and {obs - n_reflections} restraints for {n} atoms"
+    if obs >= shared:
+        return (replace(lsq, u_per_element=True), "positions and one Uiso per element",
+                f"warning: {what}: one Uiso per element (fewer than {MIN_PER_PARAMETER:g} observations "
+                f"per parameter with one per atom)")
+    return (replace(lsq, u_per_element=True, refine_positions=False), "one Uiso per element, positions fixed",
+            f"warning: {what}: positions not refined, one Uiso per element (more position "
+            f"parameters than observations); R1 describes the search's model")
+
+
 def _r1_key(cand: dict) -> float:
     r = cand.get("r1")
     return float(r) if isinstance(r, (int, float)) and math.isfinite(r) else math.inf
@@ -189,6 +218,8 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
     for e in {a["element"] for _, atoms in picked for a in atoms}:
         if e not in _known_elements():
             raise records.RecordError(f"{rid}: unknown element {e!r} in the model")
+
+    lsq, parameters, warning = _parameter_set(lsq, len(data), picked, distances)
 
     # refine every picked structure; those with equal atom counts share one batch
     try:
@@ -331,6 +362,9 @@ def refine_record(rec: dict, cycles: int = 20, device: str = "cpu", top: int | N
         "weight_a": lsq.weight_a, "weight_b": lsq.weight_b,
         "chemistry": chem.as_dict(), "swaps": swaps,
     }
+    rec["solution"]["parameters"] = parameters
+    if warning:
+        rec["solution"]["warning"] = warning
     if lsq.distances:  # the restraints used, for xdxd-refine --from solution and the .res
         rec["solution"]["restraints"] = [g for g in given[best] if g[0] in labels and g[1] in labels]
     if riding is not None:

@@ -79,6 +79,8 @@ SPECIAL_TOL = 0.7       # Å: an atom this close to its own image is put on the 
 class LsqOptions:
     """How a least-squares refinement is run; the defaults are SHELXL's where it has one."""
     refine_uiso: bool = True        # refine an isotropic U (Å²) per atom
+    u_per_element: bool = False     # ... or one per element (few reflections per parameter)
+    refine_positions: bool = True   # refine positions (False: too few reflections for them)
     restraints: bool = True         # anti-bump restraints between non-H atoms
     bonds: bool = False             # restrain every bond to the nearest tabulated length
     distances: tuple = ()           # (i, j, d0 Å, sigma Å) of the molecule's own geometry, atom
@@ -376,10 +378,17 @@ def refine_batch(data: DataSet, elements: list[str] | list[list[str]], frac: np.
     for b in range(B):
         x0[b], basis[b], order[b] = _site_constraints(frac[b], ops, cell, ~fixed[b] & (occ[b] > 0.99))
         basis[b] = basis[b][src[b]]  # a rider shifts along its parent's free directions
-    pos_free = (np.abs(basis).sum(axis=2) > 0) & ~fixed[..., None]  # (B,N,3)
+    pos_free = (np.abs(basis).sum(axis=2) > 0) & ~fixed[..., None] & opts.refine_positions  # (B,N,3)
     u_free = np.full((B, N), opts.refine_uiso) & ~fixed
     if aniso is not None:
         u_free &= ~aniso
+    usrc = np.tile(np.arange(N), (B, 1))  # whose U parameter each atom has: its own or its element's
+    if opts.u_per_element:
+        for b in range(B):
+            first: dict[str, int] = {}
+            for n in np.nonzero(u_free[b])[0]:
+                usrc[b, n] = first.setdefault(els[b][n], int(n))
+        u_free &= usrc == np.arange(N)
     n_params = pos_free.reshape(B, -1).sum(1) + u_free.sum(1) + 1  # + scale
 
     t = lambda a, **k: torch.tensor(np.asarray(a), device=device, **k)
@@ -403,9 +412,13 @@ def refine_batch(data: DataSet, elements: list[str] | list[list[str]], frac: np.
         """Fractional positions (B,N,3): riders take their parent's shift."""
         return x0_t + torch.einsum("bnij,bnj->bni", basis_t, p_.gather(1, src3))
 
+    usrc_t = t(usrc)  # (B,N)
+
     def u_of(u_):
-        """Uiso (B,N): a rider's is its ratio times its parent's."""
-        return torch.where(rides_t, ratio_t * u_.gather(1, src_t), u_)
+        """Uiso (B,N): an atom's own, or its element's (u_per_element); a rider's is its
+        ratio times its parent's."""
+        own = u_.gather(1, usrc_t)
+        return torch.where(rides_t, ratio_t * own.gather(1, src_t), own)
 
     ua_t = None if aniso is None else t(uaniso, dtype=dtype).reshape(B * N, 1, 6)
     mask_t = None if aniso is None else t(aniso).reshape(B * N, 1)
@@ -463,6 +476,8 @@ def refine_batch(data: DataSet, elements: list[str] | list[list[str]], frac: np.
                 dpos = torch.zeros_like(dpos).scatter_add_(1, src_t[:, :, None, None].expand_as(dpos), dpos)
                 du = torch.zeros_like(du).scatter_add_(1, src_t[:, :, None].expand_as(du),
                                                        du * ratio_t[..., None])
+            if opts.u_per_element:  # an element's atoms share one U: their derivatives add up
+                du = torch.zeros_like(du).scatter_add_(1, usrc_t[:, :, None].expand_as(du), du)
             k2 = k[:, None, None] ** 2
             J = torch.cat([k2 * dpos.permute(0, 2, 1, 3).reshape(B, M, 3 * N),
                            k2 * du.permute(0, 2, 1),
