@@ -231,8 +231,9 @@ class _Clash(torch.autograd.Function):
         n = max(1, _Clash.BLOCK // max(1, H * H * rot.shape[0]))
         want = ctx.needs_input_grad[0]
         energy, grad = [], []
+        m, shifts = orth.tolist(), lattice.tolist()  # once, not per block
         for b in range(0, B, n):
-            e, g = _clash_block(x[b:b + n], rot, tran, orth.tolist(), lattice.tolist(), limit, counted,
+            e, g = _clash_block(x[b:b + n], rot, tran, m, shifts, limit, counted,
                                 None if own is None else own[b:b + n], zero, want)
             energy.append(e)
             grad.append(g)
